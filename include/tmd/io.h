@@ -1,0 +1,147 @@
+/* tmd/io.h — image input (TIFF, BigTIFF, multi-page stacks, HDF5/EMD datasets) and the
+ * parallel HDF5 result writer, plus small serial helpers to read result files back.
+ *
+ * Role: every pixel tmdflow sees comes through tmd_reader, and every result it keeps goes
+ * through tmd_writer. A rank reads only its own region: for TIFF only the strips/tiles that
+ * overlap it are decoded, for HDF5 a hyperslab is read. Bad files are refused with a message
+ * naming the file and what was found (never a crash, never a hang).
+ *
+ * Reading (not collective; each rank opens the file itself):
+ *     tmd_reader *r = NULL;
+ *     TMD_CHECK(tmd_reader_open(ctx, "stack.tif", &r));          // or "file.h5:/image"
+ *     const tmd_image_info *info = tmd_reader_info(r);            // frames, height, width, ...
+ *     float *buf = malloc(h * w * sizeof(float));                 // (h, w) row-major
+ *     st = tmd_reader_read(ctx, r, frame, y0, x0, h, w, buf);     // region inside the frame
+ *     tmd_reader_close(&r);
+ *
+ * Writing (collective over the writer's communicator; every rank calls every function in
+ * the same order, with zero rows where it has nothing):
+ *     tmd_writer *w = NULL;
+ *     TMD_CHECK(tmd_writer_create(ctx, "R.h5", force, comm, &w)); // creates R.h5.tmp
+ *     st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, n_local, 1, x); // offsets by MPI_Exscan
+ *     st = tmd_writer_close(ctx, w, st == TMD_OK);                // renames R.h5.tmp -> R.h5 only on success
+ *
+ * Layout: images are (frames, height, width) float32 row-major; region buffers are (h, w).
+ * Result datasets are the columns of DESIGN.md's result file; an N x K dataset is N rows of
+ * K values, row-major. All global offsets and sizes are int64_t.
+ * Ownership: the caller owns every buffer passed in; tmd_*_close frees the handle and sets
+ * it to NULL (NULL is accepted). Arrays returned by tmd_h5_read_* are malloc'd; caller frees.
+ */
+#ifndef TMD_IO_H
+#define TMD_IO_H
+
+#include "tmd/core.h"
+
+#include <hdf5.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Sample types of inputs and element types of result datasets. */
+typedef enum {
+    TMD_U8 = 1,
+    TMD_U16,
+    TMD_F32,
+    TMD_F64,
+    TMD_I8,
+    TMD_I32,
+    TMD_I64,
+} tmd_dtype;
+
+const char *tmd_dtype_name(tmd_dtype t);
+size_t tmd_dtype_size(tmd_dtype t);
+
+/* ---- input --------------------------------------------------------------------------- */
+
+typedef struct tmd_image_info {
+    int64_t frames, height, width;
+    tmd_dtype sample;        /* as stored: TMD_U8, TMD_U16, TMD_F32 or TMD_F64 */
+    char format[16];         /* "TIFF", "BigTIFF", "HDF5" */
+    char layout[96];         /* e.g. "striped 64 rows, LZW", "tiled 256x256", "chunked 1x512x512" */
+    double pixel_size;       /* Angstrom per pixel from the file's metadata, 0 if unknown */
+} tmd_image_info;
+
+typedef struct tmd_reader tmd_reader;
+
+/* Opens an input. `spec` is a TIFF path, or "FILE.h5:/path/to/dataset" for HDF5 (a bare
+ * .h5/.hdf5/.emd path with a single 2-D/3-D dataset, or with /image, is accepted too).
+ * Validates the header completely (sizes against the file, sample format, compression).
+ * Not collective. */
+tmd_status tmd_reader_open(tmd_ctx *ctx, const char *spec, tmd_reader **out);
+
+const tmd_image_info *tmd_reader_info(const tmd_reader *r);
+
+/* Reads rows y0..y0+h-1, columns x0..x0+w-1 of `frame` into out (h, w) float32, converting
+ * from the stored sample type. The region must lie inside the frame (TMD_ERR_RANGE otherwise).
+ * Non-finite float samples are an error naming the file, frame and pixel. Not collective. */
+tmd_status tmd_reader_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y0, int64_t x0, int64_t h, int64_t w,
+                           float *out);
+
+void tmd_reader_close(tmd_reader **r);
+
+/* Writes a 2-D (frames == 1) or 3-D float32/uint16 image as a TIFF (BigTIFF if > 2 GiB or
+ * bigtiff != 0), striped. Used by the simulator and by tests. Serial. */
+tmd_status tmd_tiff_write(tmd_ctx *ctx, const char *path, const float *img, int64_t frames, int64_t height,
+                          int64_t width, tmd_dtype sample, int bigtiff);
+
+/* ---- result file (parallel HDF5) --------------------------------------------------- */
+
+typedef struct tmd_writer tmd_writer;
+
+/* Collective. Creates `path`.tmp with the MPI-IO driver and collective metadata. If `path`
+ * exists and !force: TMD_ERR_EXISTS (checked on rank 0, agreed by all). The communicator
+ * is duplicated; the writer frees its copy. */
+tmd_status tmd_writer_create(tmd_ctx *ctx, const char *path, int force, MPI_Comm comm, tmd_writer **out);
+
+/* Collective. Writes this rank's n_local rows of a column dataset (n_local x ncols elements,
+ * row-major); rows of rank r follow those of ranks < r (offsets by MPI_Exscan). Creates the
+ * intermediate groups. The dataset is chunked and 1-D when ncols == 1, else N x ncols.
+ * n_local may be 0 (the rank takes part with an empty selection). */
+tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t n_local,
+                           int64_t ncols, const void *data);
+
+/* Collective. Writes an N-d array (rank <= 4) of which this rank holds the box
+ * [start, start + count) (count may be all zero). `chunk` (may be NULL) sets chunk sizes;
+ * match them to tiles so each chunk has one writer. */
+tmd_status tmd_writer_array(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int ndims,
+                            const int64_t *global_dims, const int64_t *start, const int64_t *count, const int64_t *chunk,
+                            const void *data);
+
+/* Collective. Attributes on an object ("/" or a group/dataset path created before); every
+ * rank must pass the same value. */
+tmd_status tmd_writer_attr_str(tmd_ctx *ctx, tmd_writer *w, const char *obj, const char *name, const char *value);
+tmd_status tmd_writer_attr_f64(tmd_ctx *ctx, tmd_writer *w, const char *obj, const char *name, const double *v, int n);
+tmd_status tmd_writer_attr_i64(tmd_ctx *ctx, tmd_writer *w, const char *obj, const char *name, const int64_t *v, int n);
+
+/* Collective. Closes the file. If ok (and every rank agrees it is ok), renames path.tmp to
+ * path; otherwise removes path.tmp (unless keep_tmp, for checkpoints). Frees *w, sets NULL.
+ * Returns the first error on any rank. Accepts *w == NULL. */
+tmd_status tmd_writer_close(tmd_ctx *ctx, tmd_writer **w, int ok);
+tmd_status tmd_writer_close_keep(tmd_ctx *ctx, tmd_writer **w, int ok, int keep_tmp);
+
+/* The HDF5 file id, for modules that need something the writer does not offer. */
+hid_t tmd_writer_file(const tmd_writer *w);
+
+/* ---- reading results back (serial, any rank) ---------------------------------------- */
+
+/* Opens an HDF5 file read-only (serial driver). Returns H5I_INVALID_HID and records an error
+ * naming the file if it cannot. Close with H5Fclose. */
+tmd_status tmd_h5_open_read(tmd_ctx *ctx, const char *path, hid_t *out);
+
+/* 1 if the dataset exists. */
+int tmd_h5_exists(hid_t file, const char *dset);
+
+/* Reads a whole dataset of N rows x K cols (K = 1 for 1-D) converted to `type`. *data is
+ * malloc'd (caller frees). A missing dataset or rank > 2 is an error naming file and path. */
+tmd_status tmd_h5_read_rows(tmd_ctx *ctx, hid_t file, const char *dset, tmd_dtype type, int64_t *nrows,
+                            int64_t *ncols, void **data);
+
+/* Reads attributes; a missing one is an error naming it. *value (string) is malloc'd. */
+tmd_status tmd_h5_read_attr_str(tmd_ctx *ctx, hid_t file, const char *obj, const char *name, char **value);
+tmd_status tmd_h5_read_attr_f64(tmd_ctx *ctx, hid_t file, const char *obj, const char *name, double *v, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

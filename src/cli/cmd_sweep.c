@@ -1,0 +1,7 @@
+#include "commands.h"
+/* Placeholder until the sweep command lands (being written now); refuses clearly. */
+tmd_status tmd_cmd_sweep(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
+{
+    (void)comm; (void)argc; (void)argv;
+    return TMD_FAIL(ctx, TMD_ERR_ARG, "'tmdflow sweep' is not available in this build yet");
+}
