@@ -116,6 +116,32 @@ static void test_size_overflow_is_caught(void)
     CU_ASSERT_EQUAL(out, 1000000u);
 }
 
+/* docs/configuration.md is generated from the key table; this fails when they drift apart.
+ * Regenerate with: TMDFLOW_UPDATE_DOCS=1 ctest -R test_core_np1 */
+static void test_configuration_doc_matches_key_table(void)
+{
+    if (tmd_test_rank != 0) return;
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const char *doc = TMD_SOURCE_DIR "/docs/configuration.md";
+    if (getenv("TMDFLOW_UPDATE_DOCS")) CU_ASSERT_EQUAL_FATAL(tmd_config_write_markdown(&ctx, doc), TMD_OK);
+    const char *fresh = tmd_test_path("configuration.md");
+    CU_ASSERT_EQUAL_FATAL(tmd_config_write_markdown(&ctx, fresh), TMD_OK);
+    char *a = NULL, *b = NULL;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cat '%s'", doc);
+    tmd_test_run(cmd, &a);
+    snprintf(cmd, sizeof cmd, "cat '%s'", fresh);
+    tmd_test_run(cmd, &b);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    if (strcmp(a, b))
+        fprintf(stderr, "docs/configuration.md is stale: TMDFLOW_UPDATE_DOCS=1 ctest -R test_core_np1\n");
+    CU_ASSERT_STRING_EQUAL(a, b);
+    free(a);
+    free(b);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "core",
@@ -125,5 +151,6 @@ int main(int argc, char **argv)
                                            {"values are typed and range-checked", test_config_values_are_typed_and_range_checked},
                                            {"INI file and text round trip", test_config_file_and_text_round_trip},
                                            {"size overflow is caught", test_size_overflow_is_caught},
+                                           {"configuration doc matches the key table", test_configuration_doc_matches_key_table},
                                            {NULL, NULL}});
 }
