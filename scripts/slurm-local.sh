@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# A private, single-node SLURM cluster on this machine, in one temporary directory.
+#
+# Used by the real-SLURM test (tests/cli/slurm.sh) and handy for trying the job scripts
+# in jobs/ without a cluster:
+#
+#     bash scripts/slurm-local.sh start /tmp/myslurm     # prints: export SLURM_CONF=...
+#     export SLURM_CONF=/tmp/myslurm/slurm.conf
+#     sbatch jobs/run.sbatch ...; squeue; sinfo
+#     bash scripts/slurm-local.sh stop /tmp/myslurm      # cancels jobs, stops daemons, removes the dir
+#
+# Or source it and call slurm_local_start DIR / slurm_local_stop DIR (the test does this,
+# with a trap so that the daemons go away even when a check fails).
+#
+# What it sets up, all inside DIR (nothing in /etc, /run or /var is touched):
+#   - a fresh munge key and a munged on DIR/munge.sock (not the system munged);
+#   - slurm.conf: SlurmctldHost and one NodeName = this host with the CPU count and memory
+#     that `slurmd -C` measures, one partition "debug"; select/cons_tres with CR_Core so
+#     several small jobs share the node; proctrack/linuxproc, task/none and no cgroup
+#     enforcement (works in containers and VMs without a writable cgroup tree);
+#     MpiDefault=pmix (Debian 12's slurm-wlm ships mpi_pmix and Debian's Open MPI is built
+#     with PMIx, so `srun tmdflow ...` starts MPI ranks directly); no accounting database —
+#     finished jobs stay visible to `scontrol show job` for MinJobAge seconds and each job's
+#     end is also logged to DIR/jobcomp.log (job id, state, exit code);
+#   - SlurmctldPort / SlurmdPort chosen at random among ports nobody listens on, so two
+#     instances (two test runs, or a user's and a test's) do not collide;
+#   - slurmctld and slurmd in the foreground (-D) as background processes of this shell,
+#     their pids in DIR/*.pid, logs in DIR/log/.
+# It needs root (slurmd starts job steps as the submitting user) and the Debian packages
+# slurm-wlm and munge (scripts/install-deps.sh installs them).
+set -o pipefail
+
+# A TCP port in [20000, 60000) that no socket is bound to (checked in /proc/net/tcp*).
+slurm_local_free_port() {
+    local used port hex i
+    used=$(awk 'NR > 1 { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null | sort -u)
+    for i in $(seq 1 200); do
+        port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        hex=$(printf '%04X' "$port")
+        if ! grep -qx "$hex" <<<"$used"; then echo "$port"; return 0; fi
+    done
+    return 1
+}
+
+# slurm_local_start DIR: creates DIR, writes the configuration, starts the daemons and waits
+# until the node is idle. Returns non-zero (with the daemon logs on stderr) if it cannot.
+slurm_local_start() {
+    local dir=$1
+    [ -n "$dir" ] || { echo "slurm-local: usage: slurm_local_start DIR" >&2; return 2; }
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "slurm-local: needs root (slurmd launches job steps as the submitting user)" >&2
+        return 2
+    fi
+    local b
+    for b in munged slurmctld slurmd sinfo sbatch; do
+        command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || {
+            echo "slurm-local: $b not found (apt-get install slurm-wlm munge; scripts/install-deps.sh does it)" >&2
+            return 2
+        }
+    done
+    export PATH="$PATH:/usr/sbin:/sbin"
+    mkdir -p "$dir" || return 1
+    dir=$(cd "$dir" && pwd)
+    mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/tmp" "$dir/munge"
+    chmod 700 "$dir/munge"
+
+    # munge: own key, own socket, own daemon.
+    dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none || return 1
+    chmod 400 "$dir/munge/munge.key"
+    munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.sock" \
+        --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" \
+        --seed-file="$dir/munge/munged.seed" || { echo "slurm-local: munged did not start" >&2; cat "$dir/log/munged.log" >&2; return 1; }
+
+    # This node as slurmd measures it (CPUs, sockets, cores, threads, memory).
+    local node nodeline host ctlport dport
+    host=$(hostname -s)
+    nodeline=$(slurmd -C 2>/dev/null | head -n1)
+    [ -n "$nodeline" ] || nodeline="NodeName=$host CPUs=$(nproc) RealMemory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 ))"
+    # slurmd -C names the node by hostname; keep its measured fields, add the address.
+    node="${nodeline/NodeName=* CPUs/NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs}"
+    ctlport=$(slurm_local_free_port) || return 1
+    dport=$(slurm_local_free_port) || return 1
+    while [ "$dport" = "$ctlport" ]; do dport=$(slurm_local_free_port) || return 1; done
+
+    : > "$dir/plugstack.conf"
+    cat > "$dir/cgroup.conf" <<EOF
+# No cgroup enforcement: proctrack/linuxproc and task/none track and place tasks.
+CgroupAutomount=no
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainSwapSpace=no
+ConstrainDevices=no
+EOF
+    cat > "$dir/slurm.conf" <<EOF
+# Generated by scripts/slurm-local.sh: a private single-node cluster in $dir
+ClusterName=tmdlocal
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$ctlport
+SlurmdPort=$dport
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$dir/munge/munge.sock
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+TmpFS=$dir/tmp
+PlugStackConfig=$dir/plugstack.conf
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$dir/jobcomp.log
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+MpiDefault=pmix
+ReturnToService=2
+MinJobAge=600
+KillWait=10
+InactiveLimit=0
+SlurmdTimeout=60
+SlurmctldTimeout=60
+$node State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+    export SLURM_CONF="$dir/slurm.conf"
+
+    slurmctld -D -i -f "$dir/slurm.conf" >"$dir/log/slurmctld.stdout" 2>&1 &
+    echo $! > "$dir/slurmctld.bgpid"
+    slurmd -D -f "$dir/slurm.conf" -N "$host" >"$dir/log/slurmd.stdout" 2>&1 &
+    echo $! > "$dir/slurmd.bgpid"
+
+    # Wait (up to 60 s) until the node reports idle.
+    local i state=""
+    for i in $(seq 1 120); do
+        state=$(sinfo -h -N -n "$host" -o '%t' 2>/dev/null | head -n1)
+        case "$state" in idle|mix|alloc) break ;; esac
+        if ! kill -0 "$(cat "$dir/slurmctld.bgpid")" 2>/dev/null || ! kill -0 "$(cat "$dir/slurmd.bgpid")" 2>/dev/null; then
+            break
+        fi
+        sleep 0.5
+    done
+    case "$state" in
+    idle|mix|alloc) return 0 ;;
+    *)
+        echo "slurm-local: node $host is not idle (state '${state:-none}'); daemon logs:" >&2
+        tail -n 30 "$dir"/log/*.log "$dir"/log/*.stdout >&2 2>/dev/null
+        return 1 ;;
+    esac
+}
+
+# slurm_local_stop DIR [keep]: cancels every job, stops slurmd, slurmctld and munged (TERM,
+# then KILL after 10 s), and removes DIR unless a second argument "keep" is given.
+slurm_local_stop() {
+    local dir=$1 keep=${2:-}
+    [ -n "$dir" ] && [ -d "$dir" ] || return 0
+    if [ -f "$dir/slurm.conf" ]; then
+        SLURM_CONF="$dir/slurm.conf" scancel --quiet --full --signal=KILL -u "$(id -un)" 2>/dev/null || true
+        SLURM_CONF="$dir/slurm.conf" scancel --quiet -u "$(id -un)" 2>/dev/null || true
+    fi
+    local f pids=() p
+    for f in slurmd.bgpid slurmctld.bgpid slurmd.pid slurmctld.pid munge/munged.pid; do
+        [ -f "$dir/$f" ] || continue
+        p=$(cat "$dir/$f" 2>/dev/null)
+        [ -n "$p" ] && kill -0 "$p" 2>/dev/null && pids+=("$p")
+    done
+    # Job-step daemons that belong to this instance (their command line names our spool dir
+    # or they are children of our slurmd) go too.
+    for p in $(pgrep -f "slurmstepd" 2>/dev/null); do
+        if tr '\0' ' ' < "/proc/$p/environ" 2>/dev/null | grep -q "SLURM_CONF=$dir/slurm.conf"; then pids+=("$p"); fi
+    done
+    if [ ${#pids[@]} -gt 0 ]; then
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        local i alive
+        for i in $(seq 1 40); do
+            alive=0
+            for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+            [ $alive = 0 ] && break
+            sleep 0.25
+        done
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+    fi
+    wait 2>/dev/null || true
+    if [ "$keep" != keep ]; then rm -rf "$dir"; fi
+    return 0
+}
+
+# Command-line use: start DIR | stop DIR.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -eu
+    case "${1:-}" in
+    start)
+        [ -n "${2:-}" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+        slurm_local_start "$2"
+        # Detach the daemons from this shell so they outlive it.
+        disown -a 2>/dev/null || true
+        echo "export SLURM_CONF=$(cd "$2" && pwd)/slurm.conf"
+        ;;
+    stop)
+        [ -n "${2:-}" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+        slurm_local_stop "$2" ;;
+    *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+    esac
+fi
