@@ -131,6 +131,20 @@ static tmd_status set_value(tmd_ctx *ctx, tmd_config *cfg, const key_desc *k, co
     switch (k->type) {
     case KEY_STRING:
         if (len == 0) return TMD_FAIL(ctx, TMD_ERR_CONFIG, "%s: key '%s': expected a file name, got nothing", origin, k->name);
+        /* The value must survive the trip through the result file's `config` attribute
+         * (INI text read back by inih): no line breaks or other control characters, and no
+         * ';' that inih would take for the start of a comment (first, or after a blank). */
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)buf[i];
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return TMD_FAIL(ctx, TMD_ERR_CONFIG,
+                                "%s: key '%s': the value contains a control character (byte 0x%02x at position %zu)",
+                                origin, k->name, c, i);
+            if (c == ';' && (i == 0 || buf[i - 1] == ' ' || buf[i - 1] == '\t'))
+                return TMD_FAIL(ctx, TMD_ERR_CONFIG,
+                                "%s: key '%s': '%s' has a ';' %s, which INI files read as the start of a comment",
+                                origin, k->name, buf, i == 0 ? "at the start" : "after a blank");
+        }
         memcpy(p, buf, len + 1);
         return TMD_OK;
     case KEY_BOOL: {
@@ -210,24 +224,79 @@ typedef struct {
     int lineno;
     FILE *file;          /* source when reading a file */
     const char *text;    /* source when reading a string */
+    char *line;          /* the current physical line (getline buffer), malloc'd */
+    size_t line_cap;
 } ini_state;
 
+static int config_ini_line(void *user, const char *section, const char *name, const char *value);
+
+/* inih (as Debian builds it) reads lines into a fixed buffer of INI_MAX_LINE = 200 bytes and
+ * would parse the rest of a longer line as a line of its own — a long model path could then
+ * smuggle in another key. So this reader takes whole physical lines itself: a line that fits
+ * goes to inih; a longer one ("key = value", a comment, or a section header) is handled here
+ * the way inih would, and inih is handed an empty line in its place. Lines with NUL bytes are
+ * refused (not a text file). */
 static char *config_read_line(char *str, int num, void *stream)
 {
     ini_state *s = stream;
-    if (num < 2) return NULL;
+    if (num < 2 || s->st) return NULL;
+    size_t n = 0;
     if (s->file) {
-        if (!fgets(str, num, s->file)) return NULL;
+        ssize_t got = getline(&s->line, &s->line_cap, s->file);
+        if (got < 0) return NULL;
+        n = (size_t)got;
     } else {
         if (!*s->text) return NULL;
-        int n = 0;
-        while (n < num - 1 && s->text[n] && s->text[n] != '\n') n++;
-        if (s->text[n] == '\n' && n < num - 1) n++;
-        memcpy(str, s->text, (size_t)n);
-        str[n] = 0;
+        while (s->text[n] && s->text[n] != '\n') n++;
+        if (s->text[n] == '\n') n++;
+        if (n + 1 > s->line_cap) {
+            char *grown = realloc(s->line, n + 1);
+            if (!grown) {
+                s->st = TMD_FAIL(s->ctx, TMD_ERR_NOMEM, "%s: out of memory reading a line", s->origin);
+                return NULL;
+            }
+            s->line = grown;
+            s->line_cap = n + 1;
+        }
+        memcpy(s->line, s->text, n);
+        s->line[n] = 0;
         s->text += n;
     }
     s->lineno++;
+    if (strlen(s->line) != n) {
+        s->st = TMD_FAIL(s->ctx, TMD_ERR_CONFIG, "%s:%d: the line contains a NUL byte (is this a text file?)", s->origin,
+                         s->lineno);
+        return NULL;
+    }
+    if (n < (size_t)num - 1 || (n == (size_t)num - 1 && s->line[n - 1] == '\n')) {
+        memcpy(str, s->line, n + 1);
+        return str;
+    }
+    /* A long line: strip blanks and the newline. */
+    char *b = s->line, *e = s->line + n;
+    while (e > b && isspace((unsigned char)e[-1])) *--e = 0;
+    while (isspace((unsigned char)*b)) b++;
+    if (*b && *b != ';' && *b != '#' && *b != '[') {
+        /* key = value (inih accepts '=' or ':'), an inline comment starts at a ';' after a blank */
+        char *d = b + strcspn(b, "=:");
+        if (!*d) {
+            s->st = TMD_FAIL(s->ctx, TMD_ERR_CONFIG, "%s:%d: cannot parse this line (expected key = value or [section])",
+                             s->origin, s->lineno);
+            return NULL;
+        }
+        *d = 0;
+        char *v = d + 1;
+        for (char *c = v; *c; c++)
+            if (*c == ';' && (c == v || isspace((unsigned char)c[-1]))) {
+                *c = 0;
+                break;
+            }
+        char *ke = d;
+        while (ke > b && isspace((unsigned char)ke[-1])) *--ke = 0;
+        if (!config_ini_line(s, "", b, v)) return NULL;
+    }
+    str[0] = '\n';
+    str[1] = 0;
     return str;
 }
 
@@ -251,9 +320,10 @@ tmd_status tmd_config_load_file(tmd_ctx *ctx, tmd_config *cfg, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open configuration file %s: %s", path, strerror(errno));
-    ini_state s = {ctx, cfg, path, TMD_OK, 0, f, NULL};
+    ini_state s = {ctx, cfg, path, TMD_OK, 0, f, NULL, NULL, 0};
     int rc = ini_parse_stream(config_read_line, &s, config_ini_line, &s);
     fclose(f);
+    free(s.line);
     if (s.st) return s.st;
     if (rc > 0) return TMD_FAIL(ctx, TMD_ERR_CONFIG, "%s:%d: cannot parse this line (expected key = value or [section])", path, rc);
     if (rc < 0) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot read configuration file %s", path);
@@ -262,8 +332,9 @@ tmd_status tmd_config_load_file(tmd_ctx *ctx, tmd_config *cfg, const char *path)
 
 tmd_status tmd_config_from_text(tmd_ctx *ctx, tmd_config *cfg, const char *text, const char *origin)
 {
-    ini_state s = {ctx, cfg, origin, TMD_OK, 0, NULL, text};
+    ini_state s = {ctx, cfg, origin, TMD_OK, 0, NULL, text, NULL, 0};
     int rc = ini_parse_stream(config_read_line, &s, config_ini_line, &s);
+    free(s.line);
     if (s.st) return s.st;
     if (rc > 0) return TMD_FAIL(ctx, TMD_ERR_CONFIG, "%s:%d: cannot parse this line (expected key = value)", origin, rc);
     return TMD_OK;
