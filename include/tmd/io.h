@@ -19,7 +19,7 @@
  *     tmd_writer *w = NULL;
  *     TMD_CHECK(tmd_writer_create(ctx, "R.h5", force, comm, &w)); // creates R.h5.tmp
  *     st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, n_local, 1, x); // offsets by MPI_Exscan
- *     st = tmd_writer_close(ctx, w, st == TMD_OK);                // renames R.h5.tmp -> R.h5 only on success
+ *     st = tmd_writer_close(ctx, &w, st == TMD_OK);               // renames R.h5.tmp -> R.h5 only on success
  *
  * Layout: images are (frames, height, width) float32 row-major; region buffers are (h, w).
  * Result datasets are the columns of DESIGN.md's result file; an N x K dataset is N rows of
@@ -47,6 +47,8 @@ typedef enum {
     TMD_I8,
     TMD_I32,
     TMD_I64,
+    TMD_I16,                 /* added: int16 inputs (converted to float32 on read) */
+    TMD_U32,                 /* added: uint32 inputs (converted to float32 on read) */
 } tmd_dtype;
 
 const char *tmd_dtype_name(tmd_dtype t);
@@ -80,10 +82,16 @@ tmd_status tmd_reader_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y
 
 void tmd_reader_close(tmd_reader **r);
 
-/* Writes a 2-D (frames == 1) or 3-D float32/uint16 image as a TIFF (BigTIFF if > 2 GiB or
- * bigtiff != 0), striped. Used by the simulator and by tests. Serial. */
+/* Writes a 2-D (frames == 1) or 3-D float32/uint16 image as a TIFF (BigTIFF if > 3.5 GB or
+ * bigtiff != 0), striped, uncompressed, one page per frame. uint16 values are rounded and clamped
+ * to 0..65535 (NaN -> 0). img is (frames, height, width) row-major. A failed write removes the
+ * file. Used by the simulator and by tests. Serial. */
 tmd_status tmd_tiff_write(tmd_ctx *ctx, const char *path, const float *img, int64_t frames, int64_t height,
                           int64_t width, tmd_dtype sample, int bigtiff);
+/* As tmd_tiff_write, also TMD_U8 samples, and (pixel_size > 0, Angstrom) the pixel size stored the
+ * ImageJ way (resolution in pixels per nm, "unit=nm"), which tmd_reader_open reads back. */
+tmd_status tmd_tiff_write_ex(tmd_ctx *ctx, const char *path, const float *img, int64_t frames, int64_t height,
+                             int64_t width, tmd_dtype sample, int bigtiff, double pixel_size);
 
 /* ---- result file (parallel HDF5) --------------------------------------------------- */
 
@@ -140,6 +148,16 @@ tmd_status tmd_h5_read_rows(tmd_ctx *ctx, hid_t file, const char *dset, tmd_dtyp
 /* Reads attributes; a missing one is an error naming it. *value (string) is malloc'd. */
 tmd_status tmd_h5_read_attr_str(tmd_ctx *ctx, hid_t file, const char *obj, const char *name, char **value);
 tmd_status tmd_h5_read_attr_f64(tmd_ctx *ctx, hid_t file, const char *obj, const char *name, double *v, int n);
+tmd_status tmd_h5_read_attr_i64(tmd_ctx *ctx, hid_t file, const char *obj, const char *name, int64_t *v, int n);
+
+/* Shape of a dataset: *ndims (0..4) and dims[0..ndims-1] (unused entries set to 1). A missing
+ * dataset or more than 4 dims is an error naming file and path. */
+tmd_status tmd_h5_dims(tmd_ctx *ctx, hid_t file, const char *dset, int *ndims, int64_t dims[4]);
+
+/* Reads the box [start, start + count) of an N-d dataset (N = its rank, <= 4) into the
+ * caller's buffer `out` (prod(count) elements, row-major), converted to `type`. */
+tmd_status tmd_h5_read_box(tmd_ctx *ctx, hid_t file, const char *dset, tmd_dtype type, const int64_t *start,
+                           const int64_t *count, void *out);
 
 #ifdef __cplusplus
 }

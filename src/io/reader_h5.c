@@ -1,0 +1,280 @@
+/* io module: HDF5 / EMD input. "FILE.h5:/path" names the dataset; a bare file uses /image if
+ * it is there, else its only 2-D/3-D numeric dataset. Datasets are 2-D (H x W) or 3-D
+ * (T x H x W); regions are read as hyperslabs converted to float32 by HDF5. Each rank opens
+ * the file itself with the serial driver (reading needs no collectives). */
+#include "io_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static tmd_status h5fail(tmd_ctx *ctx, const tmd_reader *r, const char *what)
+{
+    char msg[512];
+    tmd_io_h5_errmsg(msg, sizeof msg);
+    return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s:%s: %s%s%s", r->path, r->dsetname[0] ? r->dsetname : "", what,
+                    msg[0] ? ": " : "", msg);
+}
+
+/* Candidate image datasets (2-D or 3-D, integer or float), collected by H5Ovisit. */
+typedef struct {
+    char list[900];
+    char first[512];
+    int count;
+} candidates;
+
+static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void *data)
+{
+    candidates *c = data;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    hid_t d = H5Dopen2(obj, name, H5P_DEFAULT);
+    if (d < 0) return 0;
+    hid_t s = H5Dget_space(d), t = H5Dget_type(d);
+    int nd = s >= 0 ? H5Sget_simple_extent_ndims(s) : -1;
+    H5T_class_t cl = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+    if ((nd == 2 || nd == 3) && (cl == H5T_INTEGER || cl == H5T_FLOAT)) {
+        hsize_t dims[3] = {0, 0, 0};
+        H5Sget_simple_extent_dims(s, dims, NULL);
+        if (c->count == 0) snprintf(c->first, sizeof c->first, "/%s", name);
+        size_t len = strlen(c->list);
+        if (len < sizeof c->list - 80) {
+            if (nd == 2)
+                snprintf(c->list + len, sizeof c->list - len, "%s/%s (%llux%llu)", c->count ? ", " : "", name,
+                         (unsigned long long)dims[0], (unsigned long long)dims[1]);
+            else
+                snprintf(c->list + len, sizeof c->list - len, "%s/%s (%llux%llux%llu)", c->count ? ", " : "", name,
+                         (unsigned long long)dims[0], (unsigned long long)dims[1], (unsigned long long)dims[2]);
+        } else if (len < sizeof c->list - 5 && !strstr(c->list, "...")) {
+            strcat(c->list, ", ...");
+        }
+        c->count++;
+    }
+    if (t >= 0) H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    H5Dclose(d);
+    return 0;
+}
+
+static void find_candidates(hid_t file, candidates *c)
+{
+    memset(c, 0, sizeof *c);
+#if H5_VERSION_GE(1, 12, 0)
+    H5Ovisit3(file, H5_INDEX_NAME, H5_ITER_INC, (H5O_iterate2_t)visit_cb, c, H5O_INFO_BASIC);
+#else
+    H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, visit_cb, c, H5O_INFO_BASIC);
+#endif
+}
+
+static int is_image_dataset(hid_t file, const char *path)
+{
+    if (!tmd_h5_exists(file, path)) return 0;
+    H5O_info_t oi;
+    if (H5Oget_info_by_name2(file, path, &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || oi.type != H5O_TYPE_DATASET) return 0;
+    return 1;
+}
+
+static double read_pixel_size(hid_t obj)
+{
+    static const char *names[] = {"pixel_size", "pixel_size_A", "pixelsize"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (H5Aexists(obj, names[i]) <= 0) continue;
+        hid_t a = H5Aopen(obj, names[i], H5P_DEFAULT);
+        if (a < 0) continue;
+        hid_t s = H5Aget_space(a), t = H5Aget_type(a);
+        double v = 0;
+        H5T_class_t cl = H5Tget_class(t);
+        if ((cl == H5T_FLOAT || cl == H5T_INTEGER) && H5Sget_simple_extent_npoints(s) == 1 &&
+            H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0)
+            v = 0;
+        H5Tclose(t);
+        H5Sclose(s);
+        H5Aclose(a);
+        if (v > 0 && v < 1e6) return v;
+    }
+    return 0;
+}
+
+tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
+{
+    tmd_status st = TMD_OK;
+    hid_t t = H5I_INVALID_HID, dcpl = H5I_INVALID_HID;
+    tmd_io_h5_quiet();
+    snprintf(r->info.format, sizeof r->info.format, "HDF5");
+    r->file = H5Fopen(r->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (r->file < 0) {
+        char msg[512];
+        tmd_io_h5_errmsg(msg, sizeof msg);
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot open as HDF5 (damaged or truncated?)%s%s", r->path,
+                        msg[0] ? ": " : "", msg);
+    }
+    candidates c;
+    if (!r->dsetname[0]) {
+        if (is_image_dataset(r->file, "/image")) {
+            snprintf(r->dsetname, sizeof r->dsetname, "/image");
+        } else {
+            find_candidates(r->file, &c);
+            if (c.count == 1) {
+                snprintf(r->dsetname, sizeof r->dsetname, "%s", c.first);
+            } else if (c.count == 0) {
+                return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: holds no 2-D or 3-D numeric dataset to read as an image",
+                                r->path);
+            } else {
+                return TMD_FAIL(ctx, TMD_ERR_ARG,
+                                "%s: holds %d image-like datasets and no /image; name one as %s:/path. Candidates: %s",
+                                r->path, c.count, r->path, c.list);
+            }
+        }
+    } else if (!is_image_dataset(r->file, r->dsetname)) {
+        find_candidates(r->file, &c);
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: dataset %s is missing (image-like datasets in the file: %s)", r->path,
+                        r->dsetname, c.count ? c.list : "none");
+    }
+
+    r->dset = H5Dopen2(r->file, r->dsetname, H5P_DEFAULT);
+    if (r->dset < 0) return h5fail(ctx, r, "cannot open the dataset");
+    r->fspace = H5Dget_space(r->dset);
+    int nd = r->fspace >= 0 ? H5Sget_simple_extent_ndims(r->fspace) : -1;
+    if (nd != 2 && nd != 3)
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s:%s has %d dimensions; expected 2 (height x width) or 3 (frames x height x width)",
+                        r->path, r->dsetname, nd);
+    hsize_t dims[3] = {1, 1, 1};
+    H5Sget_simple_extent_dims(r->fspace, nd == 3 ? dims : dims + 1, NULL);
+    r->h5rank = nd;
+    if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1 || (int64_t)dims[1] > TMD_IO_MAX_SIDE ||
+        (int64_t)dims[2] > TMD_IO_MAX_SIDE || (int64_t)dims[0] > TMD_IO_MAX_FRAMES)
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s:%s has an unusable shape %llu x %llu x %llu (frames x height x width)",
+                        r->path, r->dsetname, (unsigned long long)dims[0], (unsigned long long)dims[1],
+                        (unsigned long long)dims[2]);
+    r->info.frames = (int64_t)dims[0];
+    r->info.height = (int64_t)dims[1];
+    r->info.width = (int64_t)dims[2];
+    size_t pix;
+    TMD_CHECK(tmd_mul_size(ctx, (size_t)dims[0] * (size_t)dims[1], (size_t)dims[2], &pix, r->path));
+
+    /* Sample type. */
+    t = H5Dget_type(r->dset);
+    H5T_class_t cl = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+    size_t sz = t >= 0 ? H5Tget_size(t) : 0;
+    int sgn = cl == H5T_INTEGER && H5Tget_sign(t) == H5T_SGN_2;
+    tmd_dtype sample = 0;
+    if (cl == H5T_FLOAT && sz == 4) sample = TMD_F32;
+    else if (cl == H5T_FLOAT && sz == 8) sample = TMD_F64;
+    else if (cl == H5T_INTEGER && sz == 1) sample = sgn ? TMD_I8 : TMD_U8;
+    else if (cl == H5T_INTEGER && sz == 2) sample = sgn ? TMD_I16 : TMD_U16;
+    else if (cl == H5T_INTEGER && sz == 4) sample = sgn ? TMD_I32 : TMD_U32;
+    if (!sample) {
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                      "%s:%s holds %zu-byte %s elements; expected uint8/16/32, int8/16/32, float32 or float64", r->path,
+                      r->dsetname, sz,
+                      cl == H5T_INTEGER ? "integer" : cl == H5T_FLOAT ? "float" : cl == H5T_COMPOUND ? "compound"
+                                                  : cl == H5T_STRING ? "string" : "non-numeric");
+        goto cleanup;
+    }
+    r->info.sample = sample;
+    r->stored = sample;
+
+    /* Storage: every filter must be available; contiguous data must lie inside the file. */
+    dcpl = H5Dget_create_plist(r->dset);
+    H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+    char filters[64] = "";
+    int nf = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0, cd[8];
+        size_t ncd = 8;
+        char fname[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof fname, fname, NULL);
+        if (id < 0) continue;
+        if (H5Zfilter_avail(id) <= 0) {
+            st = TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                          "%s:%s is compressed with HDF5 filter %d (%s), which this HDF5 library does not have",
+                          r->path, r->dsetname, (int)id, fname[0] ? fname : "unknown");
+            goto cleanup;
+        }
+        size_t len = strlen(filters);
+        snprintf(filters + len, sizeof filters - len, ", %s",
+                 id == H5Z_FILTER_DEFLATE ? "deflate" : id == H5Z_FILTER_SHUFFLE ? "shuffle"
+                 : id == H5Z_FILTER_FLETCHER32 ? "fletcher32" : id == H5Z_FILTER_SZIP ? "szip"
+                 : fname[0] ? fname : "filter");
+    }
+    int64_t fsize = tmd_io_file_size(r->path);
+    if (lay == H5D_CONTIGUOUS) {
+        haddr_t off = H5Dget_offset(r->dset);
+        hsize_t bytes = H5Dget_storage_size(r->dset);
+        if (off != HADDR_UNDEF && (int64_t)(off + bytes) > fsize) {
+            st = TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                          "%s:%s promises %llu bytes at offset %llu but the file holds only %lld bytes (truncated file?)",
+                          r->path, r->dsetname, (unsigned long long)bytes, (unsigned long long)off, (long long)fsize);
+            goto cleanup;
+        }
+        snprintf(r->info.layout, sizeof r->info.layout, "contiguous");
+    } else if (lay == H5D_CHUNKED) {
+        hsize_t ch[3] = {1, 1, 1};
+        H5Pget_chunk(dcpl, nd, nd == 3 ? ch : ch + 1);
+        if (nd == 3)
+            snprintf(r->info.layout, sizeof r->info.layout, "chunked %llux%llux%llu%s", (unsigned long long)ch[0],
+                     (unsigned long long)ch[1], (unsigned long long)ch[2], filters);
+        else
+            snprintf(r->info.layout, sizeof r->info.layout, "chunked %llux%llu%s", (unsigned long long)ch[1],
+                     (unsigned long long)ch[2], filters);
+        /* Chunks beyond the end of the file (truncated) — checked when the index is small. */
+        hsize_t nchunks = 0;
+        if (H5Dget_num_chunks(r->dset, H5S_ALL, &nchunks) >= 0 && nchunks <= 4096) {
+            for (hsize_t i = 0; i < nchunks; i++) {
+                hsize_t coff[3];
+                unsigned fm = 0;
+                haddr_t addr = 0;
+                hsize_t csz = 0;
+                if (H5Dget_chunk_info(r->dset, H5S_ALL, i, coff, &fm, &addr, &csz) < 0) break;
+                if (addr != HADDR_UNDEF && (int64_t)(addr + csz) > fsize) {
+                    st = TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                                  "%s:%s: chunk %llu promises %llu bytes at offset %llu but the file holds only %lld "
+                                  "bytes (truncated file?)",
+                                  r->path, r->dsetname, (unsigned long long)i, (unsigned long long)csz,
+                                  (unsigned long long)addr, (long long)fsize);
+                    goto cleanup;
+                }
+            }
+        }
+    } else {
+        snprintf(r->info.layout, sizeof r->info.layout, "%s", lay == H5D_COMPACT ? "compact" : "virtual");
+    }
+
+    r->info.pixel_size = read_pixel_size(r->dset);
+    if (r->info.pixel_size == 0) {
+        hid_t root = H5Oopen(r->file, "/", H5P_DEFAULT);
+        if (root >= 0) {
+            r->info.pixel_size = read_pixel_size(root);
+            H5Oclose(root);
+        }
+    }
+cleanup:
+    if (t >= 0) H5Tclose(t);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return st;
+}
+
+tmd_status tmd_io_h5_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y0, int64_t x0, int64_t h, int64_t w,
+                          float *out)
+{
+    tmd_io_h5_quiet();
+    hsize_t start[3] = {(hsize_t)frame, (hsize_t)y0, (hsize_t)x0}, count[3] = {1, (hsize_t)h, (hsize_t)w};
+    int off = r->h5rank == 3 ? 0 : 1;
+    hid_t ms = H5Screate_simple(2, count + 1, NULL);
+    tmd_status st = TMD_OK;
+    if (ms < 0 || H5Sselect_hyperslab(r->fspace, H5S_SELECT_SET, start + off, NULL, count + off, NULL) < 0 ||
+        H5Dread(r->dset, H5T_NATIVE_FLOAT, ms, r->fspace, H5P_DEFAULT, out) < 0) {
+        char what[160];
+        snprintf(what, sizeof what, "reading frame %lld, rows %lld..%lld failed", (long long)frame, (long long)y0,
+                 (long long)(y0 + h - 1));
+        st = h5fail(ctx, r, what);
+    }
+    if (ms >= 0) H5Sclose(ms);
+    return st;
+}
+
+void tmd_io_h5_close(tmd_reader *r)
+{
+    if (r->fspace >= 0) H5Sclose(r->fspace);
+    if (r->dset >= 0) H5Dclose(r->dset);
+    if (r->file >= 0) H5Fclose(r->file);
+    r->fspace = r->dset = r->file = H5I_INVALID_HID;
+}
