@@ -1,0 +1,227 @@
+/* Lattice-site ids for the atoms of every frame (see tmd/track.h). */
+#include "tmd/track.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NB 60                  /* phase histogram bins per axis */
+#define FIX 1073741824.0       /* 2^30: fixed point of phase sums (exact integer reductions) */
+
+int64_t tmd_site_pack(int64_t i, int64_t j, int sublattice)
+{
+    return ((i + ((int64_t)1 << 30)) << 32) | ((j + ((int64_t)1 << 29)) << 2) | (int64_t)(sublattice & 3);
+}
+
+void tmd_site_unpack(int64_t id, int64_t *i, int64_t *j, int *sublattice)
+{
+    *i = (id >> 32) - ((int64_t)1 << 30);
+    *j = ((id >> 2) & 0x3FFFFFFF) - ((int64_t)1 << 29);
+    *sublattice = (int)(id & 3);
+}
+
+void tmd_track_site_xy(const tmd_track_basis *b, int64_t id, double *x, double *y)
+{
+    int64_t i, j;
+    int s;
+    tmd_site_unpack(id, &i, &j, &s);
+    double U = (double)i + (s == 2 ? b->c : 0), V = (double)j + (s == 2 ? b->c : 0);
+    *x = b->origin[0] + U * b->a1[0] + V * b->a2[0];
+    *y = b->origin[1] + U * b->a1[1] + V * b->a2[1];
+}
+
+/* Fractional coordinates of (x, y) - o in the basis (a1, a2). */
+static void frac(const double a1[2], const double a2[2], const double o[2], double x, double y, double *u, double *v)
+{
+    double det = a1[0] * a2[1] - a2[0] * a1[1];
+    x -= o[0];
+    y -= o[1];
+    *u = (a2[1] * x - a2[0] * y) / det;
+    *v = (-a1[1] * x + a1[0] * y) / det;
+}
+
+int64_t tmd_track_nearest(const tmd_track_basis *b, double x, double y, double *dist)
+{
+    double u, v;
+    frac(b->a1, b->a2, b->origin, x, y, &u, &v);
+    int64_t best = -1;
+    double bd = INFINITY;
+    for (int s = 1; s <= 2; s++) {
+        double off = s == 2 ? b->c : 0;
+        int64_t i0 = (int64_t)llround(u - off), j0 = (int64_t)llround(v - off);
+        /* the nearest lattice point is within one step of the rounded fractional position */
+        for (int di = -1; di <= 1; di++)
+            for (int dj = -1; dj <= 1; dj++) {
+                double U = (double)(i0 + di) + off, V = (double)(j0 + dj) + off;
+                double sx = b->origin[0] + U * b->a1[0] + V * b->a2[0] - x;
+                double sy = b->origin[1] + U * b->a1[1] + V * b->a2[1] - y;
+                double d = sqrt(sx * sx + sy * sy);
+                if (d < bd) { bd = d; best = tmd_site_pack(i0 + di, j0 + dj, s); }
+            }
+    }
+    if (dist) *dist = bd;
+    return best;
+}
+
+static double wrap01(double f) { return f - floor(f); }
+
+static int bin_of(double f)
+{
+    int k = (int)floor(wrap01(f) * NB);
+    return k < 0 ? 0 : k >= NB ? NB - 1 : k;
+}
+
+/* Sum of a circular 3x3 neighbourhood of bin (bu, bv) of an NB x NB histogram. */
+static int64_t hsum3(const int64_t *h, int bu, int bv)
+{
+    int64_t s = 0;
+    for (int du = -1; du <= 1; du++)
+        for (int dv = -1; dv <= 1; dv++) s += h[((bu + du + NB) % NB) * NB + (bv + dv + NB) % NB];
+    return s;
+}
+
+static double circ_dist(double a, double b)
+{
+    double d = wrap01(a - b);
+    return d > 0.5 ? 1 - d : d;
+}
+
+tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
+                               const double a2[2], tmd_track_basis *out)
+{
+    tmd_status st = TMD_OK;
+    int64_t *hist = NULL; /* (3, NB, NB): labels A, B, all */
+    memset(out, 0, sizeof *out);
+    double det = a1[0] * a2[1] - a2[0] * a1[1];
+    if (!(fabs(det) > 1e-6)) st = TMD_FAIL(ctx, TMD_ERR_ARG, "track: lattice vectors (%g, %g), (%g, %g) are degenerate", a1[0], a1[1], a2[0], a2[1]);
+    if (!st) st = tmd_calloc(ctx, (void **)&hist, 3 * NB * NB, sizeof(int64_t), "track phase histogram");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* a 120-degree basis becomes the 60-degree one (B sites then sit at c (a1 + a2)) */
+    double b1[2] = {a1[0], a1[1]}, b2[2] = {a2[0], a2[1]};
+    if (b1[0] * b2[0] + b1[1] * b2[1] < 0) { b2[0] += b1[0]; b2[1] += b1[1]; }
+    a1 = b1;
+    a2 = b2;
+    const double zero[2] = {0, 0};
+    for (int64_t k = 0; k < atoms->n; k++) {
+        if (atoms->frame[k] != 0) continue;
+        double u, v;
+        frac(a1, a2, zero, atoms->x[k], atoms->y[k], &u, &v);
+        int b = bin_of(u) * NB + bin_of(v);
+        int s = atoms->sublattice[k];
+        if (s == TMD_SUB_A) hist[b]++;
+        if (s == TMD_SUB_B) hist[NB * NB + b]++;
+        hist[2 * NB * NB + b]++;
+    }
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, hist, 3 * NB * NB, MPI_INT64_T, MPI_SUM, comm));
+    if (st) goto cleanup;
+    int64_t nA = 0, nB = 0, nall = 0;
+    for (int b = 0; b < NB * NB; b++) { nA += hist[b]; nB += hist[NB * NB + b]; nall += hist[2 * NB * NB + b]; }
+    if (nall < 8) {
+        st = TMD_FAIL(ctx, TMD_ERR_NOLATTICE, "track: frame 0 has %lld atoms; at least 8 are needed to fix the lattice sites",
+                      (long long)nall);
+        goto cleanup;
+    }
+    int useA = nA >= 4;
+    const int64_t *hA = useA ? hist : hist + 2 * NB * NB;
+    int bu = 0, bv = 0;
+    int64_t best = -1;
+    for (int u = 0; u < NB; u++)
+        for (int v = 0; v < NB; v++) {
+            int64_t s = hsum3(hA, u, v);
+            if (s > best) { best = s; bu = u; bv = v; }
+        }
+    double pu = (bu + 0.5) / NB, pv = (bv + 0.5) / NB;
+    /* B at +1/3 or +2/3 of (1, 1): whichever holds more (B-labelled, or all) atoms */
+    const int64_t *hB = nB >= 4 ? hist + NB * NB : hist + 2 * NB * NB;
+    int64_t s13 = hsum3(hB, bin_of(pu + 1.0 / 3), bin_of(pv + 1.0 / 3));
+    int64_t s23 = hsum3(hB, bin_of(pu + 2.0 / 3), bin_of(pv + 2.0 / 3));
+    out->c = s13 >= s23 ? 1.0 / 3 : 2.0 / 3;
+    /* circular mean of the A phase in fixed point (exact, rank-count independent) */
+    int64_t cs[5] = {0, 0, 0, 0, 0};
+    for (int64_t k = 0; k < atoms->n; k++) {
+        if (atoms->frame[k] != 0 || (useA && atoms->sublattice[k] != TMD_SUB_A)) continue;
+        double u, v;
+        frac(a1, a2, zero, atoms->x[k], atoms->y[k], &u, &v);
+        if (circ_dist(u, pu) > 0.15 || circ_dist(v, pv) > 0.15) continue;
+        cs[0] += llround(cos(2 * M_PI * u) * FIX);
+        cs[1] += llround(sin(2 * M_PI * u) * FIX);
+        cs[2] += llround(cos(2 * M_PI * v) * FIX);
+        cs[3] += llround(sin(2 * M_PI * v) * FIX);
+        cs[4]++;
+    }
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, cs, 5, MPI_INT64_T, MPI_SUM, comm));
+    if (st) goto cleanup;
+    double phu = atan2((double)cs[1], (double)cs[0]) / (2 * M_PI);
+    double phv = atan2((double)cs[3], (double)cs[2]) / (2 * M_PI);
+    memcpy(out->a1, a1, sizeof out->a1);
+    memcpy(out->a2, a2, sizeof out->a2);
+    out->origin[0] = phu * a1[0] + phv * a2[0];
+    out->origin[1] = phu * a1[1] + phv * a2[1];
+    /* least squares: p = o + U a1 + V a2 over the frame-0 atoms near their sites; the origin is
+     * kept near the centre of mass of the atoms so that the normal equations are well conditioned */
+    for (int iter = 0; iter < 3; iter++) {
+        double bond = sqrt(pow((out->a1[0] + out->a2[0]) / 3, 2) + pow((out->a1[1] + out->a2[1]) / 3, 2));
+        out->bond = bond;
+        double S[13] = {0}; /* n, U, V, UU, UV, VV, X, UX, VX, Y, UY, VY, r^2 */
+        for (int64_t k = 0; k < atoms->n; k++) {
+            if (atoms->frame[k] != 0) continue;
+            double d;
+            int64_t id = tmd_track_nearest(out, atoms->x[k], atoms->y[k], &d);
+            if (d > 0.35 * bond) continue;
+            int64_t i, j;
+            int s;
+            tmd_site_unpack(id, &i, &j, &s);
+            double U = (double)i + (s == 2 ? out->c : 0), V = (double)j + (s == 2 ? out->c : 0);
+            double X = atoms->x[k], Y = atoms->y[k];
+            S[0] += 1; S[1] += U; S[2] += V; S[3] += U * U; S[4] += U * V; S[5] += V * V;
+            S[6] += X; S[7] += U * X; S[8] += V * X; S[9] += Y; S[10] += U * Y; S[11] += V * Y;
+            S[12] += d * d;
+        }
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, S, 13, MPI_DOUBLE, MPI_SUM, comm));
+        if (st) goto cleanup;
+        out->n_fit = (int64_t)S[0];
+        out->rms_px = S[0] > 0 ? sqrt(S[12] / S[0]) : 0;
+        if (S[0] < 8) break;
+        /* solve [n U V; U UU UV; V UV VV] [o a1 a2] = [X UX VX] (and Y) by Cramer's rule */
+        double m[3][3] = {{S[0], S[1], S[2]}, {S[1], S[3], S[4]}, {S[2], S[4], S[5]}};
+        double D = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+                   m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        if (!(fabs(D) > 1e-9 * S[0] * S[3] * S[5])) break; /* atoms on one line: keep the given vectors */
+        for (int c = 0; c < 2; c++) {
+            double r[3] = {S[6 + 3 * c], S[7 + 3 * c], S[8 + 3 * c]}, sol[3];
+            for (int q = 0; q < 3; q++) {
+                double mm[3][3];
+                memcpy(mm, m, sizeof mm);
+                for (int row = 0; row < 3; row++) mm[row][q] = r[row];
+                sol[q] = (mm[0][0] * (mm[1][1] * mm[2][2] - mm[1][2] * mm[2][1]) -
+                          mm[0][1] * (mm[1][0] * mm[2][2] - mm[1][2] * mm[2][0]) +
+                          mm[0][2] * (mm[1][0] * mm[2][1] - mm[1][1] * mm[2][0])) / D;
+            }
+            out->origin[c] = sol[0];
+            out->a1[c] = sol[1];
+            out->a2[c] = sol[2];
+        }
+    }
+    tmd_debug(ctx, "track: basis a1 (%.4f, %.4f) a2 (%.4f, %.4f) origin (%.3f, %.3f) c %.3f from %lld atoms, rms %.3f px",
+              out->a1[0], out->a1[1], out->a2[0], out->a2[1], out->origin[0], out->origin[1], out->c,
+              (long long)out->n_fit, out->rms_px);
+cleanup:
+    free(hist);
+    return st;
+}
+
+tmd_status tmd_track_assign(tmd_ctx *ctx, const tmd_track_basis *b, const double *drift, int64_t T, double tol,
+                            tmd_atom_table *atoms)
+{
+    for (int64_t k = 0; k < atoms->n; k++) {
+        int64_t t = atoms->frame[k];
+        if (t < 0 || t >= T)
+            return TMD_FAIL(ctx, TMD_ERR_RANGE, "track: atom %lld is in frame %lld, but the drift covers frames 0..%lld",
+                            (long long)k, (long long)t, (long long)T - 1);
+        double d;
+        int64_t id = tmd_track_nearest(b, atoms->x[k] - drift[2 * t], atoms->y[k] - drift[2 * t + 1], &d);
+        atoms->site[k] = d <= tol * b->bond ? id : -1;
+    }
+    return TMD_OK;
+}

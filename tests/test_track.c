@@ -1,0 +1,165 @@
+/* Track: atoms of drifting frames (with position noise, missing atoms, a slightly wrong
+ * starting lattice) get the lattice-site id of their true site in every frame; ids are the
+ * same whichever rank holds which atoms (1, 2, 4 ranks); pack/unpack round-trips. */
+/* TMD_TEST_RANKS: 1 2 4 */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "tmd/track.h"
+
+#define T 12
+
+static const double A = 30.7, ROT = 0.31;
+
+static void truth_site(int i, int j, int s, double *x, double *y)
+{
+    double a1x = A * cos(ROT), a1y = A * sin(ROT), a2x = A * cos(ROT + M_PI / 3), a2y = A * sin(ROT + M_PI / 3);
+    double u = i + (s == 2 ? 1.0 / 3 : 0), v = j + (s == 2 ? 1.0 / 3 : 0);
+    *x = 7.3 + u * a1x + v * a2x;
+    *y = -4.1 + u * a1y + v * a2y;
+}
+
+/* Atoms of all frames; this rank keeps every nranks-th one (any split must give the same ids).
+ * truth_key[k] = a key of the true site (i, j, s). */
+static void make_atoms(tmd_ctx *ctx, tmd_atom_table *a, int64_t **truth_key, double *drift, int rank, int nranks,
+                       int labelled)
+{
+    tmd_atom_table_init(a, 1);
+    unsigned rng = 99;
+    int64_t cap = 0, counter = 0;
+    *truth_key = NULL;
+    for (int t = 0; t < T; t++) {
+        drift[2 * t] = 1.7 * t + 0.3 * sin(t);
+        drift[2 * t + 1] = -0.9 * t;
+    }
+    for (int t = 0; t < T; t++)
+        for (int i = -20; i <= 20; i++)
+            for (int j = -20; j <= 20; j++)
+                for (int s = 1; s <= 2; s++) {
+                    double x, y;
+                    truth_site(i, j, s, &x, &y);
+                    x += drift[2 * t];
+                    y += drift[2 * t + 1];
+                    float r1 = tmd_test_randf(&rng), r2 = tmd_test_randf(&rng), r3 = tmd_test_randf(&rng);
+                    if (x < 0 || y < 0 || x > 400 || y > 400) continue;
+                    if (r3 < 0.05f) continue; /* vacancy in this frame */
+                    if (counter++ % nranks != rank) continue;
+                    int64_t k;
+                    tmd_atom_table_push(ctx, a, &k);
+                    a->frame[k] = t;
+                    a->x[k] = x + 1.5 * (r1 - 0.5);
+                    a->y[k] = y + 1.5 * (r2 - 0.5);
+                    a->sublattice[k] = labelled ? s : 0;
+                    if (k >= cap) {
+                        cap = 2 * (k + 1);
+                        *truth_key = realloc(*truth_key, sizeof(int64_t) * cap);
+                    }
+                    (*truth_key)[k] = ((int64_t)(i + 100) * 1000 + (j + 100)) * 10 + s;
+                }
+}
+
+static void check(int labelled)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    double drift[2 * T];
+    tmd_atom_table mine, all;
+    int64_t *key_mine, *key_all;
+    make_atoms(&ctx, &mine, &key_mine, drift, tmd_test_rank, tmd_test_size, labelled);
+    make_atoms(&ctx, &all, &key_all, drift, 0, 1, labelled);
+    /* starting lattice vectors 0.4% too long and 0.3 degrees off, as a lattice stage might give */
+    double s = 1.004, r = ROT + 0.005;
+    double a1[2] = {s * A * cos(r), s * A * sin(r)}, a2[2] = {s * A * cos(r + M_PI / 3), s * A * sin(r + M_PI / 3)};
+    tmd_track_basis b, bs;
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit(&ctx, tmd_test_comm, &mine, a1, a2, &b), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit(&ctx, MPI_COMM_SELF, &all, a1, a2, &bs), TMD_OK);
+    CU_ASSERT(fabs(hypot(b.a1[0], b.a1[1]) - A) < 0.01);
+    CU_ASSERT(b.rms_px < 0.7);
+    CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &b, drift, T, 0.45, &mine), TMD_OK);
+    CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
+    /* every atom has a site; one true site <-> one id; sublattice from the id matches */
+    /* (unlabelled: which sublattice is called A is arbitrary, but it must be consistent) */
+    int ok_map = 1, ok_sub = 1, ok_all = 1, flip = -1;
+    for (int64_t k = 0; k < all.n; k++) {
+        if (all.site[k] < 0) { ok_all = 0; continue; }
+        int64_t i, j;
+        int sub;
+        tmd_site_unpack(all.site[k], &i, &j, &sub);
+        int f = sub != key_all[k] % 10;
+        if (flip < 0) flip = labelled ? 0 : f;
+        if (f != flip) ok_sub = 0;
+        for (int64_t q = k + 1; q < all.n && q < k + 4000; q++)
+            if ((key_all[q] == key_all[k]) != (all.site[q] == all.site[k])) ok_map = 0;
+    }
+    CU_ASSERT(ok_all);
+    CU_ASSERT(ok_map);
+    CU_ASSERT(ok_sub);
+    /* the rank-split ids equal the one-rank ids (the split is every nranks-th atom) */
+    int64_t q = 0, same = 1;
+    for (int64_t k = 0; k < all.n; k++)
+        if (k % tmd_test_size == tmd_test_rank) {
+            if (q >= mine.n || mine.site[q] != all.site[k]) same = 0;
+            q++;
+        }
+    CU_ASSERT(same);
+    /* ideal site positions lie within the position noise of the truth (in frame 0) */
+    double x, y, tx, ty;
+    tmd_track_site_xy(&b, all.site[0], &x, &y);
+    int64_t kk = key_all[0];
+    truth_site((int)(kk / 10000) - 100, (int)(kk / 10 % 1000) - 100, (int)(kk % 10), &tx, &ty);
+    /* the origin may sit on any A site: compare positions modulo the id, via the nearest site */
+    double d;
+    CU_ASSERT_EQUAL(tmd_track_nearest(&b, tx, ty, &d), all.site[0]);
+    CU_ASSERT(d < 0.3);
+    CU_ASSERT(hypot(x - tx, y - ty) < 0.3);
+    (void)x; (void)y;
+    free(key_mine);
+    free(key_all);
+    tmd_atom_table_free(&mine);
+    tmd_atom_table_free(&all);
+}
+
+static void test_labelled(void) { check(1); }
+/* Without sublattice labels the A phase comes from the most populated phase bin. */
+static void test_unlabelled(void) { check(0); }
+
+static void test_pack(void)
+{
+    const int64_t v[][3] = {{0, 0, 1}, {-5, 7, 2}, {123456, -98765, 1}, {-1000000, 1000000, 2}};
+    for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
+        int64_t id = tmd_site_pack(v[k][0], v[k][1], (int)v[k][2]), i, j;
+        int s;
+        CU_ASSERT(id >= 0);
+        tmd_site_unpack(id, &i, &j, &s);
+        CU_ASSERT_EQUAL(i, v[k][0]);
+        CU_ASSERT_EQUAL(j, v[k][1]);
+        CU_ASSERT_EQUAL(s, v[k][2]);
+    }
+    /* ids sort by i first */
+    CU_ASSERT(tmd_site_pack(1, -100, 1) > tmd_site_pack(0, 100, 2));
+}
+
+/* Too few atoms in frame 0: refused with TMD_ERR_NOLATTICE on every rank. */
+static void test_empty(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    tmd_atom_table a;
+    tmd_atom_table_init(&a, 1);
+    tmd_track_basis b;
+    double a1[2] = {30, 0}, a2[2] = {15, 26};
+    CU_ASSERT_EQUAL(tmd_track_basis_fit(&ctx, tmd_test_comm, &a, a1, a2, &b), TMD_ERR_NOLATTICE);
+    tmd_atom_table_free(&a);
+}
+
+int main(int argc, char **argv)
+{
+    return tmd_test_main(argc, argv, "track",
+                         (tmd_test_case[]){{"site ids, labelled", test_labelled},
+                                           {"site ids, unlabelled", test_unlabelled},
+                                           {"pack/unpack", test_pack},
+                                           {"empty frame 0 refused", test_empty},
+                                           {0}});
+}
