@@ -142,7 +142,7 @@ static tmd_status describe_page(tmd_ctx *ctx, tmd_reader *r, int64_t page, page_
                         d->sf == SAMPLEFORMAT_IEEEFP ? "float" : (d->sf == SAMPLEFORMAT_INT ? "signed" : "unsigned"),
                         d->bps);
     if (!TIFFIsCODECConfigured(d->compression))
-        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page %lld uses %s compression, which this libtiff cannot decode", r->path,
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page %lld is compressed with %s, which this libtiff cannot decode", r->path,
                         (long long)page, compression_name(d->compression, cb, sizeof cb));
     switch (d->photometric) {
     case PHOTOMETRIC_MINISBLACK:
@@ -264,7 +264,8 @@ tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
     r->msg[0] = 0;
     r->tif = TIFFOpenExt(r->path, "rm", opts); /* "m": no memory mapping (a truncated mapped file would SIGBUS) */
     TIFFOpenOptionsFree(opts);
-    if (!r->tif) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot read the TIFF header%s", r->path, tmsg(r, mb, sizeof mb));
+    if (!r->tif) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot read the TIFF header; the file is truncated or damaged%s", r->path,
+                                   tmsg(r, mb, sizeof mb));
     snprintf(r->info.format, sizeof r->info.format, "%s", TIFFIsBigTIFF(r->tif) ? "BigTIFF" : "TIFF");
 
     /* Walk every page: validate it, record its directory offset, check it matches page 0. */
