@@ -194,6 +194,10 @@ void tmd_nn_trainer_adam_state(tmd_nn_trainer *t, float **m, float **v, int64_t 
 void tmd_nn_trainer_set_lr(tmd_nn_trainer *t, float lr);
 void tmd_nn_trainer_destroy(tmd_nn_trainer **t);
 
+/* splitmix64 finaliser: the counter-based hash used for weights, dropout and training
+ * example draws (rank-count independent randomness). */
+uint64_t tmd_nn_hash(uint64_t x);
+
 #ifdef __cplusplus
 }
 #endif
