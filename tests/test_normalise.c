@@ -71,7 +71,8 @@ static void run_distributed(const tmd_config *cfg, double px, int64_t T, int64_t
         for (int64_t t = grown.lo[0]; t < grown.hi[0]; t++)
             for (int64_t y = grown.lo[1]; y < grown.hi[1]; y++)
                 for (int64_t x = grown.lo[2]; x < grown.hi[2]; x++, k++) {
-                    mismatched += memcmp(&buf[k], &ref[(t * H + y) * W + x], sizeof(float)) != 0;
+                    float v = buf[k] < 0 ? 0 : (buf[k] > 1 ? 1 : buf[k]);
+                    mismatched += memcmp(&v, &ref[(t * H + y) * W + x], sizeof(float)) != 0;
                     checked++;
                 }
     }
@@ -174,6 +175,15 @@ static void test_background_and_levels(void)
     m2 /= 64;
     /* the raw background differs by ~100 between these places, the pattern spans 20 */
     CU_ASSERT(fabs(m1 - m2) < 0.05);
+    /* without background removal the same two places differ a lot */
+    cfg.background_sigma = 0;
+    CU_ASSERT_EQUAL_FATAL(tmd_normalise_image(&ctx, &cfg, 0.12, 1, H, W, img, out), TMD_OK);
+    double n1 = 0, n2 = 0;
+    for (int64_t y = 100; y < 108; y++)
+        for (int64_t x = 100; x < 108; x++) n1 += out[y * W + x];
+    for (int64_t y = 280; y < 288; y++)
+        for (int64_t x = 300; x < 308; x++) n2 += out[y * W + x];
+    CU_ASSERT(fabs(n1 - n2) / 64 > 0.2);
     free(img);
     free(out);
 
@@ -185,10 +195,12 @@ static void test_background_and_levels(void)
     float *v = malloc(sizeof(float) * N), *o = malloc(sizeof(float) * N);
     for (int64_t i = 0; i < N; i++) v[i] = (float)((i * 7919) % N);
     CU_ASSERT_EQUAL_FATAL(tmd_normalise_image(&ctx, &cfg, 0.12, 1, 100, 100, v, o), TMD_OK);
-    /* value 100 (the 1st percentile) -> 0, value 9900 (99th) -> 1 */
+    /* value 100 (the 1st percentile) -> 0, value 9900 (99th) -> 1, clamped outside */
     for (int64_t i = 0; i < N; i++) {
         if (v[i] == 100.0f) CU_ASSERT(fabs(o[i]) < 0.002);
         if (v[i] == 9900.0f) CU_ASSERT(fabs(o[i] - 1) < 0.002);
+        if (v[i] == 5000.0f) CU_ASSERT(fabs(o[i] - 4900.0 / 9800.0) < 0.002);
+        CU_ASSERT(o[i] >= 0 && o[i] <= 1);
     }
     free(v);
     free(o);

@@ -13,8 +13,12 @@
  *   - lo, hi are the clip_low and clip_high percentiles of I - B over the whole image or
  *     stack, from a global histogram (65536 bins between the global min and max, counts
  *     reduced with MPI_Allreduce) of the pixels whose row and column are multiples of a
- *     step s = ceil(sqrt(T*H*W / 2^22)) (s = 1, every pixel, up to 4 Mpixel). Values are not
- *     clipped: the brightest columns may exceed 1.
+ *     step s = ceil(sqrt(T*H*W / 2^22)) (s = 1, every pixel, up to 4 Mpixel).
+ * The network input is clamp(N, 0, 1) (tmd_normalise_clamp) — with background_sigma = 0 and
+ * the default clip_low/clip_high this is the robust 0.5/99.9-percentile mapping of
+ * tmd_sim_normalise that the shipped models are trained on (up to the histogram's bin width,
+ * range/65536). Measurements (column intensities) use the unclamped N, so the brightest
+ * columns keep their contrast above 1.
  * Every quantity is computed in a fixed order per tile and combined exactly (integer counts,
  * sums that have one non-zero contributor), so the result is bit-identical on any number
  * of ranks. The background sees across tile and rank edges: the coarse cell sums are halo-
@@ -88,12 +92,15 @@ double tmd_normalise_background(const tmd_normalise *n, int64_t t, int64_t y, in
 /* Collective (over the comm of the decomposition given at create). Accepts NULL. */
 void tmd_normalise_destroy(tmd_normalise **n);
 
-/* Serial: normalises a whole image or stack (frames, h, w) held in memory, exactly as the
- * pipeline would with this configuration and pixel size. out may equal img. Uses the
- * configuration's tile, frames_per_tile, nominal_pixel_size, background_sigma, clip_low,
- * clip_high. */
+/* Serial: the network input for a whole image or stack (frames, h, w) held in memory:
+ * clamp(N, 0, 1), exactly as the pipeline feeds the U-Net with this configuration and pixel
+ * size. THE function for training data. out may equal img. Uses the configuration's tile,
+ * frames_per_tile, nominal_pixel_size, background_sigma, clip_low, clip_high. */
 tmd_status tmd_normalise_image(tmd_ctx *ctx, const tmd_config *cfg, double input_px, int64_t frames, int64_t h,
                                int64_t w, const float *img, float *out);
+
+/* Clamps n values to [0, 1] in place (the network input). */
+void tmd_normalise_clamp(float *pix, int64_t n);
 
 /* Resamples frame data `in` (h, w) covering input rows [y0, y0 + h) and columns
  * [x0, x0 + w) of an image of img_h x img_w pixels onto the nominal grid rows

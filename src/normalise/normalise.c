@@ -529,9 +529,15 @@ tmd_status tmd_normalise_image(tmd_ctx *ctx, const tmd_config *cfg, double input
         float *p = out + (core.lo[0] * h + core.lo[1]) * w + core.lo[2];
         st = apply_strided(ctx, n, &core, p, w, w * h);
     }
+    if (!st) tmd_normalise_clamp(out, frames * h * w);
     tmd_normalise_destroy(&n);
     tmd_decomp_destroy(&d);
     return st;
+}
+
+void tmd_normalise_clamp(float *pix, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) pix[i] = pix[i] < 0 ? 0 : (pix[i] > 1 ? 1 : pix[i]);
 }
 
 /* ---- resampling ------------------------------------------------------------------------ */
