@@ -1,0 +1,81 @@
+/* tmd/atoms.h — atomic columns from a segmentation: peaks of the column probability,
+ * sub-pixel centres on the image, class probabilities and integrated intensity.
+ *
+ * Role: the U-Net gives, per pixel of the nominal grid, 6 class probabilities (DESIGN.md:
+ * 0 background, 1 Mo, 2 W, 3 S2, 4 SSe, 5 Se2). A column is a peak of the column probability
+ * P = 1 - p(background) (after a 3x3 binomial smoothing that breaks plateaus): P at least
+ * `threshold` and the largest within `sep` (ties broken by the lower global index). Its
+ * centre is then measured on the normalised image in input pixels: intensity-weighted
+ * centroid over a disc of radius `radius` (weights = intensity minus the disc's minimum,
+ * recentred twice), refined by a 2-D Gaussian fit (amplitude, centre, width, offset;
+ * Levenberg-Marquardt) where the fit converges and stays within one pixel of the centroid.
+ * Each atom gets the mean class probabilities over the disc (nominal grid), the species and
+ * sublattice of the most likely non-background class (a first guess that the classification
+ * stage replaces), and the integrated intensity sum(N) * pixel area (Angstrom^2) over the
+ * disc around the final centre.
+ *
+ * Overlap-tile rule: every quantity depends only on pixels within a fixed distance of the
+ * column, computed in global coordinates in a fixed order, so the same column seen from two
+ * overlapping windows gets bit-identical results. An atom is kept by the tile whose core
+ * holds its centre (tmd_decomp_pixel_of), so no atom is lost or duplicated at tile or rank
+ * edges — provided the halo covers the U-Net's reach plus tmd_atoms_margin().
+ *
+ * Usage (per tile and frame; not collective, allocates scratch per call):
+ *     tmd_atoms_params ap; tmd_atoms_params_from_config(&ap, &cfg, input_px);
+ *     TMD_CHECK(tmd_atoms_find(ctx, &ap, &seg, &img, frame, &core, &atoms));
+ *
+ * Layout: seg.prob is (nclass, ph, pw) float32 on the nominal grid, nominal pixel (Y, X) at
+ * input coordinate (Y * s, X * s); img.pix is (h, w) float32 over input rows [y0, y0 + h),
+ * columns [x0, x0 + w) of an image img_h x img_w. Coordinates in the table: input pixels.
+ */
+#ifndef TMD_ATOMS_H
+#define TMD_ATOMS_H
+
+#include "tmd/config.h"
+#include "tmd/core.h"
+#include "tmd/decomp.h"
+#include "tmd/table.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tmd_atoms_params {
+    double threshold;   /* minimum P at a peak */
+    double sep;         /* peaks closer than this (nominal pixels) are one column */
+    double radius;      /* centroid / integration disc radius, input pixels */
+    int refine;         /* 1: 2-D Gaussian refinement */
+    double px_area;     /* Angstrom^2 per input pixel */
+} tmd_atoms_params;
+
+/* threshold = atom_threshold, sep = min_atom_separation / nominal_px, radius =
+ * 0.7 * min_atom_separation / input_px (at least 1.5), refine = gaussian_refine. */
+void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, double input_px);
+
+/* Distance (input pixels) around a column that the finder reads beyond the column centre:
+ * windows must extend this far (plus the U-Net reach) beyond a tile's core. */
+double tmd_atoms_margin(const tmd_atoms_params *p, double s);
+
+typedef struct tmd_atoms_seg {
+    const float *prob;    /* (nclass, ph, pw) */
+    int nclass;
+    int64_t Y0, X0;       /* global nominal index of prob's first row / column */
+    int64_t ph, pw;
+    double s;             /* nominal_px / input_px */
+} tmd_atoms_seg;
+
+typedef struct tmd_atoms_img {
+    const float *pix;     /* (h, w) normalised, unclamped */
+    int64_t y0, x0, h, w; /* region of the image it covers */
+    int64_t img_h, img_w; /* the whole frame */
+} tmd_atoms_img;
+
+/* Appends the atoms of one frame whose centres lie in `core` (rows core->lo[1]..hi[1],
+ * columns lo[2]..hi[2]; core->lo[0] <= frame < core->hi[0]) to `out` (nprob = nclass). */
+tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_atoms_seg *seg, const tmd_atoms_img *img,
+                          int32_t frame, const tmd_box *core, tmd_atom_table *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

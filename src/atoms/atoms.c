@@ -1,0 +1,277 @@
+/* Atom finding: peaks of the column probability, centroid + Gaussian refinement on the
+ * image, ownership by centre (see tmd/atoms.h). */
+#include "tmd/atoms.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, double input_px)
+{
+    p->threshold = cfg->atom_threshold;
+    p->sep = cfg->min_atom_separation / cfg->nominal_pixel_size;
+    p->radius = 0.7 * cfg->min_atom_separation / input_px;
+    if (p->radius < 1.5) p->radius = 1.5;
+    p->refine = cfg->gaussian_refine;
+    p->px_area = input_px * input_px;
+}
+
+double tmd_atoms_margin(const tmd_atoms_params *p, double s)
+{
+    /* peak search (sep + smoothing) on the nominal grid, then up to 2 recentrings of the
+     * disc, the fit's one-pixel tolerance and the integration disc */
+    return (p->sep + 2) * s + 3 * p->radius + 4;
+}
+
+/* Gaussian fit of a disc of pixels: v ~ A exp(-r^2 / (2 sg^2)) + B. Returns 1 if it
+ * converged; (cy, cx) updated. Pure function of the pixel list (global coordinates). */
+static int gauss_fit(const double *py, const double *px, const double *pv, int n, double *cy, double *cx, double sg0)
+{
+    if (n < 8) return 0;
+    double vmin = pv[0], vmax = pv[0];
+    for (int i = 1; i < n; i++) {
+        if (pv[i] < vmin) vmin = pv[i];
+        if (pv[i] > vmax) vmax = pv[i];
+    }
+    if (!(vmax > vmin)) return 0;
+    double q[5] = {vmax - vmin, *cy, *cx, sg0, vmin}; /* A, y0, x0, sigma, B */
+    double lambda = 1e-3;
+    double cost = 0;
+    for (int i = 0; i < n; i++) {
+        double dy = py[i] - q[1], dx = px[i] - q[2];
+        double r = q[0] * exp(-(dy * dy + dx * dx) / (2 * q[3] * q[3])) + q[4] - pv[i];
+        cost += r * r;
+    }
+    int converged = 0;
+    for (int it = 0; it < 30 && !converged; it++) {
+        double JTJ[5][5] = {{0}}, JTr[5] = {0};
+        for (int i = 0; i < n; i++) {
+            double dy = py[i] - q[1], dx = px[i] - q[2], s2 = q[3] * q[3];
+            double e = exp(-(dy * dy + dx * dx) / (2 * s2));
+            double r = q[0] * e + q[4] - pv[i];
+            double J[5] = {e, q[0] * e * dy / s2, q[0] * e * dx / s2, q[0] * e * (dy * dy + dx * dx) / (s2 * q[3]), 1};
+            for (int a = 0; a < 5; a++) {
+                JTr[a] += J[a] * r;
+                for (int b = 0; b < 5; b++) JTJ[a][b] += J[a] * J[b];
+            }
+        }
+        /* solve (JTJ + lambda diag) d = -JTr by Gaussian elimination */
+        for (int tries = 0; tries < 8; tries++) {
+            double M[5][6];
+            for (int a = 0; a < 5; a++) {
+                for (int b = 0; b < 5; b++) M[a][b] = JTJ[a][b] + (a == b ? lambda * (JTJ[a][a] + 1e-12) : 0);
+                M[a][5] = -JTr[a];
+            }
+            int singular = 0;
+            for (int c = 0; c < 5 && !singular; c++) {
+                int piv = c;
+                for (int r = c + 1; r < 5; r++)
+                    if (fabs(M[r][c]) > fabs(M[piv][c])) piv = r;
+                if (fabs(M[piv][c]) < 1e-300) {
+                    singular = 1;
+                    break;
+                }
+                if (piv != c)
+                    for (int k = 0; k < 6; k++) {
+                        double t = M[c][k];
+                        M[c][k] = M[piv][k];
+                        M[piv][k] = t;
+                    }
+                for (int r = c + 1; r < 5; r++) {
+                    double f = M[r][c] / M[c][c];
+                    for (int k = c; k < 6; k++) M[r][k] -= f * M[c][k];
+                }
+            }
+            if (singular) return 0;
+            double d[5];
+            for (int c = 4; c >= 0; c--) {
+                double v = M[c][5];
+                for (int k = c + 1; k < 5; k++) v -= M[c][k] * d[k];
+                d[c] = v / M[c][c];
+            }
+            double t[5];
+            for (int a = 0; a < 5; a++) t[a] = q[a] + d[a];
+            if (t[3] <= 0.2) {
+                lambda *= 10;
+                continue;
+            }
+            double c2 = 0;
+            for (int i = 0; i < n; i++) {
+                double dy = py[i] - t[1], dx = px[i] - t[2];
+                double r = t[0] * exp(-(dy * dy + dx * dx) / (2 * t[3] * t[3])) + t[4] - pv[i];
+                c2 += r * r;
+            }
+            if (c2 <= cost) {
+                memcpy(q, t, sizeof q);
+                double step = fabs(d[1]) + fabs(d[2]);
+                cost = c2;
+                lambda = lambda > 1e-9 ? lambda * 0.3 : lambda;
+                if (step < 1e-4) converged = 1;
+                break;
+            }
+            lambda *= 10;
+            if (tries == 7) converged = 1; /* no further decrease: at a minimum */
+        }
+    }
+    if (!converged || !(q[0] > 0) || !(q[3] > 0.3 * sg0) || !(q[3] < 4 * sg0)) return 0;
+    if (fabs(q[1] - *cy) > 1 || fabs(q[2] - *cx) > 1) return 0;
+    *cy = q[1];
+    *cx = q[2];
+    return 1;
+}
+
+/* Pixels of the disc of radius rad around (cy, cx), clipped to the frame; returns the count
+ * or -1 if part of the clipped disc lies outside the region held in img. Fills arrays when
+ * given (capacity cap). */
+static int disc(const tmd_atoms_img *img, double cy, double cx, double rad, double *py, double *px, double *pv, int cap)
+{
+    int64_t ya = (int64_t)ceil(cy - rad), yb = (int64_t)floor(cy + rad);
+    int64_t xa = (int64_t)ceil(cx - rad), xb = (int64_t)floor(cx + rad);
+    if (ya < 0) ya = 0;
+    if (xa < 0) xa = 0;
+    if (yb > img->img_h - 1) yb = img->img_h - 1;
+    if (xb > img->img_w - 1) xb = img->img_w - 1;
+    if (ya > yb || xa > xb) return 0;
+    if (ya < img->y0 || yb >= img->y0 + img->h || xa < img->x0 || xb >= img->x0 + img->w) return -1;
+    int n = 0;
+    for (int64_t y = ya; y <= yb; y++)
+        for (int64_t x = xa; x <= xb; x++) {
+            double dy = (double)y - cy, dx = (double)x - cx;
+            if (dy * dy + dx * dx > rad * rad) continue;
+            if (n < cap) {
+                py[n] = (double)y;
+                px[n] = (double)x;
+                pv[n] = img->pix[(y - img->y0) * img->w + (x - img->x0)];
+            }
+            n++;
+        }
+    return n;
+}
+
+tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_atoms_seg *seg, const tmd_atoms_img *img,
+                          int32_t frame, const tmd_box *core, tmd_atom_table *out)
+{
+    if (frame < core->lo[0] || frame >= core->hi[0]) return TMD_OK;
+    if (seg->nclass < 2 || out->nprob != seg->nclass)
+        return TMD_FAIL(ctx, TMD_ERR_ARG, "atoms: %d classes, table holds %d probabilities", seg->nclass, out->nprob);
+    tmd_status st = TMD_OK;
+    const int64_t ph = seg->ph, pw = seg->pw, npx = ph * pw;
+    const double s = seg->s;
+    float *P = NULL; /* (ph, pw) smoothed column probability */
+    double *py = NULL, *pxs = NULL, *pv = NULL;
+    int cap = (int)((2 * p->radius + 3) * (2 * p->radius + 3)) + 8;
+    st = tmd_calloc(ctx, (void **)&P, (size_t)npx, sizeof *P, "column probability");
+    if (!st) st = tmd_calloc(ctx, (void **)&py, (size_t)cap, sizeof *py, "atom disc");
+    if (!st) st = tmd_calloc(ctx, (void **)&pxs, (size_t)cap, sizeof *pxs, "atom disc");
+    if (!st) st = tmd_calloc(ctx, (void **)&pv, (size_t)cap, sizeof *pv, "atom disc");
+    if (st) goto cleanup;
+    /* 3x3 binomial smoothing of 1 - p(background); the window's outer ring is left 0 */
+    const float *bg = seg->prob;
+    for (int64_t Y = 1; Y + 1 < ph; Y++)
+        for (int64_t X = 1; X + 1 < pw; X++) {
+            double a = 0;
+            static const double k[3] = {0.25, 0.5, 0.25};
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dx = -1; dx <= 1; dx++) a += k[dy + 1] * k[dx + 1] * (1.0 - bg[(Y + dy) * pw + X + dx]);
+            P[Y * pw + X] = (float)a;
+        }
+    const int r = (int)ceil(p->sep);
+    const double reach = p->radius * 3 + 3; /* how far a final centre can be from its peak */
+    for (int64_t Y = r + 1; Y + r + 1 < ph; Y++) {
+        double cyn = (double)(seg->Y0 + Y) * s;
+        if (cyn < (double)core->lo[1] - 0.5 - reach || cyn > (double)core->hi[1] - 0.5 + reach) continue;
+        for (int64_t X = r + 1; X + r + 1 < pw; X++) {
+            float v = P[Y * pw + X];
+            if (v < p->threshold) continue;
+            double cxn = (double)(seg->X0 + X) * s;
+            if (cxn < (double)core->lo[2] - 0.5 - reach || cxn > (double)core->hi[2] - 0.5 + reach) continue;
+            /* strict maximum within sep (ties: lower index wins) */
+            int is_peak = 1;
+            for (int dy = -r; dy <= r && is_peak; dy++)
+                for (int dx = -r; dx <= r; dx++) {
+                    if (!dy && !dx) continue;
+                    if (dy * dy + dx * dx > p->sep * p->sep) continue;
+                    float u = P[(Y + dy) * pw + X + dx];
+                    if (u > v || (u == v && (dy < 0 || (dy == 0 && dx < 0)))) {
+                        is_peak = 0;
+                        break;
+                    }
+                }
+            if (!is_peak) continue;
+            /* centroid on the image, recentred twice */
+            double cy = cyn, cx = cxn;
+            int ok = 1;
+            for (int it = 0; it < 3 && ok; it++) {
+                int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
+                if (n <= 0 || n > cap) {
+                    ok = 0;
+                    break;
+                }
+                double vmin = pv[0];
+                for (int i = 1; i < n; i++)
+                    if (pv[i] < vmin) vmin = pv[i];
+                double sw = 0, sy = 0, sx = 0;
+                for (int i = 0; i < n; i++) {
+                    double wgt = pv[i] - vmin;
+                    sw += wgt;
+                    sy += wgt * py[i];
+                    sx += wgt * pxs[i];
+                }
+                if (!(sw > 0)) break; /* flat: keep the peak position */
+                cy = sy / sw;
+                cx = sx / sw;
+            }
+            if (!ok) continue;
+            if (p->refine) {
+                int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
+                if (n > 0 && n <= cap) gauss_fit(py, pxs, pv, n, &cy, &cx, p->radius / 2);
+            }
+            /* ownership by centre */
+            int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
+            if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
+            int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
+            if (n < 0 || n > cap) {
+                st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
+                              "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
+                goto cleanup;
+            }
+            double sum = 0;
+            for (int i = 0; i < n; i++) sum += pv[i];
+            /* class probabilities: mean over the disc on the nominal grid */
+            double acc[16] = {0};
+            int cnt = 0;
+            double rn = p->radius / s;
+            int64_t Ya = (int64_t)ceil(cy / s - rn), Yb = (int64_t)floor(cy / s + rn);
+            int64_t Xa = (int64_t)ceil(cx / s - rn), Xb = (int64_t)floor(cx / s + rn);
+            for (int64_t YY = Ya; YY <= Yb; YY++)
+                for (int64_t XX = Xa; XX <= Xb; XX++) {
+                    double dy = (double)YY - cy / s, dx = (double)XX - cx / s;
+                    if (dy * dy + dx * dx > rn * rn) continue;
+                    int64_t ly = YY - seg->Y0, lx = XX - seg->X0;
+                    if (ly < 0 || ly >= ph || lx < 0 || lx >= pw) continue;
+                    for (int c = 0; c < seg->nclass && c < 16; c++) acc[c] += seg->prob[c * npx + ly * pw + lx];
+                    cnt++;
+                }
+            int64_t i;
+            if ((st = tmd_atom_table_push(ctx, out, &i))) goto cleanup;
+            out->frame[i] = frame;
+            out->x[i] = cx;
+            out->y[i] = cy;
+            out->intensity[i] = (float)(sum * p->px_area);
+            int best = 1;
+            for (int c = 0; c < seg->nclass; c++) {
+                out->prob[i * out->nprob + c] = cnt ? (float)(acc[c] / cnt) : 0;
+                if (c >= 1 && c < 16 && acc[c] > acc[best]) best = c;
+            }
+            /* classes 1..5 are species codes 1..5; 1, 2 metal (A), 3..5 chalcogen (B) */
+            out->species[i] = (int8_t)(best <= 5 ? best : 0);
+            out->sublattice[i] = (int8_t)(best <= 2 ? TMD_SUB_A : (best <= 5 ? TMD_SUB_B : TMD_SUB_UNKNOWN));
+        }
+    }
+cleanup:
+    free(P);
+    free(py);
+    free(pxs);
+    free(pv);
+    return st;
+}
