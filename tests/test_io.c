@@ -191,6 +191,24 @@ static int fx_write_tiff(const char *path, const fx_opts *o)
     return rc;
 }
 
+/* A 16 x 4 image of 12-bit samples (uncompressed, packed). */
+static int fx_write_12bit(const char *path)
+{
+    TIFF *t = TIFFOpen(path, "w");
+    if (!t) return -1;
+    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, 16u);
+    TIFFSetField(t, TIFFTAG_IMAGELENGTH, 4u);
+    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 12);
+    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, 1);
+    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
+    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, 4u);
+    uint8_t row[24] = {0};
+    int rc = 0;
+    for (uint32_t y = 0; y < 4; y++) rc |= TIFFWriteScanline(t, row, y, 0) < 0;
+    TIFFClose(t);
+    return rc ? -1 : 0;
+}
+
 /* ---- byte-level patching of classic little-endian TIFFs (for corrupt headers) --------- */
 
 static int read_at(FILE *f, long off, void *buf, size_t n) { return fseek(f, off, SEEK_SET) || fread(buf, 1, n, f) != n; }
@@ -616,18 +634,7 @@ static void test_bad_tiffs(void)
     o.bps = 12;
     o.rps = 38;
     p = tmd_test_path("b12.tif");
-    {
-        TIFF *t = TIFFOpen(p, "w");
-        TIFFSetField(t, TIFFTAG_IMAGEWIDTH, 16u);
-        TIFFSetField(t, TIFFTAG_IMAGELENGTH, 4u);
-        TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 12);
-        TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, 1);
-        TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
-        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, 4u);
-        uint8_t row[24] = {0};
-        for (uint32_t y = 0; y < 4; y++) TIFFWriteScanline(t, row, y, 0);
-        TIFFClose(t);
-    }
+    CU_ASSERT_EQUAL_FATAL(fx_write_12bit(p), 0);
     expect_refused("12-bit", p, p, "12-bit");
     p = tmd_test_path("complex.tif");
     {
@@ -871,6 +878,57 @@ static int make_fixtures(const char *dir)
     hsize_t da[2] = {40, 50};
     rc |= fx_h5_dataset(p, 0, "/raw/frame0", 2, da, H5T_STD_U16LE, H5T_NATIVE_UINT16, ba, NULL, 0);
     free(ba);
+    /* Bad inputs for tests/cli/bad_input.sh. */
+    o = fx_default();
+    o.w = 200;
+    o.h = 150;
+    o.bps = 32;
+    o.sf = SAMPLEFORMAT_IEEEFP;
+    o.nan_at = 1;
+    snprintf(p, sizeof p, "%s/bad_nan.tif", dir);
+    rc |= fx_write_tiff(p, &o);
+    o = fx_default();
+    snprintf(p, sizeof p, "%s/bad_zero.tif", dir);
+    rc |= fx_write_tiff(p, &o);
+    rc |= patch_tag(p, TIFFTAG_IMAGEWIDTH, 0, 0);
+    o.compression = COMPRESSION_LZW;
+    snprintf(p, sizeof p, "%s/bad_bytecount.tif", dir);
+    rc |= fx_write_tiff(p, &o);
+    rc |= patch_tag(p, TIFFTAG_STRIPBYTECOUNTS, 3, 60000u);
+    snprintf(p, sizeof p, "%s/bad_12bit.tif", dir);
+    rc |= fx_write_12bit(p);
+
+    /* A TIFF carrying its pixel size the ImageJ way. */
+    tmd_ctx ctx;
+    tmd_ctx_init(&ctx, MPI_COMM_SELF);
+    ctx.log_level = TMD_LOG_QUIET;
+    float *img = calloc(64 * 64, sizeof(float));
+    for (int i = 0; i < 64 * 64; i++) img[i] = (float)(i % 97);
+    snprintf(p, sizeof p, "%s/px.tif", dir);
+    if (tmd_tiff_write_ex(&ctx, p, img, 1, 64, 64, TMD_U16, 0, 0.12)) rc = 1;
+    free(img);
+    /* A small result file written by the result writer. */
+    snprintf(p, sizeof p, "%s/result.h5", dir);
+    tmd_writer *w = NULL;
+    double x[5] = {1, 2, 3, 4, 5}, px = 0.12;
+    int8_t un[3] = {1, 0, 1};
+    int64_t ranks = 1;
+    const char *config = "[run]\ntile = 512\nhalo = 32\n[classify]\nthreshold = 0.5\n";
+    tmd_status st = tmd_writer_create(&ctx, p, 1, MPI_COMM_SELF, &w);
+    if (!st) st = tmd_writer_rows(&ctx, w, "/atoms/x", TMD_F64, 5, 1, x);
+    if (!st) st = tmd_writer_rows(&ctx, w, "/defects/x", TMD_F64, 2, 1, x);
+    if (!st) st = tmd_writer_rows(&ctx, w, "/sites/x", TMD_F64, 3, 1, x);
+    if (!st) st = tmd_writer_rows(&ctx, w, "/sites/unstable", TMD_I8, 3, 1, un);
+    if (!st) st = tmd_writer_attr_str(&ctx, w, "/", "tmdflow_version", TMD_VERSION);
+    if (!st) st = tmd_writer_attr_str(&ctx, w, "/", "config", config);
+    if (!st) st = tmd_writer_attr_str(&ctx, w, "/", "input", "sample.tif");
+    if (!st) st = tmd_writer_attr_f64(&ctx, w, "/", "pixel_size", &px, 1);
+    if (!st) st = tmd_writer_attr_i64(&ctx, w, "/", "ranks", &ranks, 1);
+    st = tmd_writer_close(&ctx, &w, st == TMD_OK);
+    if (st) {
+        fprintf(stderr, "test_io: %s\n", ctx.err_msg);
+        rc = 1;
+    }
     if (rc) fprintf(stderr, "test_io: could not write the fixtures in %s\n", dir);
     return rc ? 1 : 0;
 }
@@ -879,7 +937,10 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--make-fixtures")) {
         TIFFSetWarningHandler(NULL);
-        return make_fixtures(argv[2]);
+        MPI_Init(&argc, &argv);
+        int rc = make_fixtures(argv[2]);
+        MPI_Finalize();
+        return rc;
     }
     TIFFSetWarningHandler(NULL); /* the fixture writer's own libtiff warnings */
     TIFFSetErrorHandler(NULL);
