@@ -128,7 +128,10 @@ tmd_status tmd_writer_attr_i64(tmd_ctx *ctx, tmd_writer *w, const char *obj, con
 tmd_status tmd_writer_close(tmd_ctx *ctx, tmd_writer **w, int ok);
 tmd_status tmd_writer_close_keep(tmd_ctx *ctx, tmd_writer **w, int ok, int keep_tmp);
 
-/* The HDF5 file id, for modules that need something the writer does not offer. */
+/* The HDF5 file id, for modules that need something the writer does not offer. The file is
+ * open with the MPI-IO driver and collective metadata: every rank must make the same HDF5
+ * calls, agree on failure (tmd_agree) before each collective call, and close every object it
+ * opened before tmd_writer_close (the MPI-IO driver refuses to close a file with open objects). */
 hid_t tmd_writer_file(const tmd_writer *w);
 
 /* ---- reading results back (serial, any rank) ---------------------------------------- */
