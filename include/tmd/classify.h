@@ -1,0 +1,89 @@
+/* tmd/classify.h — sublattices, species and vacancies of the atoms of a TMD monolayer.
+ *
+ * Role: intensity alone cannot name a column (Mo ~ SSe); the honeycomb's two sublattices can.
+ * This stage (1) builds the neighbour graph of the atoms (bond = a / sqrt(3) from the frame's
+ * lattice, owned atoms plus ghosts from neighbouring ranks), (2) 2-colours it — an atom's
+ * colour is the coset of the honeycomb it sits on, read from the directions of its bonds
+ * (+delta or -delta against the frame lattice), and components are the atoms joined by bonds
+ * consistent with that colouring, so grain boundaries, holes and 5-7 rings split components
+ * rather than break them; components spanning ranks are merged by a union-find over the
+ * ranks' boundary atoms (same on every rank), (3) decides per component which colour is the
+ * metal sublattice by comparing, for both assignments, the likelihood of the two colours'
+ * intensity histograms under a physical Z^n contrast model — metal levels {Mo, W}, chalcogen
+ * levels {S2, SSe, Se2, S, Se} of a random alloy Mo(1-x)W(x)S(2(1-y))Se(2y) with single-chalcogen
+ * vacancies, a common scale and exponent n (prior 1.7 +- 0.12), fitted by EM — plus the vote
+ * of the segmentation/classifier probabilities when present, (4) gives every atom species
+ * probabilities (intensity posterior x classifier probabilities^0.5 when present), masks the
+ * species its sublattice forbids when `constraint` is on and renormalises, (5) finds
+ * vacancies: V_X = a B-site column classified S or Se, V_M / V_X2 = an A / B site of the
+ * locally fitted lattice with no column (or with a column whose intensity fits "empty").
+ * Nothing depends on a material the user states: the composition comes out of the fit.
+ *
+ * Usage (collective over comm; every rank calls with its own atoms, possibly none):
+ *     tmd_classify_opts o; tmd_classify_opts_default(&o); o.constraint = cfg.constraint;
+ *     // ghosts: tmd_ghost_exchange with distance >= tmd_classify_ghost_distance(&lat[f])
+ *     tmd_classify_report rep;
+ *     st = tmd_classify(ctx, comm, &o, nframes, lat, &own_box, height, width,
+ *                       &atoms, &ghosts, &defects, &rep);
+ *     // atoms.sublattice, .species filled; atoms.prob is now (n, TMD_SP_COUNT): the final
+ *     // probabilities over species codes (column 0 = unknown/empty); defects appended.
+ *     // rep.a_vegard: lattice constant of the fitted composition, for the pixel size.
+ *
+ * Inputs: atoms.frame, x, y, intensity (integrated column intensity with the background
+ * removed: zero for an empty site — the contrast model has no offset), and atoms.prob with
+ * nprob = TMD_NCLASSES (segmentation classes), TMD_SP_COUNT (classifier species probabilities
+ * over codes 0..7) or anything else (ignored). lat[f] is frame f's lattice (same on every
+ * rank). A vacancy belongs to the rank whose box holds its position (pixel rule of tmd/halo.h);
+ * own == NULL means this rank owns everything. Ghost atoms are read only.
+ * Results do not depend on the number of ranks when the ghost distance is at least
+ * tmd_classify_ghost_distance(). Allocates internally and frees before returning.
+ */
+#ifndef TMD_CLASSIFY_H
+#define TMD_CLASSIFY_H
+
+#include "tmd/core.h"
+#include "tmd/decomp.h"
+#include "tmd/lattice.h"
+#include "tmd/table.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tmd_classify_opts {
+    int constraint;          /* 1: species forbidden by the sublattice are masked (default 1) */
+    double bond_tol;         /* relative tolerance of a bond's length and direction (default 0.25) */
+    int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */
+    double n_prior;          /* prior mean of the HAADF exponent (default 1.7) */
+    double n_prior_sd;       /* its standard deviation (default 0.12) */
+    double vote_weight;      /* weight of the segmentation/classifier vote (log-odds units, default 0.5) */
+    double empty_prob;       /* a column whose posterior "empty" exceeds this is a vacancy (default 0.5) */
+} tmd_classify_opts;
+
+void tmd_classify_opts_default(tmd_classify_opts *o);
+
+typedef struct tmd_classify_report {
+    int64_t n_components;    /* global components with >= 2 atoms */
+    int64_t n_isolated;      /* atoms with no bond (sublattice unknown) */
+    int64_t n_conflicts;     /* bonds dropped as inconsistent with the 2-colouring */
+    double n_exponent;       /* fitted exponent of the largest component (frame 0) */
+    double x_w, y_se;        /* fitted composition of the largest component (frame 0) */
+    double a_vegard;         /* lattice constant of that composition, Angstrom */
+    int64_t n_vm, n_vx, n_vx2; /* vacancies found on this rank */
+} tmd_classify_report;
+
+/* Ghost distance (pixels) the pipeline must use for rank-independent results. */
+double tmd_classify_ghost_distance(const tmd_lattice *lat);
+
+/* Collective over comm (see above). nframes = global number of frames (lat has nframes
+ * entries); height, width = frame size in pixels (vacancies are not looked for within half a
+ * bond of the frame edge). rep may be NULL. */
+tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes,
+                        const tmd_lattice *lat, const tmd_box *own, int64_t height, int64_t width,
+                        tmd_atom_table *atoms, const tmd_atom_table *ghosts, tmd_defect_table *defects,
+                        tmd_classify_report *rep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

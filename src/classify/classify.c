@@ -1,0 +1,926 @@
+/* Sublattice colouring, contrast-model species classification and vacancies (tmd/classify.h). */
+#include "tmd/classify.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NB 128            /* histogram bins over [0, 1.05] x frame max intensity */
+#define MAXNB 6           /* neighbours kept per atom (a honeycomb atom has 3) */
+#define VOTE_FIX 65536.0  /* fixed point of the vote sums (exact, order-independent reductions) */
+
+void tmd_classify_opts_default(tmd_classify_opts *o)
+{
+    o->constraint = 1;
+    o->bond_tol = 0.25;
+    o->min_fit_atoms = 40;
+    o->n_prior = 1.7;
+    o->n_prior_sd = 0.12;
+    o->vote_weight = 0.5;
+    o->empty_prob = 0.5;
+}
+
+double tmd_classify_ghost_distance(const tmd_lattice *lat) { return 3.0 * lat->period_px; }
+
+/* ---- contrast model ---------------------------------------------------------------------- */
+
+/* Metal levels {empty, Mo, W}, chalcogen levels {empty, S, Se, S2, SSe, Se2}, in units of a Mo
+ * column (Z^n / 42^n). */
+static const int MET_SP[3] = {TMD_SP_UNKNOWN, TMD_SP_MO, TMD_SP_W};
+static const int CHA_SP[6] = {TMD_SP_UNKNOWN, TMD_SP_S, TMD_SP_SE, TMD_SP_S2, TMD_SP_SSE, TMD_SP_SE2};
+
+typedef struct {
+    double n, s, sa2, rho, x, y, v, em, ex; /* exponent, scale, abs. variance, rel. noise, composition, vacancies */
+    int hyp;                                 /* colour that is the metal sublattice */
+    double score;
+    int ok;
+} model_t;
+
+static void levels(double n, double lm[3], double lx[6])
+{
+    double mo = pow(42.0, n), s = pow(16.0, n) / mo, se = pow(34.0, n) / mo;
+    lm[0] = 0.0;
+    lm[1] = 1.0;
+    lm[2] = pow(74.0, n) / mo;
+    lx[0] = 0.0;
+    lx[1] = s;
+    lx[2] = se;
+    lx[3] = 2 * s;
+    lx[4] = s + se;
+    lx[5] = 2 * se;
+}
+
+static void weights(const model_t *m, double wm[3], double wx[6])
+{
+    wm[0] = m->em;
+    wm[1] = (1 - m->em) * (1 - m->x);
+    wm[2] = (1 - m->em) * m->x;
+    double ps = (1 - m->v) * (1 - m->y), pe = (1 - m->v) * m->y, z = 1 - m->v * m->v;
+    wx[0] = m->ex;
+    double c = (1 - m->ex) / z;
+    wx[1] = c * 2 * m->v * ps;
+    wx[2] = c * 2 * m->v * pe;
+    wx[3] = c * ps * ps;
+    wx[4] = c * 2 * ps * pe;
+    wx[5] = c * pe * pe;
+}
+
+static double gauss(double d, double var) { return exp(-0.5 * d * d / var) / sqrt(2 * M_PI * var); }
+
+static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* Posterior over a sublattice's levels for intensity I (in frame-max units). */
+static void posterior(const model_t *m, const double *L, const double *w, int nl, double I, double *r)
+{
+    double tot = 0;
+    for (int k = 0; k < nl; k++) {
+        double mu = m->s * L[k], var = m->sa2 + m->rho * m->rho * mu * mu;
+        r[k] = w[k] * gauss(I - mu, var);
+        tot += r[k];
+    }
+    for (int k = 0; k < nl; k++) r[k] = tot > 0 ? r[k] / tot : (k == 0);
+}
+
+/* Log-likelihood of metal/chalcogen histograms under m (one E-step, no update). */
+static double hist_ll(const model_t *m, const int64_t *hm, const int64_t *hx)
+{
+    double lm[3], lx[6], wm[3], wx[6], ll = 0, bw = 1.05 / NB;
+    levels(m->n, lm, lx);
+    weights(m, wm, wx);
+    for (int side = 0; side < 2; side++) {
+        const int64_t *h = side ? hx : hm;
+        const double *L = side ? lx : lm, *w = side ? wx : wm;
+        int nl = side ? 6 : 3;
+        for (int b = 0; b < NB; b++) {
+            if (!h[b]) continue;
+            double I = (b + 0.5) * bw, tot = 0;
+            for (int k = 0; k < nl; k++) {
+                double mu = m->s * L[k];
+                tot += w[k] * gauss(I - mu, m->sa2 + m->rho * m->rho * mu * mu);
+            }
+            ll += (double)h[b] * log(tot * bw + 1e-300);
+        }
+    }
+    return ll;
+}
+
+/* EM fit of (s, sa2, x, y, v, em, ex) at fixed n and rho from a start (x0, y0). */
+static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
+{
+    double lm[3], lx[6], bw = 1.05 / NB, minvar = bw * bw * 0.25;
+    levels(m->n, lm, lx);
+    /* start: scale from the metal median */
+    int64_t tot = 0, acc = 0;
+    for (int b = 0; b < NB; b++) tot += hm[b];
+    int bmed = 0;
+    for (int b = 0; b < NB; b++) {
+        acc += hm[b];
+        if (2 * acc >= tot) {
+            bmed = b;
+            break;
+        }
+    }
+    double med = (bmed + 0.5) * bw;
+    m->s = med / ((1 - m->x) * lm[1] + m->x * lm[2]);
+    m->sa2 = pow(0.05 * m->s, 2) + minvar;
+    m->v = 0.03;
+    m->em = m->ex = 0.02;
+    for (int it = 0; it < 40; it++) {
+        double wm[3], wx[6], N[2][6] = {{0}}, S1 = 0, S2 = 0, W = 0, RV[2][6] = {{0}};
+        weights(m, wm, wx);
+        for (int side = 0; side < 2; side++) {
+            const int64_t *h = side ? hx : hm;
+            const double *L = side ? lx : lm, *w = side ? wx : wm;
+            int nl = side ? 6 : 3;
+            for (int b = 0; b < NB; b++) {
+                if (!h[b]) continue;
+                double I = (b + 0.5) * bw, r[6];
+                posterior(m, L, w, nl, I, r);
+                double c = (double)h[b];
+                for (int k = 0; k < nl; k++) {
+                    double cr = c * r[k], mu = m->s * L[k], var = m->sa2 + m->rho * m->rho * mu * mu;
+                    N[side][k] += cr;
+                    if (k > 0) {
+                        S1 += cr * I * L[k] / var;
+                        S2 += cr * L[k] * L[k] / var;
+                    }
+                    RV[side][k] += cr * (I - mu) * (I - mu);
+                    W += cr;
+                }
+            }
+        }
+        if (S2 <= 0 || W <= 0) return -1e300;
+        /* noise model var_k = sa2 + rho^2 mu_k^2: weighted least squares over the levels of the
+         * per-level residual variances (mu_k with the old scale) */
+        {
+            double A11 = 0, A12 = 0, A22 = 0, b1 = 0, b2 = 0;
+            for (int side = 0; side < 2; side++)
+                for (int k = 0; k < (side ? 6 : 3); k++) {
+                    double nk = N[side][k];
+                    if (nk < 1e-9) continue;
+                    double mu = m->s * (side ? lx[k] : lm[k]), u = mu * mu, vk = RV[side][k] / nk;
+                    A11 += nk;
+                    A12 += nk * u;
+                    A22 += nk * u * u;
+                    b1 += nk * vk;
+                    b2 += nk * u * vk;
+                }
+            double det = A11 * A22 - A12 * A12, sa2 = b1 / A11, r2 = 0;
+            if (det > 1e-12 * A11 * A22) {
+                sa2 = (A22 * b1 - A12 * b2) / det;
+                r2 = (A11 * b2 - A12 * b1) / det;
+            }
+            if (r2 < 0) {
+                r2 = 0;
+                sa2 = b1 / A11;
+            }
+            if (sa2 < minvar) {
+                sa2 = minvar;
+                if (A22 > 0) r2 = fmax(0, (b2 - minvar * A12) / A22);
+            }
+            m->sa2 = sa2;
+            m->rho = sqrt(fmin(r2, 0.25));
+        }
+        m->s = S1 / S2;
+        double nm = N[0][0] + N[0][1] + N[0][2];
+        if (N[0][1] + N[0][2] > 0) m->x = clampd(N[0][2] / (N[0][1] + N[0][2]), 1e-3, 1 - 1e-3);
+        if (nm > 0) m->em = clampd(N[0][0] / nm, 1e-3, 0.3);
+        double nx = 0;
+        for (int k = 0; k < 6; k++) nx += N[1][k];
+        if (nx > 0) m->ex = clampd(N[1][0] / nx, 1e-3, 0.3);
+        double se = N[1][2] + N[1][4] + 2 * N[1][5], sa = N[1][1] + N[1][4] + 2 * N[1][3];
+        if (se + sa > 0) m->y = clampd(se / (se + sa), 1e-3, 1 - 1e-3);
+        double cols = N[1][1] + N[1][2] + N[1][3] + N[1][4] + N[1][5];
+        if (cols > 0) m->v = clampd((N[1][1] + N[1][2]) / (2 * cols), 1e-3, 0.3);
+    }
+    return hist_ll(m, hm, hx);
+}
+
+/* Best model over n, rho, starts and both colour assignments. h0, h1: histograms of colours
+ * 0 and 1; vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). */
+static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote)
+{
+    static const double NS[6] = {1.5, 1.6, 1.7, 1.8, 1.9, 2.0}, RHO[1] = {0.06}, X0[3] = {0.05, 0.5, 0.95};
+    model_t best;
+    memset(&best, 0, sizeof best);
+    best.score = -1e300;
+    for (int hyp = 0; hyp < 2; hyp++) {
+        const int64_t *hm = hyp ? h1 : h0, *hx = hyp ? h0 : h1;
+        int64_t cm = 0, cx = 0;
+        for (int b = 0; b < NB; b++) {
+            cm += hm[b];
+            cx += hx[b];
+        }
+        if (cm == 0 || cx == 0) continue;
+        for (int a = 0; a < 6; a++)
+            for (int r = 0; r < 1; r++)
+                for (int i = 0; i < 3; i++)
+                    for (int j = 0; j < 3; j++) {
+                        model_t m;
+                        memset(&m, 0, sizeof m);
+                        m.n = NS[a];
+                        m.rho = RHO[r];
+                        m.x = X0[i];
+                        m.y = X0[j];
+                        m.hyp = hyp;
+                        double ll = em_fit(&m, hm, hx);
+                        double pr = -0.5 * pow((m.n - o->n_prior) / o->n_prior_sd, 2);
+                        m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
+                        m.ok = 1;
+                        if (m.score > best.score) best = m;
+                    }
+    }
+    return best;
+}
+
+/* ---- graph ----------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t key;
+    int64_t node;
+} cellent_t;
+
+static int cmp_cell(const void *a, const void *b)
+{
+    const cellent_t *p = a, *q = b;
+    if (p->key != q->key) return p->key < q->key ? -1 : 1;
+    return (p->node > q->node) - (p->node < q->node);
+}
+
+static int64_t cell_key(int64_t frame, int64_t cy, int64_t cx)
+{
+    return ((frame * (1LL << 21)) + (cy + (1LL << 20))) * (1LL << 21) + (cx + (1LL << 20));
+}
+
+static int64_t uf_find(int64_t *p, int64_t i)
+{
+    while (p[i] != i) {
+        p[i] = p[p[i]];
+        i = p[i];
+    }
+    return i;
+}
+
+static void uf_union(int64_t *p, int64_t a, int64_t b)
+{
+    a = uf_find(p, a);
+    b = uf_find(p, b);
+    if (a == b) return;
+    if (a < b) p[b] = a;
+    else p[a] = b;
+}
+
+typedef struct {
+    int64_t frame, xb, yb, gid; /* position bits and global component id (rank << 40 | comp) */
+} rec_t;
+
+static int cmp_rec(const void *a, const void *b)
+{
+    const rec_t *p = a, *q = b;
+    if (p->frame != q->frame) return p->frame < q->frame ? -1 : 1;
+    if (p->xb != q->xb) return p->xb < q->xb ? -1 : 1;
+    if (p->yb != q->yb) return p->yb < q->yb ? -1 : 1;
+    return (p->gid > q->gid) - (p->gid < q->gid);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int64_t find_sorted(const int64_t *v, int64_t n, int64_t key)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (v[mid] == key) return mid;
+        if (v[mid] < key) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+typedef struct {
+    int64_t frame;
+    double x, y;
+    int colour;      /* colour of the missing site */
+    int64_t comp;    /* local component of the proposer */
+} vcand_t;
+
+static int cmp_vcand(const void *a, const void *b)
+{
+    const vcand_t *p = a, *q = b;
+    if (p->frame != q->frame) return p->frame < q->frame ? -1 : 1;
+    if (p->x != q->x) return p->x < q->x ? -1 : 1;
+    return (p->y > q->y) - (p->y < q->y);
+}
+
+static int owns(const tmd_box *own, int64_t frame, double x, double y)
+{
+    if (!own) return 1;
+    int64_t py = (int64_t)floor(y + 0.5), px = (int64_t)floor(x + 0.5);
+    return frame >= own->lo[0] && frame < own->hi[0] && py >= own->lo[1] && py < own->hi[1] && px >= own->lo[2] &&
+           px < own->hi[2];
+}
+
+/* ---- the stage ------------------------------------------------------------------------- */
+
+tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes,
+                        const tmd_lattice *lat, const tmd_box *own, int64_t height, int64_t width,
+                        tmd_atom_table *atoms, const tmd_atom_table *ghosts, tmd_defect_table *defects,
+                        tmd_classify_report *rep)
+{
+    tmd_classify_opts od;
+    if (!opt) {
+        tmd_classify_opts_default(&od);
+        opt = &od;
+    }
+    tmd_classify_report rp;
+    memset(&rp, 0, sizeof rp);
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    const int64_t n = atoms->n, m = ghosts ? ghosts->n : 0, N = n + m;
+    tmd_status st = TMD_OK;
+    /* everything allocated below starts NULL */
+    cellent_t *cells = NULL;
+    int32_t *adj = NULL;
+    int8_t *sgn = NULL, *colour = NULL, *nadj = NULL;
+    int64_t *uf = NULL, *comp = NULL, *gcomp = NULL, *recgid = NULL, *guf = NULL, *cross = NULL, *hist = NULL;
+    int64_t *cross_buf = NULL;
+    rec_t *recs = NULL, *allrecs = NULL;
+    int *rcounts = NULL, *rdispls = NULL;
+    double *fmax_i = NULL, *vote = NULL;
+    model_t *models = NULL, *ref = NULL;
+    float *newprob = NULL;
+    vcand_t *vc = NULL;
+    int64_t ncomp = 0, nrec = 0, nall = 0, nuniq = 0, ncross = 0, nvc = 0;
+
+    for (int64_t f = 0; f < nframes; f++)
+        if (!lat[f].valid || !(lat[f].period_px > 0)) {
+            st = TMD_FAIL(ctx, TMD_ERR_ARG, "classify: frame %lld has no lattice", (long long)f);
+            break;
+        }
+    for (int64_t i = 0; i < N && !st; i++) {
+        int64_t f = i < n ? atoms->frame[i] : ghosts->frame[i - n];
+        if (f < 0 || f >= nframes) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "classify: atom %lld has frame %lld, expected 0 to %lld",
+                                                 (long long)i, (long long)f, (long long)nframes - 1);
+    }
+    if (!st) st = tmd_calloc(ctx, (void **)&cells, (size_t)(N > 0 ? N : 1), sizeof *cells, "classify cells");
+    if (!st) st = tmd_calloc(ctx, (void **)&adj, (size_t)(N > 0 ? N : 1) * MAXNB, sizeof *adj, "classify graph");
+    if (!st) st = tmd_calloc(ctx, (void **)&sgn, (size_t)(N > 0 ? N : 1) * MAXNB, sizeof *sgn, "classify graph");
+    if (!st) st = tmd_calloc(ctx, (void **)&nadj, (size_t)(N > 0 ? N : 1), sizeof *nadj, "classify graph");
+    if (!st) st = tmd_calloc(ctx, (void **)&colour, (size_t)(N > 0 ? N : 1), sizeof *colour, "classify colours");
+    if (!st) st = tmd_calloc(ctx, (void **)&uf, (size_t)(N > 0 ? N : 1), sizeof *uf, "classify components");
+    if (!st) st = tmd_calloc(ctx, (void **)&comp, (size_t)(N > 0 ? N : 1), sizeof *comp, "classify components");
+    if (!st) st = tmd_calloc(ctx, (void **)&fmax_i, (size_t)(nframes > 0 ? nframes : 1), sizeof *fmax_i, "classify");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+
+#define AX(i) ((i) < n ? atoms->x[i] : ghosts->x[(i) - n])
+#define AY(i) ((i) < n ? atoms->y[i] : ghosts->y[(i) - n])
+#define AF(i) ((int64_t)((i) < n ? atoms->frame[i] : ghosts->frame[(i) - n]))
+#define AI(i) ((double)((i) < n ? atoms->intensity[i] : ghosts->intensity[(i) - n]))
+
+    /* 1. cells of one bond length (with tolerance) */
+    double maxbond = 0;
+    for (int64_t f = 0; f < nframes; f++) maxbond = fmax(maxbond, lat[f].period_px / sqrt(3.0) * (1 + opt->bond_tol));
+    double cell = maxbond;
+    for (int64_t i = 0; i < N; i++) {
+        cells[i].key = cell_key(AF(i), (int64_t)floor(AY(i) / cell), (int64_t)floor(AX(i) / cell));
+        cells[i].node = i;
+    }
+    qsort(cells, (size_t)N, sizeof *cells, cmp_cell);
+
+    /* 2. bonds: d ~ +-delta_k of the frame lattice, within tol * bond */
+    for (int64_t i = 0; i < N; i++) {
+        int64_t f = AF(i);
+        const tmd_lattice *L = &lat[f];
+        double dl[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                           {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                           {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+        double bond = L->period_px / sqrt(3.0), tol = opt->bond_tol * bond;
+        int64_t cy = (int64_t)floor(AY(i) / cell), cx = (int64_t)floor(AX(i) / cell);
+        for (int64_t dy = -1; dy <= 1; dy++)
+            for (int64_t dx = -1; dx <= 1; dx++) {
+                int64_t key = cell_key(f, cy + dy, cx + dx);
+                int64_t lo = 0, hi = N;
+                while (lo < hi) {
+                    int64_t mid = (lo + hi) / 2;
+                    if (cells[mid].key < key) lo = mid + 1;
+                    else hi = mid;
+                }
+                for (int64_t c = lo; c < N && cells[c].key == key; c++) {
+                    int64_t j = cells[c].node;
+                    if (j == i) continue;
+                    double d[2] = {AX(j) - AX(i), AY(j) - AY(i)};
+                    for (int k = 0; k < 3; k++)
+                        for (int s = -1; s <= 1; s += 2) {
+                            double e = hypot(d[0] - s * dl[k][0], d[1] - s * dl[k][1]);
+                            if (e < tol && nadj[i] < MAXNB) {
+                                adj[i * MAXNB + nadj[i]] = (int32_t)j;
+                                sgn[i * MAXNB + nadj[i]] = (int8_t)(s * (k + 1));
+                                nadj[i]++;
+                            }
+                        }
+                }
+            }
+    }
+    /* 3. colour = coset from the bond signs (majority); consistent bonds join components */
+    for (int64_t i = 0; i < N; i++) {
+        int pos = 0, neg = 0;
+        for (int k = 0; k < nadj[i]; k++) {
+            if (sgn[i * MAXNB + k] > 0) pos++;
+            else neg++;
+        }
+        colour[i] = (int8_t)(pos > neg ? 0 : neg > pos ? 1 : -1);
+        uf[i] = i;
+    }
+    for (int64_t i = 0; i < N; i++)
+        for (int k = 0; k < nadj[i]; k++) {
+            int64_t j = adj[i * MAXNB + k];
+            int s = sgn[i * MAXNB + k] > 0 ? 1 : -1;
+            int ok = colour[i] >= 0 && colour[j] >= 0 && colour[i] != colour[j] && (s > 0) == (colour[i] == 0);
+            if (ok) uf_union(uf, i, j);
+            else if (i < j && i < n) rp.n_conflicts++;
+        }
+    for (int64_t i = 0; i < N; i++) comp[i] = -1;
+    for (int64_t i = 0; i < N; i++) {
+        int64_t r = uf_find(uf, i);
+        if (comp[r] < 0) comp[r] = ncomp++;
+        comp[i] = comp[r];
+    }
+
+    /* 4. components across ranks: records of ghosts and of atoms bonded to ghosts */
+    for (int pass = 0; pass < 2; pass++) {
+        nrec = 0;
+        for (int64_t i = 0; i < N; i++) {
+            int want = i >= n;
+            for (int k = 0; k < nadj[i] && !want; k++) want = adj[i * MAXNB + k] >= n;
+            if (!want || colour[i] < 0) continue;
+            if (pass) {
+                double xv = AX(i), yv = AY(i);
+                recs[nrec].frame = AF(i);
+                memcpy(&recs[nrec].xb, &xv, 8);
+                memcpy(&recs[nrec].yb, &yv, 8);
+                recs[nrec].gid = ((int64_t)rank << 40) | comp[i];
+            }
+            nrec++;
+        }
+        if (!pass && (st = tmd_calloc(ctx, (void **)&recs, (size_t)(nrec > 0 ? nrec : 1), sizeof *recs, "classify records")))
+            break;
+    }
+    if (!st) st = tmd_calloc(ctx, (void **)&rcounts, (size_t)nranks, sizeof(int), "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&rdispls, (size_t)nranks, sizeof(int), "classify");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    {
+        int mycount = (int)(nrec * 4);
+        st = TMD_MPI(ctx, MPI_Allgather(&mycount, 1, MPI_INT, rcounts, 1, MPI_INT, comm));
+        if (st) goto cleanup;
+        int64_t tot = 0;
+        for (int r = 0; r < nranks; r++) {
+            rdispls[r] = (int)tot;
+            tot += rcounts[r];
+        }
+        nall = tot / 4;
+        st = tmd_calloc(ctx, (void **)&allrecs, (size_t)(nall > 0 ? nall : 1), sizeof *allrecs, "classify records");
+        if (!st) st = tmd_calloc(ctx, (void **)&recgid, (size_t)(nall > 0 ? nall : 1), sizeof *recgid, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&guf, (size_t)(nall > 0 ? nall : 1), sizeof *guf, "classify");
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+        st = TMD_MPI(ctx, MPI_Allgatherv(recs, mycount, MPI_INT64_T, allrecs, rcounts, rdispls, MPI_INT64_T, comm));
+        if (st) goto cleanup;
+        qsort(allrecs, (size_t)nall, sizeof *allrecs, cmp_rec);
+        for (int64_t i = 0; i < nall; i++) recgid[i] = allrecs[i].gid;
+        qsort(recgid, (size_t)nall, sizeof *recgid, cmp_i64);
+        for (int64_t i = 0; i < nall; i++)
+            if (nuniq == 0 || recgid[nuniq - 1] != recgid[i]) recgid[nuniq++] = recgid[i];
+        for (int64_t i = 0; i < nuniq; i++) guf[i] = i;
+        for (int64_t i = 1; i < nall; i++)
+            if (allrecs[i].frame == allrecs[i - 1].frame && allrecs[i].xb == allrecs[i - 1].xb &&
+                allrecs[i].yb == allrecs[i - 1].yb)
+                uf_union(guf, find_sorted(recgid, nuniq, allrecs[i - 1].gid), find_sorted(recgid, nuniq, allrecs[i].gid));
+        /* cross components: roots whose set has more than one member */
+        st = tmd_calloc(ctx, (void **)&cross, (size_t)(nuniq > 0 ? nuniq : 1), sizeof *cross, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&gcomp, (size_t)(ncomp > 0 ? ncomp : 1), sizeof *gcomp, "classify");
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+        for (int64_t i = 0; i < nuniq; i++)
+            if (uf_find(guf, i) != i) cross[ncross++] = recgid[uf_find(guf, i)];
+        qsort(cross, (size_t)ncross, sizeof *cross, cmp_i64);
+        int64_t k = 0;
+        for (int64_t i = 0; i < ncross; i++)
+            if (k == 0 || cross[k - 1] != cross[i]) cross[k++] = cross[i];
+        ncross = k;
+        /* global id of each local component */
+        for (int64_t c = 0; c < ncomp; c++) {
+            int64_t g = ((int64_t)rank << 40) | c, u = find_sorted(recgid, nuniq, g);
+            gcomp[c] = u >= 0 ? recgid[uf_find(guf, u)] : g;
+        }
+    }
+
+    /* 5. statistics per component: histograms of both colours (owned atoms) and votes */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t f = atoms->frame[i];
+        if (atoms->intensity[i] > fmax_i[f]) fmax_i[f] = atoms->intensity[i];
+    }
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, fmax_i, (int)nframes, MPI_DOUBLE, MPI_MAX, comm));
+    if (st) goto cleanup;
+    /* slots: local components 0..ncomp-1, then cross components ncomp..ncomp+ncross-1 */
+    int64_t nslot = ncomp + ncross, W = 2 * NB + 3; /* hist0, hist1, vote0, vote1, size */
+    st = tmd_calloc(ctx, (void **)&hist, (size_t)(nslot > 0 ? nslot : 1) * (size_t)W, sizeof *hist, "classify histograms");
+    if (!st) st = tmd_calloc(ctx, (void **)&models, (size_t)(nslot > 0 ? nslot : 1), sizeof *models, "classify models");
+    if (!st) st = tmd_calloc(ctx, (void **)&ref, (size_t)(nframes > 0 ? nframes : 1), sizeof *ref, "classify models");
+    if (!st) st = tmd_calloc(ctx, (void **)&vote, (size_t)(N > 0 ? N : 1), sizeof *vote, "classify votes");
+    if (!st) st = tmd_calloc(ctx, (void **)&cross_buf, (size_t)(ncross > 0 ? ncross : 1) * (size_t)W, sizeof *cross_buf, "classify");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+#define SLOT(c) (find_sorted(cross, ncross, gcomp[c]) >= 0 ? ncomp + find_sorted(cross, ncross, gcomp[c]) : (c))
+    int np = atoms->nprob;
+    for (int64_t i = 0; i < n; i++) {
+        if (colour[i] < 0) continue;
+        int64_t sl = SLOT(comp[i]);
+        int64_t f = atoms->frame[i];
+        double In = fmax_i[f] > 0 ? atoms->intensity[i] / fmax_i[f] : 0;
+        int b = (int)clampd(floor(In / (1.05 / NB)), 0, NB - 1);
+        hist[sl * W + colour[i] * NB + b]++;
+        hist[sl * W + 2 * NB + 2]++;
+        if (np == TMD_NCLASSES || np == TMD_SP_COUNT) {
+            const float *p = atoms->prob + i * np;
+            double pm = p[1] + p[2], px = 0;
+            for (int k = 3; k < np; k++) px += p[k];
+            if (pm + px > 0.05) {
+                double lo = clampd(log((pm + 1e-3) / (px + 1e-3)), -3, 3);
+                hist[sl * W + 2 * NB + colour[i]] += (int64_t)llround(lo * VOTE_FIX);
+            }
+        }
+    }
+    for (int64_t c = 0; c < ncross; c++)
+        memcpy(cross_buf + c * W, hist + (ncomp + c) * W, (size_t)W * sizeof(int64_t));
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, cross_buf, (int)(ncross * W), MPI_INT64_T, MPI_SUM, comm));
+    if (st) goto cleanup;
+    for (int64_t c = 0; c < ncross; c++)
+        memcpy(hist + (ncomp + c) * W, cross_buf + c * W, (size_t)W * sizeof(int64_t));
+
+    /* 6. fit the components big enough (a cross component is fitted identically on every
+     * rank that holds part of it); slots not used by this rank's atoms are skipped */
+    {
+        int8_t *used = NULL;
+        st = tmd_calloc(ctx, (void **)&used, (size_t)(nslot > 0 ? nslot : 1), 1, "classify");
+        if (!st) {
+            for (int64_t i = 0; i < N; i++)
+                if (colour[i] >= 0) used[SLOT(comp[i])] = 1;
+            for (int64_t sl = 0; sl < nslot; sl++) {
+                const int64_t *h = hist + sl * W;
+                if (!used[sl] || h[2 * NB + 2] < opt->min_fit_atoms) continue;
+                double v = (double)(h[2 * NB] - h[2 * NB + 1]) / VOTE_FIX;
+                models[sl] = fit_component(opt, h, h + NB, v);
+            }
+            free(used);
+        }
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+    }
+    /* frame reference model: the largest fitted component of the frame (ties: smaller id) */
+    {
+        int64_t *bsize = NULL, *bid = NULL;
+        double *params = NULL;
+        int PW = 10;
+        st = tmd_calloc(ctx, (void **)&bsize, (size_t)nframes, sizeof *bsize, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&bid, (size_t)nframes, sizeof *bid, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&params, (size_t)nframes * PW, sizeof *params, "classify");
+        st = tmd_agree(ctx, comm, st);
+        if (!st) {
+            for (int64_t i = 0; i < N; i++) {
+                if (colour[i] < 0) continue;
+                int64_t sl = SLOT(comp[i]);
+                if (!models[sl].ok) continue;
+                int64_t f = AF(i), sz = hist[sl * W + 2 * NB + 2];
+                if (sz > bsize[f]) bsize[f] = sz;
+            }
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, bsize, (int)nframes, MPI_INT64_T, MPI_MAX, comm));
+            for (int64_t f = 0; f < nframes; f++) bid[f] = INT64_MAX;
+            for (int64_t i = 0; i < N && !st; i++) {
+                if (colour[i] < 0) continue;
+                int64_t sl = SLOT(comp[i]);
+                int64_t f = AF(i);
+                if (models[sl].ok && hist[sl * W + 2 * NB + 2] == bsize[f] && gcomp[comp[i]] < bid[f]) bid[f] = gcomp[comp[i]];
+            }
+            if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, bid, (int)nframes, MPI_INT64_T, MPI_MIN, comm));
+            /* the lowest rank holding the chosen component contributes its parameters */
+            int *holder = NULL;
+            if (!st) st = tmd_calloc(ctx, (void **)&holder, (size_t)nframes, sizeof *holder, "classify");
+            if (!st) {
+                for (int64_t f = 0; f < nframes; f++) holder[f] = nranks;
+                for (int64_t c = 0; c < ncomp; c++) {
+                    int64_t sl = SLOT(c);
+                    if (!models[sl].ok) continue;
+                    for (int64_t f = 0; f < nframes; f++)
+                        if (gcomp[c] == bid[f]) holder[f] = rank;
+                }
+                st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, holder, (int)nframes, MPI_INT, MPI_MIN, comm));
+            }
+            if (!st) {
+                for (int64_t c = 0; c < ncomp; c++) {
+                    int64_t sl = SLOT(c);
+                    if (!models[sl].ok) continue;
+                    for (int64_t f = 0; f < nframes; f++)
+                        if (gcomp[c] == bid[f] && holder[f] == rank) {
+                            const model_t *q = &models[sl];
+                            double pv[10] = {q->n, q->s, q->sa2, q->rho, q->x, q->y, q->v, q->em, q->ex, 1.0};
+                            memcpy(params + f * PW, pv, sizeof pv);
+                        }
+                }
+                st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, params, (int)(nframes * PW), MPI_DOUBLE, MPI_SUM, comm));
+            }
+            free(holder);
+            for (int64_t f = 0; f < nframes && !st; f++) {
+                const double *pv = params + f * PW;
+                ref[f].ok = pv[9] > 0.5;
+                ref[f].n = pv[0];
+                ref[f].s = pv[1];
+                ref[f].sa2 = pv[2];
+                ref[f].rho = pv[3];
+                ref[f].x = pv[4];
+                ref[f].y = pv[5];
+                ref[f].v = pv[6];
+                ref[f].em = pv[7];
+                ref[f].ex = pv[8];
+            }
+            if (!st && nframes > 0 && ref[0].ok) {
+                rp.n_exponent = ref[0].n;
+                rp.x_w = ref[0].x;
+                rp.y_se = ref[0].y;
+                rp.a_vegard = tmd_lattice_vegard(ref[0].x, ref[0].y);
+            }
+        }
+        free(bsize);
+        free(bid);
+        free(params);
+        if (st) goto cleanup;
+    }
+    /* small components: metal colour by likelihood under the frame's reference model */
+    for (int64_t i = 0; i < N; i++) {
+        if (colour[i] < 0) continue;
+        int64_t sl = SLOT(comp[i]);
+        if (models[sl].ok) continue;
+        model_t r0 = ref[AF(i)];
+        if (!r0.ok) continue;
+        const int64_t *h = hist + sl * W;
+        double v = (double)(h[2 * NB] - h[2 * NB + 1]) / VOTE_FIX;
+        model_t r1 = r0;
+        r0.hyp = 0;
+        r1.hyp = 1;
+        double s0 = hist_ll(&r0, h, h + NB) + 0.5 * opt->vote_weight * v;
+        double s1 = hist_ll(&r1, h + NB, h) - 0.5 * opt->vote_weight * v;
+        models[sl] = s0 >= s1 ? r0 : r1;
+        models[sl].ok = 2; /* borrowed */
+    }
+
+    /* 7. species probabilities of the owned atoms; V_X and "empty" columns */
+    st = tmd_calloc(ctx, (void **)&newprob, (size_t)(atoms->cap > 0 ? atoms->cap : 1) * TMD_SP_COUNT, sizeof(float),
+                    "classify probabilities");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t f = atoms->frame[i];
+        const model_t *mm = NULL;
+        int sub = TMD_SUB_UNKNOWN;
+        if (colour[i] >= 0) {
+            int64_t sl = SLOT(comp[i]);
+            if (models[sl].ok) {
+                mm = &models[sl];
+                sub = colour[i] == mm->hyp ? TMD_SUB_A : TMD_SUB_B;
+            }
+        }
+        if (!mm && ref[f].ok) mm = &ref[f];
+        atoms->sublattice[i] = (int8_t)sub;
+        double P[TMD_SP_COUNT] = {0};
+        if (mm) {
+            double lm[3], lx[6], wm[3], wx[6];
+            double In = fmax_i[f] > 0 ? atoms->intensity[i] / fmax_i[f] : 0;
+            levels(mm->n, lm, lx);
+            weights(mm, wm, wx);
+            double fa = sub == TMD_SUB_A ? 1.0 : sub == TMD_SUB_B ? 0.0 : 0.5;
+            if (!opt->constraint) fa = 0.5;
+            /* joint posterior over both sublattices' levels, prior fa on A */
+            double tot = 0;
+            for (int side = 0; side < 2; side++) {
+                const double *Lv = side ? lx : lm, *w = side ? wx : wm;
+                int nl = side ? 6 : 3;
+                double pri = side ? 1 - fa : fa;
+                if (pri <= 0) continue;
+                for (int k = 0; k < nl; k++) {
+                    double mu = mm->s * Lv[k], var = mm->sa2 + mm->rho * mm->rho * mu * mu;
+                    double pk = pri * w[k] * gauss(In - mu, var);
+                    P[side ? CHA_SP[k] : MET_SP[k]] += pk;
+                    tot += pk;
+                }
+            }
+            if (tot > 0)
+                for (int k = 0; k < TMD_SP_COUNT; k++) P[k] /= tot;
+            else P[0] = 1;
+        } else {
+            P[0] = 1;
+        }
+        /* classifier / segmentation probabilities as a tempered second opinion */
+        if (np == TMD_NCLASSES || np == TMD_SP_COUNT) {
+            const float *p = atoms->prob + i * np;
+            double q[TMD_SP_COUNT];
+            for (int k = 0; k < TMD_SP_COUNT; k++) {
+                double v;
+                if (np == TMD_SP_COUNT) v = p[k];
+                else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[5] : k == 0 ? p[0] : p[k];
+                q[k] = sqrt(v + 1e-3);
+            }
+            double tot = 0;
+            for (int k = 0; k < TMD_SP_COUNT; k++) tot += (P[k] *= q[k]);
+            if (tot > 0)
+                for (int k = 0; k < TMD_SP_COUNT; k++) P[k] /= tot;
+        }
+        /* constraint layer: mask what the sublattice forbids, renormalise */
+        if (opt->constraint && sub != TMD_SUB_UNKNOWN) {
+            double tot = 0;
+            for (int k = 1; k < TMD_SP_COUNT; k++) {
+                int metal = k == TMD_SP_MO || k == TMD_SP_W;
+                if ((sub == TMD_SUB_A) != metal) P[k] = 0;
+                tot += P[k];
+            }
+            tot += P[0];
+            if (tot > 0)
+                for (int k = 0; k < TMD_SP_COUNT; k++) P[k] /= tot;
+        }
+        int best = 1;
+        for (int k = 1; k < TMD_SP_COUNT; k++)
+            if (P[k] > P[best]) best = k;
+        int sp = mm ? best : TMD_SP_UNKNOWN;
+        if (P[0] > opt->empty_prob) {
+            sp = TMD_SP_UNKNOWN;
+            if (sub != TMD_SUB_UNKNOWN && owns(own, f, atoms->x[i], atoms->y[i])) {
+                st = tmd_defect_table_push(ctx, defects, (int32_t)f, atoms->x[i], atoms->y[i],
+                                           sub == TMD_SUB_A ? TMD_DEF_VM : TMD_DEF_VX2);
+                if (sub == TMD_SUB_A) rp.n_vm++;
+                else rp.n_vx2++;
+            }
+        }
+        if (sp == TMD_SP_S || sp == TMD_SP_SE) {
+            if (sub == TMD_SUB_B) {
+                st = tmd_defect_table_push(ctx, defects, (int32_t)f, atoms->x[i], atoms->y[i], TMD_DEF_VX);
+                rp.n_vx++;
+            }
+        }
+        if (st) break;
+        atoms->species[i] = (int8_t)sp;
+        for (int k = 0; k < TMD_SP_COUNT; k++) newprob[i * TMD_SP_COUNT + k] = (float)P[k];
+        if (colour[i] < 0) rp.n_isolated++;
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    free(atoms->prob);
+    atoms->prob = newprob;
+    atoms->nprob = TMD_SP_COUNT;
+    newprob = NULL;
+
+    /* 8. empty sites: each atom proposes its missing bond partners; a site proposed by >= 2
+     * neighbours, with no column near it, inside the frame and owned here, is a vacancy */
+    st = tmd_calloc(ctx, (void **)&vc, (size_t)(N > 0 ? N : 1) * 3, sizeof *vc, "classify vacancy candidates");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < N; i++) {
+        if (colour[i] < 0 || nadj[i] < 1) continue;
+        int64_t f = AF(i);
+        const tmd_lattice *L = &lat[f];
+        double dl[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                           {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                           {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+        double bond = L->period_px / sqrt(3.0);
+        double sg = colour[i] == 0 ? 1.0 : -1.0;
+        int have[3] = {0, 0, 0};
+        double meas[3][2];
+        for (int k = 0; k < nadj[i]; k++) {
+            int kk = abs(sgn[i * MAXNB + k]) - 1, s = sgn[i * MAXNB + k] > 0 ? 1 : -1;
+            if ((s > 0) != (sg > 0)) continue;
+            int64_t j = adj[i * MAXNB + k];
+            have[kk] = 1;
+            meas[kk][0] = AX(j) - AX(i);
+            meas[kk][1] = AY(j) - AY(i);
+        }
+        for (int k = 0; k < 3; k++) {
+            if (have[k]) continue;
+            int o1 = (k + 1) % 3, o2 = (k + 2) % 3;
+            double d[2];
+            if (have[o1] && have[o2]) {
+                d[0] = -(meas[o1][0] + meas[o2][0]);
+                d[1] = -(meas[o1][1] + meas[o2][1]);
+            } else {
+                d[0] = sg * dl[k][0];
+                d[1] = sg * dl[k][1];
+            }
+            double cx = AX(i) + d[0], cy = AY(i) + d[1];
+            if (cx < 0.5 * bond || cy < 0.5 * bond || cx > width - 1 - 0.5 * bond || cy > height - 1 - 0.5 * bond) continue;
+            if (!owns(own, f, cx, cy)) continue;
+            /* any column within 0.45 bond? */
+            int occupied = 0;
+            int64_t ky = (int64_t)floor(cy / cell), kx = (int64_t)floor(cx / cell);
+            for (int64_t dy = -1; dy <= 1 && !occupied; dy++)
+                for (int64_t dx = -1; dx <= 1 && !occupied; dx++) {
+                    int64_t key = cell_key(f, ky + dy, kx + dx), lo = 0, hi = N;
+                    while (lo < hi) {
+                        int64_t mid = (lo + hi) / 2;
+                        if (cells[mid].key < key) lo = mid + 1;
+                        else hi = mid;
+                    }
+                    for (int64_t c = lo; c < N && cells[c].key == key; c++) {
+                        int64_t j = cells[c].node;
+                        if (hypot(AX(j) - cx, AY(j) - cy) < 0.45 * bond) {
+                            occupied = 1;
+                            break;
+                        }
+                    }
+                }
+            if (occupied) continue;
+            vc[nvc].frame = f;
+            vc[nvc].x = cx;
+            vc[nvc].y = cy;
+            vc[nvc].colour = 1 - colour[i];
+            vc[nvc].comp = comp[i];
+            nvc++;
+        }
+    }
+    qsort(vc, (size_t)nvc, sizeof *vc, cmp_vcand);
+    {
+        int8_t *done = NULL;
+        st = tmd_calloc(ctx, (void **)&done, (size_t)(nvc > 0 ? nvc : 1), 1, "classify");
+        for (int64_t a = 0; a < nvc && !st; a++) {
+            if (done[a]) continue;
+            double bond = lat[vc[a].frame].period_px / sqrt(3.0);
+            double sx = 0, sy = 0;
+            int votes = 0, col0 = 0;
+            int64_t comp0 = vc[a].comp;
+            for (int64_t b = a; b < nvc && vc[b].frame == vc[a].frame && vc[b].x < vc[a].x + 0.45 * bond; b++) {
+                if (done[b] || hypot(vc[b].x - vc[a].x, vc[b].y - vc[a].y) > 0.45 * bond) continue;
+                done[b] = 1;
+                sx += vc[b].x;
+                sy += vc[b].y;
+                votes++;
+                col0 += vc[b].colour == 0;
+            }
+            if (votes < 2) continue;
+            int64_t sl = SLOT(comp0);
+            if (!models[sl].ok) continue;
+            int site_colour = 2 * col0 >= votes ? 0 : 1;
+            int type = site_colour == models[sl].hyp ? TMD_DEF_VM : TMD_DEF_VX2;
+            double px = sx / votes, py = sy / votes;
+            if (!owns(own, vc[a].frame, px, py)) continue;
+            st = tmd_defect_table_push(ctx, defects, (int32_t)vc[a].frame, px, py, (int8_t)type);
+            if (type == TMD_DEF_VM) rp.n_vm++;
+            else rp.n_vx2++;
+        }
+        free(done);
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    {
+        int64_t cnt[2] = {0, 0};
+        for (int64_t c = 0; c < ncomp; c++) {
+            int64_t sl = SLOT(c);
+            if (hist[sl * W + 2 * NB + 2] >= 2 && sl < ncomp) cnt[0]++;
+        }
+        cnt[1] = ncross;
+        MPI_Allreduce(MPI_IN_PLACE, cnt, 1, MPI_INT64_T, MPI_SUM, comm);
+        rp.n_components = cnt[0] + ncross;
+    }
+cleanup:
+    if (rep) *rep = rp;
+    free(cells);
+    free(adj);
+    free(sgn);
+    free(nadj);
+    free(colour);
+    free(uf);
+    free(comp);
+    free(gcomp);
+    free(recs);
+    free(allrecs);
+    free(recgid);
+    free(guf);
+    free(cross);
+    free(cross_buf);
+    free(hist);
+    free(rcounts);
+    free(rdispls);
+    free(fmax_i);
+    free(vote);
+    free(models);
+    free(ref);
+    free(newprob);
+    free(vc);
+    return st;
+#undef AX
+#undef AY
+#undef AF
+#undef AI
+#undef SLOT
+}

@@ -1,0 +1,403 @@
+/* Tests of the classify stage on atom tables built from known honeycombs: sublattice and
+ * species of pure MoS2, WSe2 and MoSe2 (where the chalcogen columns are the brighter ones) and
+ * of random alloys come out of the contrast physics without being told the material; the
+ * constraint layer helps; vacancies V_M, V_X, V_X2 are found; two grains with swapped
+ * sublattices are both right (components split); and ranks split by domain boxes with ghosts
+ * give exactly the serial answer.
+ * TMD_TEST_RANKS: 1 2 3
+ * TMD_TEST_TIMEOUT: 120
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "tmd/classify.h"
+
+typedef struct {
+    double n_exp, x_w, y_se, p_vm, p_vx, p_vx2, noise_rel, noise_abs, period, rot;
+    int size;        /* frame edge, px */
+    int twin;        /* 1: right half has A and B swapped (mirror grain) */
+    unsigned seed;
+} scene_t;
+
+typedef struct {
+    int64_t n;
+    double *x, *y;
+    float *I;
+    int8_t *sp, *sub;        /* truth */
+    int64_t nv;
+    double *vx, *vy;
+    int8_t *vt;
+} truth_t;
+
+static double gauss01(unsigned *s)
+{
+    double u1 = tmd_test_randf(s) + 1e-9, u2 = tmd_test_randf(s);
+    return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+}
+
+static void make_scene(const scene_t *sc, truth_t *t)
+{
+    memset(t, 0, sizeof *t);
+    int cap = 20000;
+    t->x = malloc(sizeof(double) * cap);
+    t->y = malloc(sizeof(double) * cap);
+    t->I = malloc(sizeof(float) * cap);
+    t->sp = malloc(cap);
+    t->sub = malloc(cap);
+    t->vx = malloc(sizeof(double) * cap);
+    t->vy = malloc(sizeof(double) * cap);
+    t->vt = malloc(cap);
+    unsigned s = sc->seed;
+    double a1[2] = {sc->period * cos(sc->rot), sc->period * sin(sc->rot)};
+    double a2[2] = {sc->period * cos(sc->rot + M_PI / 3), sc->period * sin(sc->rot + M_PI / 3)};
+    double mo = pow(42, sc->n_exp), w = pow(74, sc->n_exp), S = pow(16, sc->n_exp), Se = pow(34, sc->n_exp);
+    int nmax = (int)(2.5 * sc->size / sc->period);
+    for (int i = -nmax; i <= nmax; i++)
+        for (int j = -nmax; j <= nmax; j++)
+            for (int b = 0; b < 2; b++) {
+                double x = 7.1 + i * a1[0] + j * a2[0] + b * (a1[0] + a2[0]) / 3;
+                double y = 4.3 + i * a1[1] + j * a2[1] + b * (a1[1] + a2[1]) / 3;
+                if (x < 2 || y < 2 || x > sc->size - 3 || y > sc->size - 3) continue;
+                int isA = b == 0;
+                if (sc->twin && x > sc->size / 2.0) { /* mirror grain: sublattices swapped, shifted by */
+                    isA = !isA;                          /* 0.6 bond so no bond crosses the boundary */
+                    x += 0.6 * sc->period / sqrt(3.0);
+                }
+                double Iv;
+                int sp;
+                if (isA) {
+                    if (tmd_test_randf(&s) < sc->p_vm) {
+                        t->vx[t->nv] = x;
+                        t->vy[t->nv] = y;
+                        t->vt[t->nv++] = TMD_DEF_VM;
+                        continue;
+                    }
+                    int isw = tmd_test_randf(&s) < sc->x_w;
+                    Iv = isw ? w : mo;
+                    sp = isw ? TMD_SP_W : TMD_SP_MO;
+                } else {
+                    int nat = 0, nse = 0;
+                    for (int k = 0; k < 2; k++) {
+                        if (tmd_test_randf(&s) < sc->p_vx) continue;
+                        nat++;
+                        nse += tmd_test_randf(&s) < sc->y_se;
+                    }
+                    if (tmd_test_randf(&s) < sc->p_vx2) nat = 0;
+                    if (nat == 0) {
+                        t->vx[t->nv] = x;
+                        t->vy[t->nv] = y;
+                        t->vt[t->nv++] = TMD_DEF_VX2;
+                        continue;
+                    }
+                    Iv = nse * Se + (nat - nse) * S;
+                    if (nat == 1) {
+                        sp = nse ? TMD_SP_SE : TMD_SP_S;
+                        t->vx[t->nv] = x;
+                        t->vy[t->nv] = y;
+                        t->vt[t->nv++] = TMD_DEF_VX;
+                    } else sp = nse == 2 ? TMD_SP_SE2 : nse == 1 ? TMD_SP_SSE : TMD_SP_S2;
+                }
+                Iv = Iv / mo * (1 + sc->noise_rel * gauss01(&s)) + sc->noise_abs * gauss01(&s);
+                t->x[t->n] = x + 0.15 * gauss01(&s);
+                t->y[t->n] = y + 0.15 * gauss01(&s);
+                t->I[t->n] = (float)Iv;
+                t->sp[t->n] = (int8_t)sp;
+                t->sub[t->n] = isA ? TMD_SUB_A : TMD_SUB_B;
+                t->n++;
+            }
+}
+
+static void free_truth(truth_t *t)
+{
+    free(t->x);
+    free(t->y);
+    free(t->I);
+    free(t->sp);
+    free(t->sub);
+    free(t->vx);
+    free(t->vy);
+    free(t->vt);
+}
+
+static void lattice_of(const scene_t *sc, tmd_lattice *lat)
+{
+    double a1[2] = {sc->period * cos(sc->rot), sc->period * sin(sc->rot)};
+    double a2[2] = {sc->period * cos(sc->rot + M_PI / 3), sc->period * sin(sc->rot + M_PI / 3)};
+    double det = a1[0] * a2[1] - a1[1] * a2[0];
+    double g1[2] = {a2[1] / det, -a2[0] / det}, g2[2] = {-a1[1] / det, a1[0] / det};
+    memset(lat, 0, sizeof *lat);
+    tmd_lattice_from_reciprocal(lat, g1, g2);
+}
+
+/* Owned atoms of box `own` (pixel rule) and ghosts within gd of it. */
+static void split(const truth_t *t, const tmd_box *own, double gd, tmd_atom_table *a, tmd_atom_table *g, int64_t *map)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    for (int64_t i = 0; i < t->n; i++) {
+        int64_t py = (int64_t)floor(t->y[i] + 0.5), px = (int64_t)floor(t->x[i] + 0.5);
+        int mine = !own || (py >= own->lo[1] && py < own->hi[1] && px >= own->lo[2] && px < own->hi[2]);
+        double dy = 0, dx = 0;
+        if (own) {
+            double ylo = own->lo[1] - 0.5, yhi = own->hi[1] - 0.5, xlo = own->lo[2] - 0.5, xhi = own->hi[2] - 0.5;
+            dy = t->y[i] < ylo ? ylo - t->y[i] : t->y[i] >= yhi ? t->y[i] - yhi : 0;
+            dx = t->x[i] < xlo ? xlo - t->x[i] : t->x[i] >= xhi ? t->x[i] - xhi : 0;
+        }
+        tmd_atom_table *dst = mine ? a : (hypot(dx, dy) <= gd ? g : NULL);
+        if (!dst) continue;
+        int64_t k;
+        tmd_atom_table_push(&ctx, dst, &k);
+        dst->frame[k] = 0;
+        dst->x[k] = t->x[i];
+        dst->y[k] = t->y[i];
+        dst->intensity[k] = t->I[i];
+        if (mine && map) map[k] = i;
+    }
+}
+
+typedef struct {
+    double acc, acc_metal, acc_chal, sub_acc;
+    double f1[4];   /* by defect type 1..3 */
+    tmd_classify_report rep;
+} score_t;
+
+static double f1(int tp, int fp, int fn) { return tp + fp + fn ? 2.0 * tp / (2.0 * tp + fp + fn) : 1.0; }
+
+static void run_serial(const scene_t *sc, int constraint, score_t *out)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    truth_t t;
+    make_scene(sc, &t);
+    tmd_lattice lat;
+    lattice_of(sc, &lat);
+    tmd_atom_table a, g;
+    tmd_atom_table_init(&a, 0);
+    tmd_atom_table_init(&g, 0);
+    int64_t *map = malloc(sizeof(int64_t) * (t.n + 1));
+    split(&t, NULL, 0, &a, &g, map);
+    tmd_defect_table d;
+    tmd_defect_table_init(&d);
+    tmd_classify_opts o;
+    tmd_classify_opts_default(&o);
+    o.constraint = constraint;
+    memset(out, 0, sizeof *out);
+    tmd_status st = tmd_classify(&ctx, MPI_COMM_SELF, &o, 1, &lat, NULL, sc->size, sc->size, &a, &g, &d, &out->rep);
+    CU_ASSERT_EQUAL(st, TMD_OK);
+    if (st) tmd_error_print(&ctx);
+    CU_ASSERT_EQUAL(a.nprob, TMD_SP_COUNT);
+    int ok = 0, okm = 0, nm = 0, okc = 0, nc = 0, oks = 0;
+    for (int64_t k = 0; k < a.n; k++) {
+        int64_t i = map[k];
+        int good = a.species[k] == t.sp[i];
+        ok += good;
+        oks += a.sublattice[k] == t.sub[i];
+        if (t.sub[i] == TMD_SUB_A) {
+            nm++;
+            okm += good;
+        } else {
+            nc++;
+            okc += good;
+        }
+    }
+    out->acc = (double)ok / a.n;
+    out->acc_metal = nm ? (double)okm / nm : 1;
+    out->acc_chal = nc ? (double)okc / nc : 1;
+    out->sub_acc = (double)oks / a.n;
+    /* vacancies matched within 0.5 bond, by type */
+    double bond = sc->period / sqrt(3.0);
+    for (int ty = 1; ty <= 3; ty++) {
+        int tp = 0, fp = 0, fn = 0;
+        char *used = calloc((size_t)t.nv + 1, 1);
+        for (int64_t k = 0; k < d.n; k++) {
+            if (d.type[k] != ty) continue;
+            int hit = 0;
+            for (int64_t v = 0; v < t.nv && !hit; v++)
+                if (!used[v] && t.vt[v] == ty && hypot(t.vx[v] - d.x[k], t.vy[v] - d.y[k]) < 0.5 * bond) {
+                    used[v] = 1;
+                    hit = 1;
+                }
+            tp += hit;
+            fp += !hit;
+        }
+        for (int64_t v = 0; v < t.nv; v++) {
+            if (t.vt[v] != ty || used[v]) continue;
+            /* truth vacancies near the frame edge are not expected */
+            if (t.vx[v] < bond || t.vy[v] < bond || t.vx[v] > sc->size - 1 - bond || t.vy[v] > sc->size - 1 - bond) continue;
+            fn++;
+        }
+        free(used);
+        out->f1[ty] = f1(tp, fp, fn);
+    }
+    free(map);
+    tmd_atom_table_free(&a);
+    tmd_atom_table_free(&g);
+    tmd_defect_table_free(&d);
+    free_truth(&t);
+}
+
+static scene_t base_scene(void)
+{
+    scene_t s = {.n_exp = 1.7, .x_w = 0, .y_se = 0, .p_vm = 0, .p_vx = 0, .p_vx2 = 0, .noise_rel = 0.06,
+                 .noise_abs = 0.03, .period = 18.0, .rot = 0.3, .size = 400, .twin = 0, .seed = 1};
+    return s;
+}
+
+/* Pure binaries come out as themselves from the contrast physics alone: MoS2 (metal 2.6x
+ * brighter), WSe2 (1.9x), MoSe2 (chalcogen brighter than metal), at exponents 1.6-1.8. */
+static void test_pure_compounds(void)
+{
+    if (tmd_test_rank) return;
+    struct {
+        double x, y, n;
+        const char *name;
+    } cases[] = {{0, 0, 1.7, "MoS2"}, {1, 1, 1.7, "WSe2"}, {0, 1, 1.7, "MoSe2"}, {1, 0, 1.7, "WS2"},
+                 {0, 0, 1.6, "MoS2 n1.6"}, {1, 1, 1.8, "WSe2 n1.8"}, {0, 1, 1.8, "MoSe2 n1.8"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        scene_t s = base_scene();
+        s.x_w = cases[c].x;
+        s.y_se = cases[c].y;
+        s.n_exp = cases[c].n;
+        s.seed = 10 + (unsigned)c;
+        score_t r;
+        run_serial(&s, 1, &r);
+        fprintf(stderr, "%-11s species %.3f metal %.3f chalc %.3f sublattice %.3f  fit n %.2f x %.2f y %.2f\n",
+                cases[c].name, r.acc, r.acc_metal, r.acc_chal, r.sub_acc, r.rep.n_exponent, r.rep.x_w, r.rep.y_se);
+        CU_ASSERT(r.acc >= 0.97);
+        CU_ASSERT(r.sub_acc >= 0.99);
+    }
+}
+
+/* Random alloys and vacancies: species accuracy >= 0.9 overall; V_M, V_X >= 0.9 F1, V_X2 >= 0.8;
+ * turning the constraint off costs accuracy (the ablation's direction). */
+static void test_alloys_and_vacancies(void)
+{
+    if (tmd_test_rank) return;
+    double xs[] = {0.3, 0.0, 0.5}, ys[] = {0.0, 0.5, 0.3};
+    for (int c = 0; c < 3; c++) {
+        scene_t s = base_scene();
+        s.x_w = xs[c];
+        s.y_se = ys[c];
+        s.p_vm = 0.02;
+        s.p_vx = 0.03;
+        s.p_vx2 = 0.01;
+        s.seed = 40 + (unsigned)c;
+        score_t on, off;
+        run_serial(&s, 1, &on);
+        run_serial(&s, 0, &off);
+        fprintf(stderr, "fit n %.2f x %.2f y %.2f | ", on.rep.n_exponent, on.rep.x_w, on.rep.y_se);
+        fprintf(stderr, "x %.1f y %.1f: species on %.3f (metal %.3f chalc %.3f) off %.3f; F1 V_M %.3f V_X %.3f V_X2 %.3f\n",
+                xs[c], ys[c], on.acc, on.acc_metal, on.acc_chal, off.acc, on.f1[1], on.f1[2], on.f1[3]);
+        CU_ASSERT(on.acc >= 0.9);
+        CU_ASSERT(on.acc >= off.acc);
+        CU_ASSERT(on.f1[1] >= 0.9);
+        CU_ASSERT(on.f1[2] >= 0.85);
+        CU_ASSERT(on.f1[3] >= 0.8);
+    }
+}
+
+/* A mirror grain (A and B swapped in the right half) is its own component and comes out right. */
+static void test_twin_grains(void)
+{
+    if (tmd_test_rank) return;
+    scene_t s = base_scene();
+    s.twin = 1;
+    s.seed = 77;
+    score_t r;
+    run_serial(&s, 1, &r);
+    fprintf(stderr, "twin: species %.3f sublattice %.3f components %lld conflicts %lld\n", r.acc, r.sub_acc,
+            (long long)r.rep.n_components, (long long)r.rep.n_conflicts);
+    CU_ASSERT(r.sub_acc >= 0.97);
+    CU_ASSERT(r.acc >= 0.95);
+}
+
+/* Domains split over the ranks (vertical strips of unequal width), ghosts within the
+ * documented distance: every rank's atoms get exactly the serial species, sublattice and
+ * probabilities, and the vacancies found over all ranks are the serial ones. */
+static void test_ranks_agree(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    scene_t s = base_scene();
+    s.x_w = 0.2;
+    s.y_se = 0.4;
+    s.p_vm = 0.02;
+    s.p_vx = 0.03;
+    s.p_vx2 = 0.01;
+    s.seed = 99;
+    truth_t t;
+    make_scene(&s, &t);
+    tmd_lattice lat;
+    lattice_of(&s, &lat);
+    double gd = tmd_classify_ghost_distance(&lat);
+    /* serial, on every rank */
+    tmd_atom_table sa, sg;
+    tmd_atom_table_init(&sa, 0);
+    tmd_atom_table_init(&sg, 0);
+    int64_t *smap = malloc(sizeof(int64_t) * (t.n + 1));
+    split(&t, NULL, 0, &sa, &sg, smap);
+    tmd_defect_table sd;
+    tmd_defect_table_init(&sd);
+    CU_ASSERT_EQUAL_FATAL(tmd_classify(&ctx, MPI_COMM_SELF, NULL, 1, &lat, NULL, s.size, s.size, &sa, &sg, &sd, NULL), TMD_OK);
+    /* parallel: strips with boundaries at uneven places */
+    tmd_box own;
+    memset(&own, 0, sizeof own);
+    own.lo[0] = 0;
+    own.hi[0] = 1;
+    own.lo[1] = 0;
+    own.hi[1] = s.size;
+    own.lo[2] = (int64_t)s.size * tmd_test_rank * tmd_test_rank / (tmd_test_size * tmd_test_size);
+    own.hi[2] = (int64_t)s.size * (tmd_test_rank + 1) * (tmd_test_rank + 1) / (tmd_test_size * tmd_test_size);
+    tmd_atom_table pa, pg;
+    tmd_atom_table_init(&pa, 0);
+    tmd_atom_table_init(&pg, 0);
+    int64_t *pmap = malloc(sizeof(int64_t) * (t.n + 1));
+    split(&t, &own, gd, &pa, &pg, pmap);
+    tmd_defect_table pd;
+    tmd_defect_table_init(&pd);
+    CU_ASSERT_EQUAL_FATAL(tmd_classify(&ctx, tmd_test_comm, NULL, 1, &lat, &own, s.size, s.size, &pa, &pg, &pd, NULL), TMD_OK);
+    int64_t *inv = malloc(sizeof(int64_t) * (t.n + 1));
+    for (int64_t k = 0; k < sa.n; k++) inv[smap[k]] = k;
+    int diff = 0;
+    for (int64_t k = 0; k < pa.n; k++) {
+        int64_t j = inv[pmap[k]];
+        if (pa.species[k] != sa.species[j] || pa.sublattice[k] != sa.sublattice[j] ||
+            memcmp(pa.prob + k * TMD_SP_COUNT, sa.prob + j * TMD_SP_COUNT, sizeof(float) * TMD_SP_COUNT))
+            diff++;
+    }
+    CU_ASSERT_EQUAL(diff, 0);
+    int64_t nd = pd.n, ndef = 0;
+    MPI_Allreduce(&nd, &ndef, 1, MPI_INT64_T, MPI_SUM, tmd_test_comm);
+    CU_ASSERT_EQUAL(ndef, sd.n);
+    int missing = 0;
+    for (int64_t k = 0; k < pd.n; k++) {
+        int found = 0;
+        for (int64_t q = 0; q < sd.n && !found; q++)
+            found = sd.type[q] == pd.type[k] && fabs(sd.x[q] - pd.x[k]) < 1e-9 && fabs(sd.y[q] - pd.y[k]) < 1e-9;
+        missing += !found;
+    }
+    CU_ASSERT_EQUAL(missing, 0);
+    free(inv);
+    free(smap);
+    free(pmap);
+    tmd_atom_table_free(&sa);
+    tmd_atom_table_free(&sg);
+    tmd_atom_table_free(&pa);
+    tmd_atom_table_free(&pg);
+    tmd_defect_table_free(&sd);
+    tmd_defect_table_free(&pd);
+    free_truth(&t);
+}
+
+int main(int argc, char **argv)
+{
+    return tmd_test_main(argc, argv, "classify",
+                         (tmd_test_case[]){{"pure compounds from physics", test_pure_compounds},
+                                           {"alloys, constraint, vacancies", test_alloys_and_vacancies},
+                                           {"mirror grains", test_twin_grains},
+                                           {"ranks agree with serial", test_ranks_agree},
+                                           {NULL, NULL}});
+}
