@@ -1,0 +1,371 @@
+/* Per-site instability over time (see tmd/dynamics.h). */
+#include "tmd/dynamics.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tmd_dyn_params_from_config(tmd_dyn_params *p, const tmd_config *cfg, double pixel_size)
+{
+    memset(p, 0, sizeof *p);
+    p->threshold = cfg->instability_threshold;
+    p->bin_px = cfg->density_bin_px;
+    p->pixel_size = pixel_size;
+    p->sigma_px = pixel_size > 0 ? cfg->density_sigma / pixel_size : cfg->density_sigma;
+    p->region_threshold = cfg->region_threshold;
+    p->min_region_bins = cfg->min_region_bins;
+    p->tol = 0.45;
+    p->fov_margin_px = -1; /* auto: one bond */
+    p->w_feature = 1;
+    p->w_occupancy = 1;
+    p->w_species = 1;
+    p->w_position = 0.5;
+}
+
+void tmd_dynamics_threshold(tmd_site_table *sites, double threshold)
+{
+    for (int64_t k = 0; k < sites->n; k++) sites->unstable[k] = sites->instability[k] > threshold;
+}
+
+/* Mean and standard deviation of k columns of (n, k) values over every rank, from integer
+ * sums of round(v * scale): the same numbers on any number of ranks. ok[r] (may be NULL)
+ * selects rows. */
+static tmd_status fixed_stats(tmd_ctx *ctx, MPI_Comm comm, int64_t n, int k, const double *v, const int8_t *ok,
+                              double scale, double *mean, double *sd)
+{
+    int64_t *s = NULL; /* (2k + 1): sums, sums of squares, count */
+    tmd_status st = tmd_calloc(ctx, (void **)&s, (size_t)2 * k + 1, sizeof(int64_t), "fixed-point sums");
+    st = tmd_agree(ctx, comm, st);
+    if (st) { free(s); return st; }
+    for (int64_t r = 0; r < n; r++) {
+        if (ok && !ok[r]) continue;
+        for (int c = 0; c < k; c++) {
+            int64_t q = llround(v[r * k + c] * scale);
+            s[c] += q;
+            s[k + c] += q * q;
+        }
+        s[2 * k]++;
+    }
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, s, 2 * k + 1, MPI_INT64_T, MPI_SUM, comm));
+    for (int c = 0; !st && c < k; c++) {
+        double N = (double)s[2 * k];
+        double m = N > 0 ? (double)s[c] / N / scale : 0;
+        double m2 = N > 0 ? (double)s[k + c] / N / (scale * scale) : 0;
+        mean[c] = m;
+        sd[c] = m2 > m * m ? sqrt(m2 - m * m) : 0;
+    }
+    free(s);
+    return st;
+}
+
+/* One shuffled observation: an atom (kind 0) or a vacancy (kind = defect type) at a site in
+ * a frame, followed by D floats of scaled latent. */
+typedef struct {
+    int64_t site;
+    double x0, y0;   /* drift-corrected position */
+    int32_t frame;
+    int8_t kind;
+    int8_t species;
+    int16_t pad;
+} rec_hdr;
+
+static size_t rec_size(int D) { return (sizeof(rec_hdr) + (size_t)D * sizeof(float) + 7) / 8 * 8; }
+
+static int cmp_rec(const void *a, const void *b)
+{
+    const rec_hdr *p = a, *q = b;
+    if (p->site != q->site) return p->site < q->site ? -1 : 1;
+    if (p->frame != q->frame) return p->frame < q->frame ? -1 : 1;
+    if (p->kind != q->kind) return p->kind < q->kind ? -1 : 1;
+    if (p->x0 != q->x0) return p->x0 < q->x0 ? -1 : 1;
+    if (p->y0 != q->y0) return p->y0 < q->y0 ? -1 : 1;
+    return 0;
+}
+
+enum { NCOMP = 4 }; /* feature, occupancy, species, position */
+
+tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis *b, const double *drift, int64_t T,
+                              int64_t H, int64_t W, const tmd_atom_table *atoms, const tmd_defect_table *defects,
+                              const tmd_dyn_params *prm, tmd_site_table *sites)
+{
+    tmd_status st = TMD_OK;
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    char *send = NULL, *recv = NULL;       /* records, (n, rec_size) bytes */
+    int *owner = NULL;                     /* (n_send) destination rank */
+    int *scount = NULL, *sdispl = NULL, *rcount = NULL, *rdispl = NULL;
+    double *lat_mean = NULL, *lat_sd = NULL;
+    double *comp = NULL;                   /* (n_sites, NCOMP) */
+    int8_t *scorable = NULL;               /* (n_sites) */
+    int8_t *state = NULL;                  /* (T) per-frame state of one site */
+    int64_t *latent_of = NULL;             /* (T) record index of the site's atom in frame t */
+    char *order = NULL;                    /* sorted records */
+    int64_t nrecv = 0;
+
+    /* latent size agreed by every rank */
+    int D = atoms->nlatent > 0 && atoms->latent ? atoms->nlatent : 0, Dmax = 0, Dmin = 0;
+    int Dl = atoms->n > 0 ? D : INT_MAX;
+    MPI_Allreduce(&D, &Dmax, 1, MPI_INT, MPI_MAX, comm);
+    MPI_Allreduce(&Dl, &Dmin, 1, MPI_INT, MPI_MIN, comm);
+    if (Dmin != INT_MAX && Dmin != Dmax)
+        st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "sites: ranks hold latents of different sizes (%d and %d)", Dmin, Dmax);
+    D = Dmax;
+    if (!st && T < 1) st = TMD_FAIL(ctx, TMD_ERR_ARG, "sites: a stack of %lld frames", (long long)T);
+    if (!st) st = tmd_calloc(ctx, (void **)&lat_mean, (size_t)D + 1, sizeof(double), "latent means");
+    if (!st) st = tmd_calloc(ctx, (void **)&lat_sd, (size_t)D + 1, sizeof(double), "latent std");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* per-dimension spread of the latents (global) */
+    if (D > 0) {
+        double *v = NULL;
+        st = tmd_calloc(ctx, (void **)&v, (size_t)(atoms->n > 0 ? atoms->n : 1) * D, sizeof(double), "latent copy");
+        for (int64_t k = 0; !st && k < atoms->n * D; k++) v[k] = atoms->latent[k];
+        st = tmd_agree(ctx, comm, st);
+        if (!st) st = fixed_stats(ctx, comm, atoms->n, D, v, NULL, 4096.0, lat_mean, lat_sd);
+        free(v);
+        if (st) goto cleanup;
+    }
+    size_t RS = rec_size(D);
+    int64_t nd = defects ? defects->n : 0, nsend = 0;
+    st = tmd_calloc(ctx, (void **)&send, (size_t)(atoms->n + nd + 1), RS, "site records");
+    if (!st) st = tmd_calloc(ctx, (void **)&owner, (size_t)(atoms->n + nd + 1), sizeof(int), "record owners");
+    if (!st) st = tmd_calloc(ctx, (void **)&scount, (size_t)nranks * 4, sizeof(int), "shuffle counts");
+    if (st) goto agree_fail;
+    for (int64_t k = 0; k < atoms->n; k++) {
+        if (atoms->site[k] < 0) continue;
+        int64_t t = atoms->frame[k];
+        if (t < 0 || t >= T) {
+            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "sites: atom %lld is in frame %lld of %lld", (long long)k, (long long)t, (long long)T);
+            goto agree_fail;
+        }
+        rec_hdr *r = (rec_hdr *)(send + (size_t)nsend * RS);
+        r->site = atoms->site[k];
+        r->frame = (int32_t)t;
+        r->kind = 0;
+        r->species = atoms->species[k];
+        r->x0 = atoms->x[k] - drift[2 * t];
+        r->y0 = atoms->y[k] - drift[2 * t + 1];
+        float *z = (float *)(r + 1);
+        for (int d = 0; d < D; d++)
+            z[d] = (float)(lat_sd[d] > 0 ? (atoms->latent[k * D + d] - lat_mean[d]) / lat_sd[d] : 0);
+        nsend++;
+    }
+    for (int64_t k = 0; k < nd; k++) {
+        int64_t t = defects->frame[k];
+        if (t < 0 || t >= T) continue;
+        double x0 = defects->x[k] - drift[2 * t], y0 = defects->y[k] - drift[2 * t + 1], dist;
+        int64_t id = tmd_track_nearest(b, x0, y0, &dist);
+        if (dist > prm->tol * b->bond) continue;
+        rec_hdr *r = (rec_hdr *)(send + (size_t)nsend * RS);
+        r->site = id;
+        r->frame = (int32_t)t;
+        r->kind = defects->type[k];
+        r->x0 = x0;
+        r->y0 = y0;
+        nsend++;
+    }
+agree_fail:
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* owners: contiguous ranges of the lattice row index i */
+    int64_t irange[2] = {INT64_MAX, INT64_MAX}; /* min i, -max i */
+    for (int64_t k = 0; k < nsend; k++) {
+        int64_t i, j;
+        int s;
+        tmd_site_unpack(((rec_hdr *)(send + (size_t)k * RS))->site, &i, &j, &s);
+        if (i < irange[0]) irange[0] = i;
+        if (-i < irange[1]) irange[1] = -i;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, irange, 2, MPI_INT64_T, MPI_MIN, comm);
+    int64_t imin = irange[0], span = irange[0] == INT64_MAX ? 1 : -irange[1] - imin + 1;
+    sdispl = scount + nranks;
+    rcount = scount + 2 * nranks;
+    rdispl = scount + 3 * nranks;
+    for (int64_t k = 0; k < nsend; k++) {
+        int64_t i, j;
+        int s;
+        tmd_site_unpack(((rec_hdr *)(send + (size_t)k * RS))->site, &i, &j, &s);
+        owner[k] = (int)((i - imin) * nranks / span);
+        scount[owner[k]]++;
+    }
+    /* order the send buffer by owner (stable) */
+    {
+        char *tmp = NULL;
+        st = tmd_calloc(ctx, (void **)&tmp, (size_t)(nsend + 1), RS, "site records (by owner)");
+        if (!st) {
+            int64_t *pos = NULL;
+            st = tmd_calloc(ctx, (void **)&pos, (size_t)nranks, sizeof(int64_t), "record offsets");
+            if (!st) {
+                for (int r = 1; r < nranks; r++) pos[r] = pos[r - 1] + scount[r - 1];
+                for (int64_t k = 0; k < nsend; k++) memcpy(tmp + (size_t)(pos[owner[k]]++) * RS, send + (size_t)k * RS, RS);
+                free(send);
+                send = tmp;
+                tmp = NULL;
+            }
+            free(pos);
+        }
+        free(tmp);
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, comm);
+    {
+        int64_t so = 0, ro = 0;
+        for (int r = 0; r < nranks; r++) {
+            if ((so + scount[r]) * (int64_t)RS > INT_MAX || (ro + rcount[r]) * (int64_t)RS > INT_MAX) {
+                st = TMD_FAIL(ctx, TMD_ERR_RANGE, "sites: more than 2 GiB of site records on rank %d; use more ranks", rank);
+                break;
+            }
+            sdispl[r] = (int)(so * RS);
+            rdispl[r] = (int)(ro * RS);
+            so += scount[r];
+            ro += rcount[r];
+        }
+        nrecv = ro;
+        for (int r = 0; r < nranks; r++) { scount[r] *= (int)RS; rcount[r] *= (int)RS; }
+        if (!st) st = tmd_calloc(ctx, (void **)&recv, (size_t)(nrecv + 1), RS, "received site records");
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    st = TMD_MPI(ctx, MPI_Alltoallv(send, scount, sdispl, MPI_BYTE, recv, rcount, rdispl, MPI_BYTE, comm));
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    free(send);
+    send = NULL;
+    qsort(recv, (size_t)nrecv, RS, cmp_rec);
+
+    /* per site: components */
+    int64_t nsites = 0;
+    for (int64_t k = 0; k < nrecv; k++)
+        if (k == 0 || ((rec_hdr *)(recv + (size_t)k * RS))->site != ((rec_hdr *)(recv + (size_t)(k - 1) * RS))->site) nsites++;
+    st = tmd_calloc(ctx, (void **)&comp, (size_t)(nsites + 1) * NCOMP, sizeof(double), "site components");
+    if (!st) st = tmd_calloc(ctx, (void **)&scorable, (size_t)(nsites + 1), 1, "site flags");
+    if (!st) st = tmd_calloc(ctx, (void **)&state, (size_t)T, 1, "site states");
+    if (!st) st = tmd_calloc(ctx, (void **)&latent_of, (size_t)T, sizeof(int64_t), "site latents");
+    double margin = prm->fov_margin_px >= 0 ? prm->fov_margin_px : b->bond;
+    for (int64_t k = 0, s = 0; !st && k < nrecv; s++) {
+        const rec_hdr *h0 = (const rec_hdr *)(recv + (size_t)k * RS);
+        int64_t id = h0->site, e = k;
+        while (e < nrecv && ((rec_hdr *)(recv + (size_t)e * RS))->site == id) e++;
+        /* position: mean of the atoms' drift-corrected positions */
+        double sx = 0, sy = 0;
+        int64_t na = 0;
+        for (int64_t q = k; q < e; q++) {
+            const rec_hdr *h = (const rec_hdr *)(recv + (size_t)q * RS);
+            if (h->kind == 0) { sx += h->x0; sy += h->y0; na++; }
+        }
+        double px, py;
+        if (na > 0) { px = sx / na; py = sy / na; }
+        else tmd_track_site_xy(b, id, &px, &py);
+        double jit = 0;
+        for (int64_t q = k; q < e; q++) {
+            const rec_hdr *h = (const rec_hdr *)(recv + (size_t)q * RS);
+            if (h->kind == 0) jit += (h->x0 - px) * (h->x0 - px) + (h->y0 - py) * (h->y0 - py);
+        }
+        /* per-frame state: -1 outside the field of view, 0 absent, 1 + species present,
+         * 100 one chalcogen left with no atom row */
+        for (int64_t t = 0; t < T; t++) {
+            double fx = px + drift[2 * t], fy = py + drift[2 * t + 1];
+            int in = fx >= margin && fy >= margin && fx <= W - 1 - margin && fy <= H - 1 - margin;
+            state[t] = in ? 0 : -1;
+            latent_of[t] = -1;
+        }
+        for (int64_t q = k; q < e; q++) {
+            const rec_hdr *h = (const rec_hdr *)(recv + (size_t)q * RS);
+            int64_t t = h->frame;
+            if (state[t] < 0) continue;
+            if (h->kind == 0 && latent_of[t] < 0) {
+                state[t] = (int8_t)(1 + h->species);
+                latent_of[t] = q;
+            } else if (h->kind == TMD_DEF_VX && state[t] == 0) {
+                state[t] = 100;
+            }
+        }
+        int64_t pairs = 0, occ = 0, sp_pairs = 0, sp = 0;
+        double feat = 0;
+        for (int64_t t = 1; t < T; t++) {
+            if (state[t] < 0 || state[t - 1] < 0) continue;
+            pairs++;
+            int p1 = state[t] > 0, p0 = state[t - 1] > 0;
+            if (p1 != p0) occ++;
+            if (latent_of[t] >= 0 && latent_of[t - 1] >= 0) {
+                sp_pairs++;
+                if (state[t] != state[t - 1]) sp++;
+                const float *z1 = (const float *)((const rec_hdr *)(recv + (size_t)latent_of[t] * RS) + 1);
+                const float *z0 = (const float *)((const rec_hdr *)(recv + (size_t)latent_of[t - 1] * RS) + 1);
+                double dd = 0;
+                for (int d = 0; d < D; d++) dd += (double)(z1[d] - z0[d]) * (z1[d] - z0[d]);
+                feat += D > 0 ? dd / D : 0;
+            }
+        }
+        /* rates over pairs of frames, shrunk towards 0 by K0 pseudo-pairs: a site seen in a
+         * few frames only (at the edge of a drifting field of view) cannot look unstable
+         * from one change */
+        const double K0 = 4;
+        double *c = comp + s * NCOMP;
+        c[0] = feat / (sp_pairs + K0);
+        c[1] = (double)occ / (pairs + K0);
+        c[2] = (double)sp / (sp_pairs + K0);
+        c[3] = na > 0 ? sqrt(jit / (na + K0)) / b->bond : 0;
+        scorable[s] = pairs > 0;
+        int64_t row;
+        st = tmd_site_table_push(ctx, sites, &row);
+        if (st) break;
+        int64_t ii, jj;
+        int sub;
+        tmd_site_unpack(id, &ii, &jj, &sub);
+        sites->id[row] = id;
+        sites->x[row] = px;
+        sites->y[row] = py;
+        sites->sublattice[row] = (int8_t)sub;
+        k = e;
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* global normalisation of the components, weighted sum, normalised again */
+    {
+        double cm[NCOMP], cs[NCOMP], w[NCOMP] = {prm->w_feature, prm->w_occupancy, prm->w_species, prm->w_position};
+        st = fixed_stats(ctx, comm, nsites, NCOMP, comp, scorable, 65536.0, cm, cs);
+        if (st) goto cleanup;
+        double *raw = comp; /* reuse column 0 storage: raw[s * NCOMP] */
+        for (int64_t s = 0; s < nsites; s++) {
+            double r = 0;
+            for (int c = 0; c < NCOMP; c++)
+                if (cs[c] > 0) r += w[c] * (comp[s * NCOMP + c] - cm[c]) / cs[c];
+            raw[s * NCOMP] = r;
+        }
+        double rm, rs;
+        /* raw as a (n, NCOMP) array whose first column is used: pass stride via a copy */
+        double *col = NULL;
+        st = tmd_calloc(ctx, (void **)&col, (size_t)(nsites + 1), sizeof(double), "raw scores");
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+        for (int64_t s = 0; s < nsites; s++) col[s] = raw[s * NCOMP];
+        st = fixed_stats(ctx, comm, nsites, 1, col, scorable, 1024.0, &rm, &rs);
+        for (int64_t s = 0; !st && s < nsites; s++) {
+            double z = scorable[s] && rs > 0 ? (col[s] - rm) / rs : 0;
+            sites->instability[sites->n - nsites + s] = (float)z;
+        }
+        free(col);
+        if (st) goto cleanup;
+        for (int64_t s = sites->n - nsites; s < sites->n; s++) sites->unstable[s] = sites->instability[s] > prm->threshold;
+    }
+    if (rank == 0) {
+        tmd_debug(ctx, "sites: %lld records on rank 0, %lld sites", (long long)nrecv, (long long)nsites);
+    }
+cleanup:
+    free(send);
+    free(recv);
+    free(owner);
+    free(scount);
+    free(lat_mean);
+    free(lat_sd);
+    free(comp);
+    free(scorable);
+    free(state);
+    free(latent_of);
+    free(order);
+    return st;
+}
