@@ -12,6 +12,7 @@
 #include <tiffio.h>
 
 #include "testutil.h"
+#include "tmd/io.h"
 #include "tmd/lattice.h"
 
 /* Synthetic honeycomb: A sites at o + i a1 + j a2 (a1 at `rot_deg`, a2 = a1 turned +60),
@@ -320,6 +321,48 @@ static void test_real_image(void)
     free(img);
 }
 
+/* tmd_lattice_measure_input over the ranks: the real image gives the same lattice bits on
+ * every rank (and rank count), ~0.177 A/px; a noise image is refused with NOLATTICE on all
+ * ranks, and the message names the remedy. */
+static void test_measure_input(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const char *path = "/work/shared/realdata/mos2-770da85.tif";
+    tmd_reader *r = NULL;
+    int ok = tmd_reader_open(&ctx, path, &r) == TMD_OK;
+    int all_ok = 0;
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, tmd_test_comm);
+    if (!all_ok) {
+        tmd_reader_close(&r);
+        return;
+    }
+    tmd_lattice lat;
+    CU_ASSERT_EQUAL_FATAL(tmd_lattice_measure_input(&ctx, tmd_test_comm, r, 256, 4, NULL, &lat), TMD_OK);
+    tmd_reader_close(&r);
+    double px = tmd_lattice_pixel_size(&lat, TMD_A_MOS2);
+    CU_ASSERT(fabs(px - 0.175) < 0.175 * 0.02);
+    double v[4] = {lat.a1[0], lat.a1[1], lat.a2[0], lat.a2[1]}, v0[4];
+    memcpy(v0, v, sizeof v);
+    MPI_Bcast(v0, 4, MPI_DOUBLE, 0, tmd_test_comm);
+    CU_ASSERT_EQUAL(memcmp(v, v0, sizeof v), 0);
+    /* noise stack of 2 frames */
+    const char *np = tmd_test_path("noise.tif");
+    if (tmd_test_rank == 0) {
+        float *img = malloc(sizeof(float) * 2 * 300 * 300);
+        unsigned s = 3;
+        for (int i = 0; i < 2 * 300 * 300; i++) img[i] = tmd_test_randf(&s);
+        CU_ASSERT_EQUAL(tmd_tiff_write(&ctx, np, img, 2, 300, 300, TMD_F32, 0), TMD_OK);
+        free(img);
+    }
+    MPI_Barrier(tmd_test_comm);
+    CU_ASSERT_EQUAL_FATAL(tmd_reader_open(&ctx, np, &r), TMD_OK);
+    tmd_lattice l2[2];
+    CU_ASSERT_EQUAL(tmd_lattice_measure_input(&ctx, tmd_test_comm, r, 256, 1, NULL, l2), TMD_ERR_NOLATTICE);
+    CU_ASSERT(strstr(ctx.err_msg, "--pixel-size") != NULL);
+    tmd_reader_close(&r);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "lattice",
@@ -329,5 +372,6 @@ int main(int argc, char **argv)
                                            {"allreduce same on any rank count", test_allreduce},
                                            {"local ideal-site fit", test_local_fit},
                                            {"real MoS2 image pixel size", test_real_image},
+                                           {"whole input over ranks", test_measure_input},
                                            {NULL, NULL}});
 }

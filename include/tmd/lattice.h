@@ -120,6 +120,20 @@ tmd_status tmd_lattice_combine(tmd_ctx *ctx, int64_t n, const tmd_lattice *tiles
 tmd_status tmd_lattice_allreduce(tmd_ctx *ctx, MPI_Comm comm, int64_t n_local, const int64_t *tile_ids,
                                  const tmd_lattice *tiles, tmd_lattice *out);
 
+/* ---- whole inputs -------------------------------------------------------------------- */
+
+struct tmd_reader;
+
+/* Collective over comm. Measures the lattice of every frame of an input: per frame, up to
+ * `max_tiles` (e.g. 9 for a single image, 1 for long stacks) tiles of edge `tile`
+ * (clipped to the frame) around the frame centre are read with tmd_reader_read and
+ * measured; the (frame, tile) work is dealt round-robin over the ranks and combined in
+ * tile order, so every rank gets the same out[frame] on any number of ranks. A frame with
+ * no lattice takes its nearest valid frame's lattice (logged); if no frame has one:
+ * TMD_ERR_NOLATTICE naming the input. out has `frames` entries (the input's frame count). */
+tmd_status tmd_lattice_measure_input(tmd_ctx *ctx, MPI_Comm comm, struct tmd_reader *reader, int tile, int max_tiles,
+                                     const tmd_lattice_opts *opts, tmd_lattice *out);
+
 /* ---- local ideal-site fit ------------------------------------------------------------- */
 
 /* A local affine model of the honeycomb: site (i, j, sub) sits at
