@@ -598,11 +598,11 @@ static void test_bad_tiffs(void)
     p = tmd_test_path("zero_w.tif");
     CU_ASSERT_EQUAL_FATAL(fx_write_tiff(p, &o), 0);
     CU_ASSERT_EQUAL_FATAL(patch_tag(p, TIFFTAG_IMAGEWIDTH, 0, 0), 0);
-    expect_refused("zero width", p, p, NULL);
+    expect_refused("zero width", p, p, "unusable size 0 x 38");
     p = tmd_test_path("zero_h.tif");
     CU_ASSERT_EQUAL_FATAL(fx_write_tiff(p, &o), 0);
     CU_ASSERT_EQUAL_FATAL(patch_tag(p, TIFFTAG_IMAGELENGTH, 0, 0), 0);
-    expect_refused("zero height", p, p, NULL);
+    expect_refused("zero height", p, p, "unusable size 45 x 0");
     o = fx_default();
     o.w = 70000; /* LONG-typed width tag, then made absurd */
     o.h = 2;

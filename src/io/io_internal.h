@@ -57,9 +57,18 @@ struct tmd_reader {
     int conv;                     /* TMD_CONV_* */
     tmd_dtype stored;             /* sample type as stored (int16 etc. included) */
     float palette[256];           /* grey value of each index when conv == PALETTE */
-    uint8_t *scratch;             /* one decoded strip/tile, allocated once at open */
-    size_t scratch_size;
-    int64_t cached_frame, cached_block;  /* which block scratch holds (-1 none) */
+    uint8_t *scratch;             /* uncompressed strips: one scanline; else unused */
+    size_t scratch_size;          /* bytes of one decoded strip/tile (or scanline) */
+    /* Decoded strips/tiles, least recently used evicted. Slots are added (never freed before
+     * close) up to what one region needs, within TMD_IO_CACHE_BYTES, so tile-by-tile reading
+     * decodes each compressed strip about once per tile row, not once per tile. */
+    struct tmd_io_block {
+        int64_t frame, block;     /* -1: empty */
+        uint64_t used;            /* clock value of the last use */
+        uint8_t *buf;             /* (scratch_size) bytes */
+    } *cache;
+    int ncache;
+    uint64_t clock;
     /* HDF5 */
     hid_t file, dset, fspace;
     int h5rank;                   /* 2 or 3 */
@@ -77,5 +86,7 @@ void tmd_io_h5_close(tmd_reader *r);
 /* Largest accepted frame side and frame count: beyond these a header is taken as corrupt. */
 #define TMD_IO_MAX_SIDE ((int64_t)1 << 24)
 #define TMD_IO_MAX_FRAMES ((int64_t)1 << 24)
+/* Memory a reader may spend on decoded strips/tiles (at least one block is always kept). */
+#define TMD_IO_CACHE_BYTES ((size_t)256 << 20)
 
 #endif

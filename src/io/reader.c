@@ -44,7 +44,7 @@ tmd_status tmd_reader_open(tmd_ctx *ctx, const char *spec, tmd_reader **out)
     r = calloc(1, sizeof *r);
     if (!r) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory opening %s", spec);
     r->file = r->dset = r->fspace = H5I_INVALID_HID;
-    r->cur_frame = r->cached_frame = r->cached_block = -1;
+    r->cur_frame = -1;
     split_spec(spec, r->path, sizeof r->path, r->dsetname, sizeof r->dsetname);
 
     int64_t size = tmd_io_file_size(r->path);

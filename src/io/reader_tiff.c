@@ -3,9 +3,10 @@
  * Open validates every page completely (sizes, sample format, codec, photometric, every
  * strip's/tile's byte count against the file size) so that reading later cannot run past the
  * end of a truncated file. A region read touches only the strips/tiles that overlap it:
- * compressed or tiled data are decoded one block at a time into a scratch buffer allocated
- * once (the last decoded block is cached, so tile-by-tile reading of a striped file decodes
- * each strip once per tile row); uncompressed strips are read directly with pread, only the
+ * compressed or tiled data are decoded one block at a time into a small LRU cache of decoded
+ * blocks (grown to what one region needs, at most TMD_IO_CACHE_BYTES), so tile-by-tile reading
+ * of a striped file decodes each strip about once per tile row; uncompressed strips are read
+ * directly with pread, only the
  * requested bytes of the requested rows. libtiff's messages are captured into the reader
  * (TIFFOpenOptions handlers), never printed.
  */
@@ -250,6 +251,43 @@ static double pixel_size_from_tags(TIFF *t)
     return (a >= 1e-3 && a <= 100) ? a : 0;
 }
 
+/* When libtiff refuses a header, look at the first IFD ourselves for a more precise cause
+ * (a zero width or height). Returns 1 and fills *w, *h if both tags were found. */
+static int raw_first_dims(const char *path, uint64_t *w, uint64_t *h)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char hd[16];
+    int found = 0;
+    *w = *h = UINT64_MAX;
+    if (fread(hd, 1, 16, f) < 8) goto done;
+    int le = hd[0] == 'I';
+#define RD16(p) (le ? (uint64_t)(p)[0] | (uint64_t)(p)[1] << 8 : (uint64_t)(p)[1] | (uint64_t)(p)[0] << 8)
+#define RD32(p) (le ? RD16(p) | RD16((p) + 2) << 16 : RD16((p) + 2) | RD16(p) << 16)
+#define RD64(p) (le ? RD32(p) | RD32((p) + 4) << 32 : RD32((p) + 4) | RD32(p) << 32)
+    int big = RD16(hd + 2) == 43;
+    uint64_t ifd = big ? RD64(hd + 8) : RD32(hd + 4);
+    unsigned char cnt[8], e[20];
+    if (fseeko(f, (off_t)ifd, SEEK_SET) || fread(cnt, 1, big ? 8 : 2, f) != (size_t)(big ? 8 : 2)) goto done;
+    uint64_t n = big ? RD64(cnt) : RD16(cnt);
+    for (uint64_t i = 0; i < n && i < 4096; i++) {
+        size_t es = big ? 20 : 12;
+        if (fread(e, 1, es, f) != es) break;
+        uint64_t tag = RD16(e), type = RD16(e + 2);
+        const unsigned char *v = e + (big ? 12 : 8);
+        uint64_t val = type == 3 ? RD16(v) : type == 4 ? RD32(v) : type == 16 ? RD64(v) : UINT64_MAX;
+        if (tag == 256) *w = val;
+        if (tag == 257) *h = val;
+    }
+    found = *w != UINT64_MAX && *h != UINT64_MAX;
+#undef RD16
+#undef RD32
+#undef RD64
+done:
+    fclose(f);
+    return found;
+}
+
 tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
 {
     tmd_status st = TMD_OK;
@@ -264,8 +302,14 @@ tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
     r->msg[0] = 0;
     r->tif = TIFFOpenExt(r->path, "rm", opts); /* "m": no memory mapping (a truncated mapped file would SIGBUS) */
     TIFFOpenOptionsFree(opts);
-    if (!r->tif) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot read the TIFF header; the file is truncated or damaged%s", r->path,
-                                   tmsg(r, mb, sizeof mb));
+    if (!r->tif) {
+        uint64_t w = 0, h = 0;
+        if (raw_first_dims(r->path, &w, &h) && (w == 0 || h == 0))
+            return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page 0 has an unusable size %llu x %llu (width x height)%s",
+                            r->path, (unsigned long long)w, (unsigned long long)h, tmsg(r, mb, sizeof mb));
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot read the TIFF header; the file is truncated or damaged%s",
+                        r->path, tmsg(r, mb, sizeof mb));
+    }
     snprintf(r->info.format, sizeof r->info.format, "%s", TIFFIsBigTIFF(r->tif) ? "BigTIFF" : "TIFF");
 
     /* Walk every page: validate it, record its directory offset, check it matches page 0. */
@@ -362,7 +406,15 @@ tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
     tmsize_t bs = direct ? TIFFScanlineSize(r->tif) : (d0.tiled ? TIFFTileSize(r->tif) : TIFFStripSize(r->tif));
     if (bs <= 0) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot size a %s%s", r->path, d0.tiled ? "tile" : "strip", tmsg(r, mb, sizeof mb));
     r->scratch_size = (size_t)bs;
-    TMD_CHECK(tmd_calloc(ctx, (void **)&r->scratch, r->scratch_size, 1, "a TIFF strip/tile buffer"));
+    if (direct) {
+        TMD_CHECK(tmd_calloc(ctx, (void **)&r->scratch, r->scratch_size, 1, "a TIFF scanline buffer"));
+    } else {
+        /* One cache slot now; more are added when a region needs them. */
+        TMD_CHECK(tmd_calloc(ctx, (void **)&r->cache, 1, sizeof *r->cache, "the TIFF block cache"));
+        TMD_CHECK(tmd_calloc(ctx, (void **)&r->cache[0].buf, r->scratch_size, 1, "a TIFF strip/tile buffer"));
+        r->cache[0].frame = r->cache[0].block = -1;
+        r->ncache = 1;
+    }
 
     /* Layout text and pixel size (page 0). */
     if (r->cur_frame != 0) {
@@ -472,14 +524,66 @@ static tmd_status read_direct(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_
     return TMD_OK;
 }
 
+/* Grows the block cache to `want` slots (bounded by TMD_IO_CACHE_BYTES). A failed allocation
+ * just leaves fewer slots: the cache is an optimisation. */
+static void cache_grow(tmd_reader *r, int64_t want)
+{
+    int64_t cap = (int64_t)(TMD_IO_CACHE_BYTES / (r->scratch_size ? r->scratch_size : 1));
+    if (want > cap) want = cap;
+    if (want > 4096) want = 4096;
+    if (want <= r->ncache) return;
+    struct tmd_io_block *c = realloc(r->cache, (size_t)want * sizeof *c);
+    if (!c) return;
+    r->cache = c;
+    while (r->ncache < want) {
+        uint8_t *b = malloc(r->scratch_size);
+        if (!b) return;
+        c[r->ncache].buf = b;
+        c[r->ncache].frame = c[r->ncache].block = -1;
+        c[r->ncache].used = 0;
+        r->ncache++;
+    }
+}
+
+/* The decoded block idx of frame, from the cache or decoded into the least recently used slot. */
+static tmd_status get_block(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t idx, size_t need, const uint8_t **out)
+{
+    char mb[600];
+    int lru = 0;
+    for (int i = 0; i < r->ncache; i++) {
+        if (r->cache[i].frame == frame && r->cache[i].block == idx) {
+            r->cache[i].used = ++r->clock;
+            *out = r->cache[i].buf;
+            return TMD_OK;
+        }
+        if (r->cache[i].used < r->cache[lru].used) lru = i;
+    }
+    struct tmd_io_block *b = &r->cache[lru];
+    b->frame = b->block = -1;
+    r->msg[0] = 0;
+    tmsize_t got = r->tiled ? TIFFReadEncodedTile(r->tif, (uint32_t)idx, b->buf, (tmsize_t)r->scratch_size)
+                            : TIFFReadEncodedStrip(r->tif, (uint32_t)idx, b->buf, (tmsize_t)r->scratch_size);
+    if (got < 0 || (size_t)got < need)
+        return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page %lld, %s %lld could not be decoded (%lld of %zu bytes)%s",
+                        r->path, (long long)frame, r->tiled ? "tile" : "strip", (long long)idx, (long long)got, need,
+                        tmsg(r, mb, sizeof mb));
+    b->frame = frame;
+    b->block = idx;
+    b->used = ++r->clock;
+    *out = b->buf;
+    return TMD_OK;
+}
+
 /* Compressed strips or tiles: decode each overlapping block (cached) and copy its overlap. */
 static tmd_status read_blocks(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y0, int64_t x0, int64_t h,
                               int64_t w, float *out)
 {
-    char mb[600];
     size_t ps = tmd_dtype_size(r->stored) * (size_t)r->spp;
     int64_t by0 = y0 / r->block_h, by1 = (y0 + h - 1) / r->block_h;
     int64_t bx0 = x0 / r->block_w, bx1 = (x0 + w - 1) / r->block_w;
+    /* Enough slots for this region plus one more band, so that the next region of the same
+     * tile row finds its blocks decoded. */
+    cache_grow(r, (by1 - by0 + 1) * (bx1 - bx0 + 2));
     for (int64_t by = by0; by <= by1; by++) {
         for (int64_t bx = bx0; bx <= bx1; bx++) {
             int64_t idx = by * r->blocks_across + bx;
@@ -487,26 +591,15 @@ static tmd_status read_blocks(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_
             int64_t rows = r->block_h;
             if (!r->tiled && (by + 1) * r->block_h > r->info.height) rows = r->info.height - by * r->block_h;
             size_t need = (size_t)rows * (size_t)r->block_w * ps;
-            if (r->cached_frame != frame || r->cached_block != idx) {
-                r->cached_frame = r->cached_block = -1;
-                r->msg[0] = 0;
-                tmsize_t got = r->tiled ? TIFFReadEncodedTile(r->tif, (uint32_t)idx, r->scratch, (tmsize_t)r->scratch_size)
-                                        : TIFFReadEncodedStrip(r->tif, (uint32_t)idx, r->scratch, (tmsize_t)r->scratch_size);
-                if (got < 0 || (size_t)got < need)
-                    return TMD_FAIL(ctx, TMD_ERR_FORMAT,
-                                    "%s: page %lld, %s %lld could not be decoded (%lld of %zu bytes)%s", r->path,
-                                    (long long)frame, r->tiled ? "tile" : "strip", (long long)idx, (long long)got, need,
-                                    tmsg(r, mb, sizeof mb));
-                r->cached_frame = frame;
-                r->cached_block = idx;
-            }
+            const uint8_t *blk = NULL;
+            TMD_CHECK(get_block(ctx, r, frame, idx, need, &blk));
             int64_t ys = by * r->block_h > y0 ? by * r->block_h : y0;
             int64_t ye = (by + 1) * r->block_h < y0 + h ? (by + 1) * r->block_h : y0 + h;
             int64_t xs = bx * r->block_w > x0 ? bx * r->block_w : x0;
             int64_t xe = (bx + 1) * r->block_w < x0 + w ? (bx + 1) * r->block_w : x0 + w;
             for (int64_t y = ys; y < ye; y++) {
-                const uint8_t *src = r->scratch + ((size_t)(y - by * r->block_h) * (size_t)r->block_w +
-                                                   (size_t)(xs - bx * r->block_w)) * ps;
+                const uint8_t *src = blk + ((size_t)(y - by * r->block_h) * (size_t)r->block_w +
+                                            (size_t)(xs - bx * r->block_w)) * ps;
                 convert_pixels(r, src, xe - xs, out + (y - y0) * w + (xs - x0));
             }
         }
@@ -532,4 +625,8 @@ void tmd_io_tiff_close(tmd_reader *r)
     r->dir_offset = NULL;
     free(r->scratch);
     r->scratch = NULL;
+    for (int i = 0; i < r->ncache; i++) free(r->cache[i].buf);
+    free(r->cache);
+    r->cache = NULL;
+    r->ncache = 0;
 }
