@@ -111,12 +111,14 @@ static void make_synth(tmd_ctx *ctx, synth *s, int rank, int nranks)
                 double x, y;
                 tmd_track_site_xy(&s->b, id, &x, &y);
                 if (x < 0 || y < 0 || x >= IMG || y >= IMG) continue;
-                int dyn = is_dynamic(x, y);
+                /* disc 1 flickers; disc 2 changes once, for good (a sputtered or exchanged atom) */
+                int dyn = is_dynamic(x, y), lasting = dyn && hypot(x - 290, y - 250) < 35;
                 int species = sub == 1 ? TMD_SP_MO : TMD_SP_S2;
+                int t_change = 5 + (int)(tmd_test_randf(&rng) * 20);
                 for (int t = 0; t < NT; t++) {
                     float r = tmd_test_randf(&rng), r2 = tmd_test_randf(&rng), r3 = tmd_test_randf(&rng);
                     double fx = x + s->drift[2 * t], fy = y + s->drift[2 * t + 1];
-                    int present = dyn ? r < 0.6f : r < 0.985f;
+                    int present = dyn && !lasting ? r < 0.6f : r < 0.985f;
                     int owner = (int)(counter++ % nranks);
                     if (!present) {
                         if (owner == rank) tmd_defect_table_push(ctx, &s->defects, t, fx, fy, sub == 1 ? TMD_DEF_VM : TMD_DEF_VX2);
@@ -126,15 +128,17 @@ static void make_synth(tmd_ctx *ctx, synth *s, int rank, int nranks)
                     int64_t k;
                     tmd_atom_table_push(ctx, &s->atoms, &k);
                     s->atoms.frame[k] = t;
-                    s->atoms.x[k] = fx + (r2 - 0.5) * (dyn ? 2.0 : 0.6);
-                    s->atoms.y[k] = fy + (r3 - 0.5) * (dyn ? 2.0 : 0.6);
+                    s->atoms.x[k] = fx + (r2 - 0.5) * (dyn && !lasting ? 2.0 : 0.6);
+                    s->atoms.y[k] = fy + (r3 - 0.5) * (dyn && !lasting ? 2.0 : 0.6);
                     s->atoms.sublattice[k] = (int8_t)sub;
                     int sp = species;
-                    if (dyn && r2 < 0.3f) sp = sub == 1 ? TMD_SP_W : TMD_SP_SSE;
+                    if (lasting) {
+                        if (t >= t_change) sp = sub == 1 ? TMD_SP_W : TMD_SP_S;
+                    } else if (dyn && r2 < 0.3f) sp = sub == 1 ? TMD_SP_W : TMD_SP_SSE;
                     if (!dyn && r2 < 0.01f) sp = sub == 1 ? TMD_SP_W : TMD_SP_SSE; /* misclassification */
                     s->atoms.species[k] = (int8_t)sp;
                     float *z = s->atoms.latent + k * 3;
-                    z[0] = (float)(sub + 0.1 * (r3 - 0.5) + (dyn ? 0.8 * (r - 0.3) : 0));
+                    z[0] = (float)(sub + 0.1 * (r3 - 0.5) + (dyn && !lasting ? 0.8 * (r - 0.3) : 0));
                     z[1] = (float)(sp * 0.2 + 0.05 * r2);
                     z[2] = (float)(0.1 * r);
                 }

@@ -83,7 +83,35 @@ static int cmp_rec(const void *a, const void *b)
     return 0;
 }
 
-enum { NCOMP = 4 }; /* feature, occupancy, species, position */
+/* Components of a site's score: three rates of change between consecutive frames (flicker),
+ * the position spread, and three change-point statistics (a lasting change: a sputtered
+ * chalcogen, an exchanged atom): max over splits t of sqrt(n1 n2 / n) |mean before - mean
+ * after| of the occupancy, the species (one-hot) and the latent vector. */
+enum { NCOMP = 7 };
+enum { NSPECIES_STATES = 10 };
+
+/* Change-point statistic of n vectors of m values, v(k, c) given by the caller's arrays:
+ * vals (n, m) row-major. tot and run are scratch of m doubles. */
+static double step_stat(const double *vals, int64_t n, int m, double *tot, double *run)
+{
+    if (n < 2) return 0;
+    for (int c = 0; c < m; c++) tot[c] = run[c] = 0;
+    for (int64_t k = 0; k < n; k++)
+        for (int c = 0; c < m; c++) tot[c] += vals[k * m + c];
+    double best = 0;
+    for (int64_t t = 1; t < n; t++) {
+        for (int c = 0; c < m; c++) run[c] += vals[(t - 1) * m + c];
+        double n1 = (double)t, n2 = (double)(n - t), d2 = 0;
+        for (int c = 0; c < m; c++) {
+            double d = run[c] / n1 - (tot[c] - run[c]) / n2;
+            d2 += d * d;
+        }
+        double v = sqrt(n1 * n2 / (double)n * d2);
+        if (v > best) best = v;
+    }
+    return best;
+}
+
 
 tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis *b, const double *drift, int64_t T,
                               int64_t H, int64_t W, const tmd_atom_table *atoms, const tmd_defect_table *defects,
@@ -101,6 +129,8 @@ tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis
     int8_t *scorable = NULL;               /* (n_sites) */
     int8_t *state = NULL;                  /* (T) per-frame state of one site */
     int64_t *latent_of = NULL;             /* (T) record index of the site's atom in frame t */
+    double *seq = NULL;                    /* (T, max(D, NSPECIES_STATES)) one site's sequence */
+    double *scr = NULL;                    /* (2 max(D, NSPECIES_STATES)) step-statistic scratch */
     char *order = NULL;                    /* sorted records */
     int64_t nrecv = 0;
 
@@ -244,6 +274,9 @@ agree_fail:
     if (!st) st = tmd_calloc(ctx, (void **)&scorable, (size_t)(nsites + 1), 1, "site flags");
     if (!st) st = tmd_calloc(ctx, (void **)&state, (size_t)T, 1, "site states");
     if (!st) st = tmd_calloc(ctx, (void **)&latent_of, (size_t)T, sizeof(int64_t), "site latents");
+    int M = D > NSPECIES_STATES ? D : NSPECIES_STATES;
+    if (!st) st = tmd_calloc(ctx, (void **)&seq, (size_t)T * M, sizeof(double), "site sequence");
+    if (!st) st = tmd_calloc(ctx, (void **)&scr, (size_t)2 * M, sizeof(double), "site scratch");
     double margin = prm->fov_margin_px >= 0 ? prm->fov_margin_px : b->bond;
     for (int64_t k = 0, s = 0; !st && k < nrecv; s++) {
         const rec_hdr *h0 = (const rec_hdr *)(recv + (size_t)k * RS);
@@ -309,6 +342,29 @@ agree_fail:
         c[1] = (double)occ / (pairs + K0);
         c[2] = (double)sp / (sp_pairs + K0);
         c[3] = na > 0 ? sqrt(jit / (na + K0)) / b->bond : 0;
+        /* change points: occupancy over the field-of-view frames */
+        int64_t nf = 0, npres = 0;
+        for (int64_t t = 0; t < T; t++)
+            if (state[t] >= 0) seq[nf++] = state[t] > 0;
+        c[4] = step_stat(seq, nf, 1, scr, scr + M);
+        /* species (one-hot of the state) over the present frames */
+        for (int64_t t = 0; t < T; t++) {
+            if (state[t] <= 0) continue;
+            double *v = seq + npres * NSPECIES_STATES;
+            for (int q = 0; q < NSPECIES_STATES; q++) v[q] = 0;
+            v[state[t] >= 100 ? NSPECIES_STATES - 1 : (state[t] < NSPECIES_STATES - 1 ? state[t] : 0)] = 1;
+            npres++;
+        }
+        c[5] = step_stat(seq, npres, NSPECIES_STATES, scr, scr + M);
+        /* latent vector over the frames with an atom */
+        int64_t nl = 0;
+        for (int64_t t = 0; t < T && D > 0; t++) {
+            if (latent_of[t] < 0) continue;
+            const float *z = (const float *)((const rec_hdr *)(recv + (size_t)latent_of[t] * RS) + 1);
+            for (int d = 0; d < D; d++) seq[nl * D + d] = z[d];
+            nl++;
+        }
+        c[6] = D > 0 ? step_stat(seq, nl, D, scr, scr + M) / sqrt((double)D) : 0;
         scorable[s] = pairs > 0;
         int64_t row;
         st = tmd_site_table_push(ctx, sites, &row);
@@ -326,8 +382,9 @@ agree_fail:
     if (st) goto cleanup;
     /* global normalisation of the components, weighted sum, normalised again */
     {
-        double cm[NCOMP], cs[NCOMP], w[NCOMP] = {prm->w_feature, prm->w_occupancy, prm->w_species, prm->w_position};
-        st = fixed_stats(ctx, comm, nsites, NCOMP, comp, scorable, 65536.0, cm, cs);
+        double cm[NCOMP], cs[NCOMP], w[NCOMP] = {prm->w_feature, prm->w_occupancy, prm->w_species, prm->w_position,
+                                                  prm->w_occupancy, prm->w_species, prm->w_feature};
+        st = fixed_stats(ctx, comm, nsites, NCOMP, comp, scorable, 4096.0, cm, cs);
         if (st) goto cleanup;
         double *raw = comp; /* reuse column 0 storage: raw[s * NCOMP] */
         for (int64_t s = 0; s < nsites; s++) {
@@ -366,6 +423,8 @@ cleanup:
     free(scorable);
     free(state);
     free(latent_of);
+    free(seq);
+    free(scr);
     free(order);
     return st;
 }
