@@ -1,0 +1,269 @@
+/* The pipeline's own stages: open, scale, decompose, normalise, read, write (see
+ * tmd/pipeline.h). The U-Net and atom stages are in unet.c. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline_internal.h"
+#include "tmd/nn.h"
+
+static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* open: the input first (a bad input fails before anything is created), then the models
+ * (a missing model fails before any heavy work), then OUT.tmp. */
+tmd_status tmd_stage_open(tmd_ctx *ctx, tmd_run *run)
+{
+    tmd_status st = tmd_reader_open(ctx, run->input, &run->reader);
+    if (!st) {
+        run->info = *tmd_reader_info(run->reader);
+        tmd_info(ctx, "input %s: %s, %lld frame(s) of %lld x %lld, %s", run->input, run->info.format,
+                 (long long)run->info.frames, (long long)run->info.height, (long long)run->info.width,
+                 tmd_dtype_name(run->info.sample));
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) return st;
+    char path[TMD_PATH_MAX];
+    st = tmd_config_find_model(ctx, run->cfg.unet_model, path, sizeof path);
+    if (!st) st = tmd_nn_model_load(ctx, path, &run->unet);
+    if (!st && tmd_nn_model_out_channels(run->unet) != TMD_NCLASSES)
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: the U-Net gives %d classes, expected %d (DESIGN.md segmentation classes)",
+                      path, tmd_nn_model_out_channels(run->unet), TMD_NCLASSES);
+    if (!st && tmd_nn_model_in_channels(run->unet) != 1)
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: the U-Net takes %d input channels, expected 1", path,
+                      tmd_nn_model_in_channels(run->unet));
+    if (!st) {
+        run->unet_reach = tmd_nn_model_reach(run->unet);
+        run->unet_multiple = tmd_nn_model_multiple(run->unet);
+        if (run->unet_multiple < 1) run->unet_multiple = 1;
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) return st;
+    return tmd_writer_create(ctx, run->output, run->force, run->comm, &run->writer);
+}
+
+/* scale: Angstrom per input pixel. */
+tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
+{
+    if (run->pixel_size_arg > 0) {
+        run->pixel_size = run->pixel_size_arg;
+        snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "--pixel-size");
+    } else if (run->cfg.pixel_size > 0) {
+        run->pixel_size = run->cfg.pixel_size;
+        snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "configuration");
+    } else {
+        /* Hook for the lattice stage (issue 7): measure the period of the lattice on a few
+         * tiles (tmd/lattice.h) and set run->pixel_size here. Until then a run needs it. */
+        return TMD_FAIL(ctx, TMD_ERR_CONFIG,
+                        "%s: no pixel size: give --pixel-size ANGSTROM (Angstrom per input pixel, e.g. 0.12) or "
+                        "pixel_size=... (measuring it from the lattice is not available in this build)",
+                        run->input);
+    }
+    run->cfg.pixel_size = run->pixel_size; /* the stored configuration says what was used */
+    run->s = run->cfg.nominal_pixel_size / run->pixel_size;
+    if (run->s < 0.3 || run->s > 3)
+        tmd_info(ctx, "warning: pixel size %g A is far from the models' %g A (scale %.2f); results may suffer",
+                 run->pixel_size, run->cfg.nominal_pixel_size, run->s);
+    tmd_info(ctx, "pixel size %.4f A (%s); nominal %.3f A: %.3f input pixels per nominal pixel", run->pixel_size,
+             run->pixel_size_source, run->cfg.nominal_pixel_size, run->s);
+    return TMD_OK;
+}
+
+/* Window of a tile on the nominal grid and the input region it needs. */
+void tmd_run_tile_window(const tmd_run *run, const tmd_box *core, int64_t *Y0, int64_t *X0, tmd_box *rbox)
+{
+    const double s = run->s;
+    const int64_t m = run->unet_multiple;
+    int64_t o[2];
+    for (int a = 1; a <= 2; a++) {
+        /* first nominal index whose input coordinate is in the core, less the halo, aligned
+         * down to the model multiple on the global nominal grid (pooling-grid invariant) */
+        int64_t first = (int64_t)floor(((double)core->lo[a] - 0.5) / s);
+        o[a - 1] = floor_div(first - run->halo_n, m) * m;
+        int64_t lo, hi;
+        tmd_resample_support(s, o[a - 1], run->win, &lo, &hi);
+        int64_t n = a == 1 ? run->info.height : run->info.width;
+        rbox->lo[a] = lo < 0 ? 0 : lo;
+        rbox->hi[a] = hi > n ? n : hi;
+        /* reflection at the image edge needs the mirrored rows, which lie within the support's
+         * length from the edge: widen the region to cover them */
+        if (lo < 0 && rbox->hi[a] < -lo + 1) rbox->hi[a] = -lo + 1 > n ? n : -lo + 1;
+        if (hi > n && rbox->lo[a] > n - 1 - (hi - n)) rbox->lo[a] = n - 1 - (hi - n) < 0 ? 0 : n - 1 - (hi - n);
+    }
+    rbox->lo[0] = core->lo[0];
+    rbox->hi[0] = core->hi[0];
+    *Y0 = o[0];
+    *X0 = o[1];
+}
+
+/* decompose: the tile grid in input pixels and the window geometry. */
+tmd_status tmd_stage_decompose(tmd_ctx *ctx, tmd_run *run)
+{
+    const tmd_config *cfg = &run->cfg;
+    const double s = run->s;
+    tmd_atoms_params_from_config(&run->atoms_params, cfg, run->pixel_size);
+    int64_t te = tmd_decomp_tile_edge(cfg->tile, cfg->nominal_pixel_size, run->pixel_size);
+    /* halo: at least what the atom finder reads around a column */
+    double margin_n = tmd_atoms_margin(&run->atoms_params, s) / s;
+    run->halo_n = cfg->halo;
+    if (run->halo_n < (int64_t)ceil(margin_n) + 2) run->halo_n = (int64_t)ceil(margin_n) + 2;
+    if (run->halo_n < run->unet_reach)
+        tmd_debug(ctx, "halo %lld nominal px is below the U-Net's reach bound %d: tiles still give the same result on "
+                       "any rank count, but a different tile size may change atoms near tile edges",
+                  (long long)run->halo_n, run->unet_reach);
+    const int64_t m = run->unet_multiple;
+    int64_t tile_n = (int64_t)ceil((double)te / s) + 1;
+    run->win = ((tile_n + 2 * run->halo_n + m + 2 + m - 1) / m) * m;
+    double hw = s > 1 ? s : 1;
+    int64_t he = (int64_t)ceil((double)run->win * s + hw) + 2;
+    int64_t dims[3] = {run->info.frames, run->info.height, run->info.width};
+    int64_t tile[3] = {cfg->frames_per_tile, te, te}, halo[3] = {0, he, he};
+    tmd_status st = tmd_decomp_create(ctx, run->comm, dims, tile, halo, run->pdims, &run->decomp);
+    if (st) return st;
+    const tmd_decomp *d = run->decomp;
+    tmd_info(ctx, "tiles: %lld x %lld x %lld of %lld px (%lld nominal + halo %lld -> window %lld); ranks %d x %d x %d",
+             (long long)d->ntiles[0], (long long)d->ntiles[1], (long long)d->ntiles[2], (long long)te,
+             (long long)cfg->tile, (long long)run->halo_n, (long long)run->win, d->pdims[0], d->pdims[1], d->pdims[2]);
+    return TMD_OK;
+}
+
+/* normalise: one pass over this rank's tile cores, then global statistics. */
+tmd_status tmd_stage_normalise(tmd_ctx *ctx, tmd_run *run)
+{
+    const tmd_decomp *d = run->decomp;
+    float *buf = NULL;
+    tmd_status st = tmd_normalise_create(ctx, d, &run->cfg, run->pixel_size, &run->norm);
+    if (st) return st;
+    size_t n = (size_t)(d->tile[0] * d->tile[1] * d->tile[2]);
+    st = tmd_calloc(ctx, (void **)&buf, n, sizeof *buf, "tile buffer");
+    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+        if (tmd_interrupted(ctx)) {
+            st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "stopped by a signal during normalisation");
+            break;
+        }
+        tmd_box core;
+        tmd_decomp_tile_box(d, tmd_decomp_local_tile(d, i), &core, NULL);
+        int64_t h = core.hi[1] - core.lo[1], w = core.hi[2] - core.lo[2];
+        for (int64_t t = core.lo[0]; t < core.hi[0] && !st; t++)
+            st = tmd_reader_read(ctx, run->reader, t, core.lo[1], core.lo[2], h, w, buf + (t - core.lo[0]) * h * w);
+        if (!st) st = tmd_normalise_accumulate(ctx, run->norm, &core, buf);
+    }
+    free(buf);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) return st;
+    st = tmd_normalise_finish(ctx, run->norm);
+    if (!st) {
+        double lo, hi;
+        tmd_normalise_levels(run->norm, &lo, &hi);
+        tmd_info(ctx, "levels: %g .. %g (percentiles %g, %g; background %s)", lo, hi, run->cfg.clip_low,
+                 run->cfg.clip_high, run->cfg.background_sigma > 0 ? "removed" : "kept");
+    }
+    return st;
+}
+
+/* ---- the tile pass ------------------------------------------------------------------------ */
+
+tmd_status tmd_tile_buffers(tmd_ctx *ctx, const tmd_run *run, tmd_tile *tile)
+{
+    const tmd_decomp *d = run->decomp;
+    double hw = run->s > 1 ? run->s : 1;
+    int64_t r = (int64_t)ceil((double)(run->win - 1) * run->s + 2 * hw) + 3;
+    if (r > d->dims[1] && r > d->dims[2]) r = d->dims[1] > d->dims[2] ? d->dims[1] : d->dims[2];
+    int64_t frames = d->tile[0];
+    tmd_status st = tmd_calloc(ctx, (void **)&tile->pix, (size_t)(frames * r * r), sizeof(float), "tile pixels");
+    tile->nclass = TMD_NCLASSES;
+    if (!st)
+        st = tmd_calloc(ctx, (void **)&tile->prob, (size_t)(frames * tile->nclass * run->win * run->win), sizeof(float),
+                        "tile class probabilities");
+    tile->nh = tile->nw = run->win;
+    return st;
+}
+
+void tmd_tile_buffers_free(tmd_tile *tile)
+{
+    free(tile->pix);
+    free(tile->prob);
+    tile->pix = tile->prob = NULL;
+}
+
+tmd_status tmd_tiles_begin(tmd_ctx *ctx, tmd_run *run) { return TMD_OK; }
+tmd_status tmd_tiles_end(tmd_ctx *ctx, tmd_run *run) { return TMD_OK; }
+
+/* read: the input region of the tile's window, normalised (unclamped). */
+tmd_status tmd_tile_read(tmd_ctx *ctx, tmd_run *run, tmd_tile *tile)
+{
+    tmd_decomp_tile_box(run->decomp, tile->index, &tile->core, NULL);
+    tmd_run_tile_window(run, &tile->core, &tile->Y0, &tile->X0, &tile->rbox);
+    const tmd_box *b = &tile->rbox;
+    int64_t h = b->hi[1] - b->lo[1], w = b->hi[2] - b->lo[2];
+    for (int64_t t = b->lo[0]; t < b->hi[0]; t++)
+        TMD_CHECK(tmd_reader_read(ctx, run->reader, t, b->lo[1], b->lo[2], h, w, tile->pix + (t - b->lo[0]) * h * w));
+    return tmd_normalise_apply(ctx, run->norm, b, tile->pix);
+}
+
+/* ---- write --------------------------------------------------------------------------------- */
+
+int64_t tmd_run_total_atoms(tmd_run *run)
+{
+    int64_t n = run->atoms.n, total = 0;
+    MPI_Allreduce(&n, &total, 1, MPI_INT64_T, MPI_SUM, run->comm);
+    return total;
+}
+
+tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
+{
+    tmd_writer *w = run->writer;
+    const tmd_atom_table *a = &run->atoms;
+    char *text = NULL;
+    tmd_status st = tmd_config_to_text(ctx, &run->cfg, &text);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) return st;
+    int64_t ranks = ctx->nranks;
+    st = tmd_writer_attr_str(ctx, w, "/", "tmdflow_version", TMD_VERSION);
+    if (!st) st = tmd_writer_attr_str(ctx, w, "/", "config", text);
+    if (!st) st = tmd_writer_attr_i64(ctx, w, "/", "ranks", &ranks, 1);
+    if (!st) st = tmd_writer_attr_str(ctx, w, "/", "input", run->input);
+    if (!st) st = tmd_writer_attr_f64(ctx, w, "/", "pixel_size", &run->pixel_size, 1);
+    free(text);
+    /* /atoms: every rank its own rows, in tile order */
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/frame", TMD_I32, a->n, 1, a->frame);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, a->n, 1, a->x);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/y", TMD_F64, a->n, 1, a->y);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/sublattice", TMD_I8, a->n, 1, a->sublattice);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/species", TMD_I8, a->n, 1, a->species);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/prob", TMD_F32, a->n, a->nprob, a->prob);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/intensity", TMD_F32, a->n, 1, a->intensity);
+    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/site", TMD_I64, a->n, 1, a->site);
+    if (!st && a->nlatent && run->cfg.save_features)
+        st = tmd_writer_rows(ctx, w, "/features/latent", TMD_F32, a->n, a->nlatent, a->latent);
+    if (st) return st;
+    /* tables of later stages, when they produced something on any rank */
+    int64_t counts[2] = {run->defects.n + run->write_defects, run->sites.n + run->write_sites}, g[2];
+    TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(counts, g, 2, MPI_INT64_T, MPI_SUM, run->comm)));
+    const tmd_defect_table *df = &run->defects;
+    if (g[0]) {
+        st = tmd_writer_rows(ctx, w, "/defects/frame", TMD_I32, df->n, 1, df->frame);
+        if (!st) st = tmd_writer_rows(ctx, w, "/defects/x", TMD_F64, df->n, 1, df->x);
+        if (!st) st = tmd_writer_rows(ctx, w, "/defects/y", TMD_F64, df->n, 1, df->y);
+        if (!st) st = tmd_writer_rows(ctx, w, "/defects/type", TMD_I8, df->n, 1, df->type);
+        if (st) return st;
+    }
+    const tmd_site_table *si = &run->sites;
+    if (g[1]) {
+        st = tmd_writer_rows(ctx, w, "/sites/id", TMD_I64, si->n, 1, si->id);
+        if (!st) st = tmd_writer_rows(ctx, w, "/sites/x", TMD_F64, si->n, 1, si->x);
+        if (!st) st = tmd_writer_rows(ctx, w, "/sites/y", TMD_F64, si->n, 1, si->y);
+        if (!st) st = tmd_writer_rows(ctx, w, "/sites/sublattice", TMD_I8, si->n, 1, si->sublattice);
+        if (!st) st = tmd_writer_rows(ctx, w, "/sites/instability", TMD_F32, si->n, 1, si->instability);
+        if (!st) st = tmd_writer_rows(ctx, w, "/sites/unstable", TMD_I8, si->n, 1, si->unstable);
+        if (st) return st;
+    }
+    /* per-frame arrays held on every rank: rank 0 writes them */
+    int64_t T = run->info.frames, mine = ctx->rank == 0 ? T : 0;
+    int have[3] = {run->drift != NULL, run->lattice_a1 != NULL, run->lattice_a2 != NULL}, all[3];
+    TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(have, all, 3, MPI_INT, MPI_MIN, run->comm)));
+    if (all[0]) TMD_CHECK(tmd_writer_rows(ctx, w, "/drift", TMD_F64, mine, 2, run->drift));
+    if (all[1]) TMD_CHECK(tmd_writer_rows(ctx, w, "/lattice/a1", TMD_F64, mine, 2, run->lattice_a1));
+    if (all[2]) TMD_CHECK(tmd_writer_rows(ctx, w, "/lattice/a2", TMD_F64, mine, 2, run->lattice_a2));
+    return TMD_OK;
+}

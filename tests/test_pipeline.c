@@ -1,0 +1,304 @@
+/* End-to-end tests of the run driver (module pipeline) with a U-Net built by the nn API.
+ * TMD_TEST_RANKS: 1 2 4
+ * TMD_TEST_TIMEOUT: 300
+ * Proves: `tmd_run_execute` gives exactly the same /atoms (as a set of rows, bit for bit) on
+ * 1, 2 and 4 ranks and with different process layouts (1 x P, P x 1) as a single-process run,
+ * for a tile grid that does not divide the image and for a 3-frame stack split in time; the
+ * result file carries the root attributes (version, config, ranks, input, pixel size, stage
+ * table) and /segmentation/classes when save_maps=1; a truncated input, a missing model and a
+ * missing pixel size fail on every rank with one message and leave no result file.
+ * The model has random weights (a trained U-Net is not needed to test the machinery: every
+ * quantity is a deterministic function of the tile), and its atoms are many and dense, which
+ * stresses tile and rank edges. Detection accuracy is measured by `tmdflow score`, not here. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "tmd/io.h"
+#include "tmd/nn.h"
+#include "tmd/pipeline.h"
+
+static char model_path[1024], image_path[1024], stack_path[1024], bad_path[1024];
+
+/* Honeycomb of Gaussian columns with noise, as uint16 counts. */
+static float *synth(int64_t T, int64_t H, int64_t W, unsigned seed)
+{
+    float *img = malloc(sizeof(float) * (size_t)(T * H * W));
+    const double b = 1.82 / 0.12, a = b * sqrt(3.0), sg = 0.45 / 0.12;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++) {
+                double v = 200 + 0.2 * (double)x;
+                /* nearest lattice points of both sublattices */
+                for (int sub = 0; sub < 2; sub++) {
+                    double oy = sub ? b : 0, ox = 0;
+                    double jy = floor(((double)y - oy) / (1.5 * b) + 0.5);
+                    for (double j = jy - 1; j <= jy + 1; j++) {
+                        double sx = fmod(j, 2.0) != 0 ? a / 2 : 0;
+                        double ix = floor(((double)x - sx - ox - t * 0.7) / a + 0.5);
+                        for (double i = ix - 1; i <= ix + 1; i++) {
+                            double cy = j * 1.5 * b + oy, cx = i * a + sx + ox + t * 0.7 + (sub ? a / 2 : 0);
+                            double d2 = (x - cx) * (x - cx) + (y - cy) * (y - cy);
+                            v += (sub ? 400 : 1000) * exp(-d2 / (2 * sg * sg));
+                        }
+                    }
+                }
+                img[(t * H + y) * W + x] = (float)(v + 40 * tmd_test_randf(&seed));
+            }
+    return img;
+}
+
+static void make_fixtures(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    snprintf(model_path, sizeof model_path, "%s", tmd_test_path("unet.h5"));
+    snprintf(image_path, sizeof image_path, "%s", tmd_test_path("image.tif"));
+    snprintf(stack_path, sizeof stack_path, "%s", tmd_test_path("stack.tif"));
+    snprintf(bad_path, sizeof bad_path, "%s", tmd_test_path("truncated.tif"));
+    int ok = 1;
+    if (tmd_test_rank == 0) {
+        tmd_nn_model *m = NULL;
+        ok = tmd_nn_build_unet(&ctx, 4, 6, 1234, &m) == TMD_OK &&
+             tmd_nn_model_save(&ctx, m, model_path, "{\"purpose\": \"test_pipeline, random weights\"}") == TMD_OK;
+        tmd_nn_model_free(&m);
+        float *img = synth(1, 241, 303, 5);
+        ok = ok && tmd_tiff_write(&ctx, image_path, img, 1, 241, 303, TMD_U16, 0) == TMD_OK;
+        free(img);
+        img = synth(3, 130, 150, 9);
+        ok = ok && tmd_tiff_write(&ctx, stack_path, img, 3, 130, 150, TMD_F32, 0) == TMD_OK;
+        free(img);
+        /* a truncated copy of the image */
+        FILE *f = fopen(image_path, "rb"), *g = fopen(bad_path, "wb");
+        char buf[4096];
+        size_t n, total = 0;
+        while (f && g && (n = fread(buf, 1, sizeof buf, f)) > 0 && total < 60000) total += fwrite(buf, 1, n, g);
+        if (f) fclose(f);
+        if (g) fclose(g);
+        if (!ctx.err_code) tmd_error_clear(&ctx);
+        else fprintf(stderr, "fixture: %s\n", ctx.err_msg);
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, tmd_test_comm);
+    CU_ASSERT_FATAL(ok);
+}
+
+typedef struct {
+    int64_t n;
+    double *rows; /* (n, 11): frame, y, x, intensity, sublattice, species, prob[5] */
+} atoms_t;
+
+static int cmp_rows(const void *a, const void *b)
+{
+    const double *p = a, *q = b;
+    for (int k = 0; k < 3; k++)
+        if (p[k] != q[k]) return p[k] < q[k] ? -1 : 1;
+    return 0;
+}
+
+static int read_atoms(const char *path, atoms_t *out)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    hid_t f = H5I_INVALID_HID;
+    if (tmd_h5_open_read(&ctx, path, &f)) return 0;
+    int64_t n, k;
+    int32_t *fr = NULL;
+    double *x = NULL, *y = NULL;
+    float *in = NULL, *pr = NULL;
+    int8_t *sub = NULL, *sp = NULL;
+    int ok = !tmd_h5_read_rows(&ctx, f, "/atoms/frame", TMD_I32, &n, &k, (void **)&fr) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/x", TMD_F64, &n, &k, (void **)&x) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/y", TMD_F64, &n, &k, (void **)&y) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/intensity", TMD_F32, &n, &k, (void **)&in) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/sublattice", TMD_I8, &n, &k, (void **)&sub) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/species", TMD_I8, &n, &k, (void **)&sp) &&
+             !tmd_h5_read_rows(&ctx, f, "/atoms/prob", TMD_F32, &n, &k, (void **)&pr) && k == 6;
+    H5Fclose(f);
+    if (ok) {
+        out->n = n;
+        out->rows = malloc(sizeof(double) * 11 * (size_t)(n + 1));
+        for (int64_t i = 0; i < n; i++) {
+            double *r = out->rows + 11 * i;
+            r[0] = fr[i], r[1] = y[i], r[2] = x[i], r[3] = in[i], r[4] = sub[i], r[5] = sp[i];
+            for (int c = 1; c < 6; c++) r[5 + c] = pr[i * 6 + c];
+        }
+        qsort(out->rows, (size_t)n, sizeof(double) * 11, cmp_rows);
+    }
+    free(fr), free(x), free(y), free(in), free(pr), free(sub), free(sp);
+    return ok;
+}
+
+static void base_run(tmd_run *run, const char *input, const char *output)
+{
+    tmd_run_init(run);
+    snprintf(run->input, sizeof run->input, "%s", input);
+    snprintf(run->output, sizeof run->output, "%s", output);
+    snprintf(run->cfg.unet_model, sizeof run->cfg.unet_model, "%s", model_path);
+    run->cfg.tile = 64;  /* 241 x 303 at 0.12 -> 4 x 5 tiles, last ones partial */
+    run->cfg.halo = 24;
+    run->force = 1;
+    run->pixel_size_arg = 0.12;
+}
+
+/* Runs on the whole test communicator (layout pd) and, on rank 0, alone; compares. */
+static void compare_ranks(const char *input, double px, int fpt, const int *pd, const char *tag, int64_t *natoms)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    char out_par[1024], out_ser[1024], name[128];
+    snprintf(name, sizeof name, "par_%s.h5", tag);
+    snprintf(out_par, sizeof out_par, "%s", tmd_test_path(name));
+    snprintf(name, sizeof name, "ser_%s.h5", tag);
+    snprintf(out_ser, sizeof out_ser, "%s", tmd_test_path(name));
+    static tmd_run run;
+    base_run(&run, input, out_par);
+    run.pixel_size_arg = px;
+    run.cfg.frames_per_tile = fpt;
+    if (pd) memcpy(run.pdims, pd, sizeof run.pdims);
+    tmd_status st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+    if (st && tmd_test_rank == 0) fprintf(stderr, "run failed: %s\n", ctx.err_msg);
+    CU_ASSERT_EQUAL_FATAL(st, TMD_OK);
+    tmd_run_free(&run);
+    int same = 1;
+    if (tmd_test_rank == 0) {
+        tmd_ctx self;
+        tmd_ctx_init(&self, MPI_COMM_SELF);
+        self.log_level = TMD_LOG_QUIET;
+        base_run(&run, input, out_ser);
+        run.pixel_size_arg = px;
+        run.cfg.frames_per_tile = fpt;
+        st = tmd_run_execute(&self, MPI_COMM_SELF, &run);
+        tmd_run_free(&run);
+        atoms_t a = {0}, b = {0};
+        same = st == TMD_OK && read_atoms(out_par, &a) && read_atoms(out_ser, &b) && a.n == b.n && a.n > 0 &&
+               memcmp(a.rows, b.rows, sizeof(double) * 11 * (size_t)a.n) == 0;
+        if (!same)
+            fprintf(stderr, "%s: %lld atoms on %d ranks, %lld alone (status %d)\n", tag, (long long)a.n, tmd_test_size,
+                    (long long)b.n, st);
+        *natoms = a.n;
+        free(a.rows);
+        free(b.rows);
+    }
+    MPI_Bcast(&same, 1, MPI_INT, 0, tmd_test_comm);
+    MPI_Bcast(natoms, 1, MPI_INT64_T, 0, tmd_test_comm);
+    CU_ASSERT(same);
+}
+
+static void test_image_any_ranks(void)
+{
+    make_fixtures();
+    int64_t n = 0;
+    compare_ranks(image_path, 0.12, 1, NULL, "auto", &n);
+    CU_ASSERT(n > 100);
+    int row[3] = {1, 1, tmd_test_size}, col[3] = {1, tmd_test_size, 1};
+    compare_ranks(image_path, 0.12, 1, row, "row", &n);
+    compare_ranks(image_path, 0.12, 1, col, "col", &n);
+    /* resampled: input 0.1 A/px (tile edge 77 px, window resampled by 1.2) */
+    compare_ranks(image_path, 0.10, 1, NULL, "px010", &n);
+    CU_ASSERT(n > 100);
+}
+
+static void test_stack_any_ranks(void)
+{
+    int64_t n = 0;
+    compare_ranks(stack_path, 0.12, 1, NULL, "stack1", &n);
+    CU_ASSERT(n > 50);
+    int tsplit[3] = {tmd_test_size, 1, 1};
+    compare_ranks(stack_path, 0.12, 2, tsplit, "stack2", &n);
+}
+
+static void test_result_file(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    static tmd_run run;
+    const char *out = tmd_test_path("maps.h5");
+    base_run(&run, image_path, out);
+    run.cfg.save_maps = 1;
+    tmd_status st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+    tmd_run_free(&run);
+    CU_ASSERT_EQUAL_FATAL(st, TMD_OK);
+    if (tmd_test_rank == 0) {
+        hid_t f = H5I_INVALID_HID;
+        CU_ASSERT_EQUAL_FATAL(tmd_h5_open_read(&ctx, out, &f), TMD_OK);
+        char *v = NULL;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_str(&ctx, f, "/", "tmdflow_version", &v), TMD_OK);
+        free(v);
+        v = NULL;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_str(&ctx, f, "/", "config", &v), TMD_OK);
+        CU_ASSERT(v && strstr(v, "pixel_size") && strstr(v, "save_maps"));
+        free(v);
+        v = NULL;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_str(&ctx, f, "/", "stage_table", &v), TMD_OK);
+        CU_ASSERT(v && strstr(v, "unet") && strstr(v, "atoms") && strstr(v, "peak_MiB_per_rank"));
+        free(v);
+        v = NULL;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_str(&ctx, f, "/", "input", &v), TMD_OK);
+        CU_ASSERT(v && !strcmp(v, image_path));
+        free(v);
+        double px = 0, ranks = 0;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_f64(&ctx, f, "/", "pixel_size", &px, 1), TMD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(px, 0.12, 1e-12);
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_f64(&ctx, f, "/", "ranks", &ranks, 1), TMD_OK);
+        CU_ASSERT_EQUAL((int)ranks, tmd_test_size);
+        hid_t d = H5Dopen2(f, "/segmentation/classes", H5P_DEFAULT);
+        CU_ASSERT_FATAL(d >= 0);
+        hid_t sp = H5Dget_space(d);
+        hsize_t dims[3] = {0, 0, 0};
+        CU_ASSERT_EQUAL(H5Sget_simple_extent_ndims(sp), 3);
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+        CU_ASSERT(dims[0] == 1 && dims[1] == 241 && dims[2] == 303);
+        uint8_t *cls = malloc(241 * 303);
+        CU_ASSERT(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, cls) >= 0);
+        int maxc = 0;
+        for (int i = 0; i < 241 * 303; i++) maxc = cls[i] > maxc ? cls[i] : maxc;
+        CU_ASSERT(maxc > 0 && maxc < 6);
+        free(cls);
+        H5Sclose(sp);
+        H5Dclose(d);
+        H5Fclose(f);
+    }
+}
+
+/* Every rank gets the same error; no result file and no .tmp remain. */
+static void expect_failure(tmd_run *run, tmd_status code, const char *needle)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    tmd_status st = tmd_run_execute(&ctx, tmd_test_comm, run);
+    CU_ASSERT_EQUAL(st, code);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ctx.err_msg, needle));
+    if (!strstr(ctx.err_msg, needle) && tmd_test_rank == 0) fprintf(stderr, "message: %s\n", ctx.err_msg);
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", run->output);
+    MPI_Barrier(tmd_test_comm);
+    CU_ASSERT(access(run->output, F_OK) != 0);
+    CU_ASSERT(access(tmp, F_OK) != 0);
+    tmd_run_free(run);
+}
+
+static void test_failures(void)
+{
+    static tmd_run run;
+    base_run(&run, bad_path, tmd_test_path("bad.h5"));
+    expect_failure(&run, TMD_ERR_FORMAT, "truncated.tif");
+    base_run(&run, image_path, tmd_test_path("nomodel.h5"));
+    snprintf(run.cfg.unet_model, sizeof run.cfg.unet_model, "%s", tmd_test_path("missing-model.h5"));
+    expect_failure(&run, TMD_ERR_IO, "missing-model.h5");
+    base_run(&run, image_path, tmd_test_path("nopx.h5"));
+    run.pixel_size_arg = 0;
+    expect_failure(&run, TMD_ERR_CONFIG, "--pixel-size");
+}
+
+int main(int argc, char **argv)
+{
+    return tmd_test_main(argc, argv, "pipeline",
+                         (tmd_test_case[]){{"image: same atoms on any rank count and layout", test_image_any_ranks},
+                                           {"stack: same atoms, time split", test_stack_any_ranks},
+                                           {"result file attributes and class map", test_result_file},
+                                           {"bad input, missing model, no pixel size", test_failures},
+                                           {0}});
+}
