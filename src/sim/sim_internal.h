@@ -101,6 +101,8 @@ typedef struct sim_world {
     /* regions cache */
     sim_region *regions;
     int64_t nregions, capregions;
+    int64_t *rmap;            /* open-addressing map region id -> index + 1 (0 = empty) */
+    int64_t rmap_cap;
 } sim_world;
 
 int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p);
@@ -125,6 +127,12 @@ int sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double 
 /* Specimen box covering pixel rectangle [x0,x1] x [y0,y1] of frame t, grown by margin_px. */
 void sim_pixel_box_to_specimen(const sim_world *w, int64_t t, double x0, double x1, double y0, double y1,
                                double margin_px, double *sx0, double *sx1, double *sy0, double *sy1);
+
+/* Defect-rich regions whose centre lies in the specimen box: calls fn for each in cell order. */
+typedef void (*sim_region_fn)(void *arg, int64_t id, double sx, double sy, double r);
+void sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg);
+/* Number of lattice sites (inside the film) of the region with this id / centre / radius. */
+int sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double sx, double sy, double r, int64_t *n);
 
 /* State of a site in frame t (dynamics in hot regions), jump offset in Angstrom. */
 int sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int8_t *species, double *jx, double *jy,

@@ -53,24 +53,23 @@ static int psf_init(tmd_ctx *ctx, psf_comp *c, const sim_world *w, double sigma,
     return TMD_OK;
 }
 
-/* Adds weight * psf around pixel position (qx, qy) (unjittered) into the band. */
-static void splat(render_ctx *r, double qx, double qy, double weight)
+/* Adds weight * psf component c around pixel position (qx, qy) (unjittered) into the band. */
+static void splat(render_ctx *r, const psf_comp *c, double qx, double qy, double weight)
 {
-    for (int ci = 0; ci < r->ncomp; ci++) {
-        const psf_comp *c = &r->comp[ci];
+    {
         int R = c->R;
         int64_t yc = (int64_t)floor(qy + 0.5);
         int64_t ya = yc - R, yb = yc + R;
         if (ya < r->y0) ya = r->y0;
         if (yb > r->y0 + r->ny - 1) yb = r->y0 + r->ny - 1;
-        if (ya > yb) continue;
+        if (ya > yb) return;
         int64_t xs = (int64_t)floor(qx) - R, xe = xs + 2 * R + 1;
         int64_t k0 = 0;
         if (xs < 0) {
             k0 = -xs;
         }
         if (xe > r->W - 1) xe = r->W - 1;
-        if (xs + k0 > xe) continue;
+        if (xs + k0 > xe) return;
         double amp = weight * c->amp;
         for (int64_t y = ya; y <= yb; y++) {
             double dy = (double)y - qy;
@@ -129,8 +128,11 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
     double *bgc = NULL;
     st = psf_init(ctx, &r.comp[0], w, w->sig_c, 1 - w->frac_t, 4.0, 1);
     if (st) goto cleanup;
-    r.ncomp = 1;
-    r.Rmax = r.comp[0].R;
+    /* amorphous scatterers are blobs of projected thickness, not points: wider core */
+    st = psf_init(ctx, &r.comp[1], w, sqrt(w->sig_c * w->sig_c + 0.25), 1 - w->frac_t, 4.0, 1);
+    if (st) goto cleanup;
+    r.ncomp = 2;
+    r.Rmax = r.comp[1].R;
     int reach = r.Rmax;
     if (w->frac_t > 0) {
         /* the tail is smooth: splat it on a global grid of f pixels (>= 3 nodes per sigma)
@@ -178,8 +180,8 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
         double qy = w->Minv[1][0] * ux + w->Minv[1][1] * uy + w->cy + w->drift[2 * t + 1];
         double wt = sp ? sim_species_weight(w, sp, s) : 0;
         if (sp) {
-            splat(&r, qx, qy, wt);
-            if (tc.acc) splat(&tc, qx / f, qy / f, wt);
+            splat(&r, &r.comp[0], qx, qy, wt);
+            if (tc.acc) splat(&tc, &tc.comp[0], qx / f, qy / f, wt);
         }
         if (!classes && !truth) continue;
         double tx, ty;
@@ -253,7 +255,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
                 double g = sim_field_cont(w, mx, my);
                 double cov = fmin(1, fmax(0, (g - thr) / 0.6 + 0.5));
                 if (cov <= 0) continue;
-                cov *= sim_film_factor(w, mx, my) * 0.7 + 0.3; /* contamination also hangs over holes, thinner */
+                cov *= sim_film_factor(w, mx, my) * 0.9 + 0.1; /* a little hangs over vacuum */
                 uint64_t code = ((uint64_t)(ci + (1LL << 31)) << 32) ^ (uint64_t)(cj + (1LL << 31));
                 int nsc = (int)sim_poisson(cov * w->cont_density * L * L, w->key, SP_CONT_ATOM, code);
                 for (int a = 0; a < nsc; a++) {
@@ -263,8 +265,8 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
                     double ux = ax / w->px, uy = ay / w->px;
                     double qx = w->Minv[0][0] * ux + w->Minv[0][1] * uy + w->cx + w->drift[2 * t];
                     double qy = w->Minv[1][0] * ux + w->Minv[1][1] * uy + w->cy + w->drift[2 * t + 1];
-                    splat(&r, qx, qy, wt);
-                    if (tc.acc) splat(&tc, qx / f, qy / f, wt);
+                    splat(&r, &r.comp[1], qx, qy, wt);
+                    if (tc.acc) splat(&tc, &tc.comp[0], qx / f, qy / f, wt);
                 }
             }
     }
@@ -335,6 +337,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
 cleanup:
     w->jt = NULL;
     free(r.comp[0].T);
+    free(r.comp[1].T);
     free(tc.comp[0].T);
     free(tc.acc);
     free(r.acc);

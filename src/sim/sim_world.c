@@ -200,6 +200,7 @@ void sim_world_free(sim_world *w)
         free(w->regions[i].dynamic);
     }
     free(w->regions);
+    free(w->rmap);
     memset(w, 0, sizeof *w);
 }
 
@@ -325,10 +326,17 @@ static int region_at(const sim_world *w, double sx, double sy, int64_t *id, doub
     return 0;
 }
 
+static uint64_t rmap_slot(uint64_t id, int64_t cap) { return sim_mix(id) & (uint64_t)(cap - 1); }
+
 static int64_t region_index(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, double cy, double r)
 {
-    for (int64_t i = w->nregions - 1; i >= 0; i--)
-        if (w->regions[i].id == id) return i;
+    if (w->rmap_cap) {
+        for (uint64_t s = rmap_slot((uint64_t)id, w->rmap_cap);; s = (s + 1) & (uint64_t)(w->rmap_cap - 1)) {
+            int64_t v = w->rmap[s];
+            if (v == 0) break;
+            if (w->regions[v - 1].id == id) return v - 1;
+        }
+    }
     if (w->nregions == w->capregions) {
         int64_t cap = w->capregions ? 2 * w->capregions : 16;
         sim_region *n = realloc(w->regions, (size_t)cap * sizeof *n);
@@ -339,13 +347,52 @@ static int64_t region_index(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, d
         w->regions = n;
         w->capregions = cap;
     }
+    if (2 * (w->nregions + 1) > w->rmap_cap) { /* rebuild the map at twice the size */
+        int64_t cap = w->rmap_cap ? 2 * w->rmap_cap : 64;
+        while (cap < 2 * (w->nregions + 1)) cap *= 2;
+        int64_t *m = calloc((size_t)cap, sizeof *m);
+        if (!m) {
+            TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the region map");
+            return -1;
+        }
+        for (int64_t i = 0; i < w->nregions; i++) {
+            uint64_t s = rmap_slot((uint64_t)w->regions[i].id, cap);
+            while (m[s]) s = (s + 1) & (uint64_t)(cap - 1);
+            m[s] = i + 1;
+        }
+        free(w->rmap);
+        w->rmap = m;
+        w->rmap_cap = cap;
+    }
     sim_region *g = &w->regions[w->nregions];
     memset(g, 0, sizeof *g);
     g->id = id;
     g->sx = cx;
     g->sy = cy;
     g->r = r;
+    uint64_t s = rmap_slot((uint64_t)id, w->rmap_cap);
+    while (w->rmap[s]) s = (s + 1) & (uint64_t)(w->rmap_cap - 1);
+    w->rmap[s] = w->nregions + 1;
     return w->nregions++;
+}
+
+void sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg)
+{
+    const tmd_sim_params *p = &w->p;
+    if (p->region_prob <= 0) return;
+    double L = p->region_spacing;
+    int64_t a0 = (int64_t)floor(sx0 / L) - 1, a1 = (int64_t)floor(sx1 / L) + 1;
+    int64_t b0 = (int64_t)floor(sy0 / L) - 1, b1 = (int64_t)floor(sy1 / L) + 1;
+    for (int64_t a = a0; a <= a1; a++)
+        for (int64_t b = b0; b <= b1; b++) {
+            uint64_t c = cell_code(a, b);
+            if (sim_unif(w->key, SP_REGION, c, 0) >= p->region_prob) continue;
+            double hx = ((double)a + sim_unif(w->key, SP_REGION, c, 1)) * L;
+            double hy = ((double)b + sim_unif(w->key, SP_REGION, c, 2)) * L;
+            double R = fmin(p->region_radius * (0.6 + 0.8 * sim_unif(w->key, SP_REGION, c, 3)), 0.5 * L);
+            if (hx < sx0 || hx >= sx1 || hy < sy0 || hy >= sy1) continue;
+            fn(arg, (int64_t)(c & 0x7fffffffffffffffULL), hx, hy, R);
+        }
 }
 
 /* ---- sites ------------------------------------------------------------------------------ */
@@ -436,11 +483,9 @@ int sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double 
                 s.region = -1;
                 if (region_at(w, rx, ry, &rid, &rcx, &rcy, &rr)) {
                     boost = p->region_boost;
-                    if (p->frames > 1) {
-                        int64_t gi = region_index(ctx, w, rid, rcx, rcy, rr);
-                        if (gi < 0) return TMD_ERR_NOMEM;
-                        s.region = (int)gi;
-                    }
+                    int64_t gi = region_index(ctx, w, rid, rcx, rcy, rr);
+                    if (gi < 0) return TMD_ERR_NOMEM;
+                    s.region = (int)gi;
                 }
                 if (sub == 0) {
                     double z = cc * sim_normal(key, SP_SPECIES, id, 0) + (c > 0 ? c * field(w->alloy_m, rx, ry) : 0);
@@ -625,6 +670,18 @@ int sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int
         *jy = sgn * vy;
     }
     return TMD_OK;
+}
+
+int sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, double cy, double r, int64_t *n)
+{
+    sim_site_list l = {0};
+    *n = 0;
+    int st = sim_sites_in_box(ctx, w, cx - r - 3, cx + r + 3, cy - r - 3, cy + r + 3, &l);
+    if (!st)
+        for (int64_t k = 0; k < l.n; k++)
+            if (l.s[k].region >= 0 && w->regions[l.s[k].region].id == id) (*n)++;
+    free(l.s);
+    return st;
 }
 
 int8_t sim_species_class(int species)
