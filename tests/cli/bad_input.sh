@@ -64,10 +64,14 @@ for spec in "${bad_specs[@]}" "$work/bad_nan.tif"; do
         mkdir -p "$outdir"
         set +e
         start=$(date +%s)
-        out=$(timeout 60 $mpiexec -n $n "$bin" run "$spec" -o "$outdir/result.h5" 2>&1)
+        # --pixel-size so that nothing but the input itself can stop the run
+        out=$(timeout 60 $mpiexec -n $n "$bin" run "$spec" -o "$outdir/result.h5" --pixel-size 0.12 2>&1)
         rc=$?
         set -e
         check "run $(basename "$spec") at $n ranks" "$file" "$outdir" $rc "$out"
+        if [ "$spec" = "$work/bad_nan.tif" ]; then
+            grep -qF "frame 0, pixel (x=5, y=3) is NaN" <<<"$out" || { echo "$out"; fail "run bad_nan.tif: message does not name the frame and pixel"; }
+        fi
         echo "ok: run $(basename "$spec") at $n ranks: exit $rc after $(( $(date +%s) - start )) s, nothing left"
     done
 done
