@@ -26,7 +26,7 @@ typedef struct {
     const char *out;
     long steps, batch, tile, seed, ckpt_every, val_every, val_n, base, patch, latent, per_tile;
     double lr, lr_min, px, px_jitter, wd;
-    int resume;
+    int resume, eval;
     int aug;
 } train_opts;
 
@@ -133,7 +133,7 @@ static tmd_status save_adam(tmd_ctx *ctx, tmd_nn_trainer *t, const char *path, l
     float *m, *v;
     int64_t n, *steps;
     tmd_nn_trainer_adam_state(t, &m, &v, &n, &steps);
-    char tmp[4200];
+    char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) return TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot create checkpoint", tmp);
@@ -289,7 +289,8 @@ static void usage_msg(tmd_ctx *ctx)
                 "usage: tmdflow train unet|classifier|autoencoder -o MODEL.h5 [--steps N] [--batch B] [--tile S]\n"
                 "       [--seed S] [--lr LR] [--lr-min LR] [--resume] [--checkpoint-every N] [--val-every N]\n"
                 "       [--val-n N] [--base F] [--patch P] [--latent D] [--per-tile N] [--px A] [--px-jitter F]\n"
-                "       [--no-augment] [--weight-decay W]\n");
+                "       [--no-augment] [--weight-decay W] [--eval]\n"
+                "  --eval: only validate the existing model -o MODEL.h5 on --val-n held-out examples\n");
 }
 
 tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
@@ -319,6 +320,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
         else if (!strcmp(a, "autoencoder")) o.kind = K_AE;
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--no-augment")) o.aug = 0;
+        else if (!strcmp(a, "--eval")) o.eval = 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage_msg(ctx);
             return TMD_OK;
@@ -362,7 +364,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
     const char *kname = o.kind == K_UNET ? "unet" : o.kind == K_CLS ? "classifier" : "autoencoder";
 
     long start = 0;
-    if (o.resume) {
+    if (o.resume || o.eval) {
         st = tmd_nn_model_load(ctx, o.out, &m);
         if (!st && strcmp(tmd_nn_model_kind(m), kname))
             st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: --resume of a '%s' model as '%s'", o.out, tmd_nn_model_kind(m), kname);
@@ -389,7 +391,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
     if (!st) st = tmd_calloc(ctx, (void **)&labels, (size_t)cap * per + 1, sizeof(int), "training labels");
     if (!st) st = tmd_calloc(ctx, (void **)&tmp, (size_t)per * px_per + 16, sizeof(float), "training scratch");
     if (!st && o.kind == K_AE) st = tmd_calloc(ctx, (void **)&target, (size_t)cap * per * px_per, sizeof(float), "targets");
-    if (!st && o.resume) st = load_adam(ctx, t, adam_path, &start);
+    if (!st && o.resume && !o.eval) st = load_adam(ctx, t, adam_path, &start);
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
 
@@ -417,6 +419,24 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
              kname, (long long)tmd_nn_model_param_count(m), o.steps, start, o.batch * per, cap * per,
              o.kind == K_UNET ? "tile" : "patch", S, R, o.px, 100 * o.px_jitter);
 
+    if (o.eval) {
+        /* validation of an existing model only (the figures in docs/models.md) */
+        val_result ev;
+        st = validate(ctx, comm, &o, m, &ev);
+        if (!st) {
+            tmd_info(ctx, "evaluation of %s on %ld held-out examples (seed %ld + 7919*1000003): accuracy %.4f, "
+                     "atom-pixel F1 %.4f, mean F1 %.4f, MSE %.6f", o.out, o.val_n, o.seed, ev.acc, ev.f1_atoms,
+                     ev.f1_mean, ev.loss);
+            int nc = o.kind == K_UNET ? 6 : o.kind == K_CLS ? 8 : 0;
+            for (int a = 0; a < nc; a++) {
+                char line[256];
+                int l = 0;
+                for (int b = 0; b < nc; b++) l += snprintf(line + l, sizeof line - l, " %9ld", ev.conf[a][b]);
+                tmd_info(ctx, "  truth %d:%s", a, line);
+            }
+        }
+        goto cleanup;
+    }
     tmd_progress prog;
     tmd_progress_begin(&prog, ctx, "training", (double)(o.steps - start), "steps");
     double ema = -1, t0 = tmd_now();
@@ -462,6 +482,16 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
             else if (o.kind == K_CLS)
                 tmd_info(ctx, "validation at step %ld: accuracy %.4f, mean F1 %.4f", done, vr.acc, vr.f1_mean);
             else tmd_info(ctx, "validation at step %ld: reconstruction MSE %.5f", done, vr.loss);
+            if (o.kind != K_AE && last) {
+                int nc = o.kind == K_UNET ? 6 : 8;
+                tmd_info(ctx, "confusion matrix (rows truth, columns predicted):");
+                for (int a = 0; a < nc; a++) {
+                    char line[256];
+                    int l = 0;
+                    for (int b = 0; b < nc; b++) l += snprintf(line + l, sizeof line - l, " %9ld", vr.conf[a][b]);
+                    tmd_info(ctx, "  %d:%s", a, line);
+                }
+            }
         }
         if ((o.ckpt_every && done % o.ckpt_every == 0) || last || stop) {
             free(prov);
