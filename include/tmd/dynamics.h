@@ -155,6 +155,27 @@ void tmd_dyn_region_list_free(tmd_dyn_region_list *r);
 tmd_status tmd_dynamics_write(tmd_ctx *ctx, tmd_writer *w, const char *prefix, const tmd_site_table *sites,
                               const tmd_dyn_maps *maps, int64_t H, int64_t W);
 
+/* ---- stages of the run driver (tmd/pipeline.h; src/dynamics/stages.c) --------------------- */
+
+struct tmd_run;
+struct tmd_tile;
+struct tmd_dyn_state;
+/* GLOBAL, stacks: run->drift (T, 2) from the input frames. */
+tmd_status tmd_stage_drift(tmd_ctx *ctx, struct tmd_run *run);
+/* TILE, stacks, right after the atoms stage: latents of the tile's new atoms from tile->pix. */
+tmd_status tmd_features_begin(tmd_ctx *ctx, struct tmd_run *run);
+tmd_status tmd_tile_features(tmd_ctx *ctx, struct tmd_run *run, struct tmd_tile *tile);
+tmd_status tmd_features_end(tmd_ctx *ctx, struct tmd_run *run);
+/* GLOBAL, stacks, after classify and drift: basis on frame 0 (run->lattice_a1/a2 if set,
+ * else measured), atoms.site. */
+tmd_status tmd_stage_track(tmd_ctx *ctx, struct tmd_run *run);
+/* GLOBAL, stacks: run->sites with instability and unstable. */
+tmd_status tmd_stage_instability(tmd_ctx *ctx, struct tmd_run *run);
+/* GLOBAL: /maps and /regions written (unstable sites for stacks; vacancies always). */
+tmd_status tmd_stage_density(tmd_ctx *ctx, struct tmd_run *run);
+/* Frees the stages' state kept in the run (called by tmd_run_free). */
+void tmd_dyn_state_free(struct tmd_dyn_state **s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,19 +7,28 @@
 #include <string.h>
 
 #include "pipeline_internal.h"
+#include "tmd/classify.h"
+#include "tmd/dynamics.h"
+#include "tmd/lattice.h"
 #include "tmd/nn.h"
 
 /* ======================= THE STAGES, IN ORDER ======================= */
 static const tmd_stage STAGES[] = {
     /* name        kind              global fn              tile fn          begin            end */
     {"open",      TMD_STAGE_GLOBAL, tmd_stage_open,       NULL,            NULL,            NULL},
+    {"lattice",   TMD_STAGE_GLOBAL, tmd_stage_lattice,    NULL,            NULL,            NULL},
     {"scale",     TMD_STAGE_GLOBAL, tmd_stage_scale,      NULL,            NULL,            NULL},
     {"decompose", TMD_STAGE_GLOBAL, tmd_stage_decompose,  NULL,            NULL,            NULL},
     {"normalise", TMD_STAGE_GLOBAL, tmd_stage_normalise,  NULL,            NULL,            NULL},
     {"read",      TMD_STAGE_TILE,   NULL,                 tmd_tile_read,   tmd_tiles_begin, tmd_tiles_end},
     {"unet",      TMD_STAGE_TILE,   NULL,                 tmd_tile_unet,   tmd_unet_begin,  tmd_unet_end},
     {"atoms",     TMD_STAGE_TILE,   NULL,                 tmd_tile_atoms,  NULL,            NULL},
-    /* lattice*, graph*, classify*, track*, features*, instability*, density*: one row each */
+    {"features",  TMD_STAGE_TILE,   NULL,                 tmd_tile_features, tmd_features_begin, tmd_features_end},
+    {"classify",  TMD_STAGE_GLOBAL, tmd_stage_classify,   NULL,            NULL,            NULL},
+    {"drift",     TMD_STAGE_GLOBAL, tmd_stage_drift,      NULL,            NULL,            NULL},
+    {"track",     TMD_STAGE_GLOBAL, tmd_stage_track,      NULL,            NULL,            NULL},
+    {"instability", TMD_STAGE_GLOBAL, tmd_stage_instability, NULL,         NULL,            NULL},
+    {"density",   TMD_STAGE_GLOBAL, tmd_stage_density,    NULL,            NULL,            NULL},
     {"write",     TMD_STAGE_GLOBAL, tmd_stage_write,      NULL,            NULL,            NULL},
 };
 #define NSTAGES ((int)(sizeof STAGES / sizeof STAGES[0]))
