@@ -83,6 +83,14 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                         tmd_atom_table *atoms, const tmd_atom_table *ghosts, tmd_defect_table *defects,
                         tmd_classify_report *rep);
 
+struct tmd_run;
+/* Collective. The pipeline's "classify" stage (after the atoms): exchanges ghosts within
+ * tmd_classify_ghost_distance of each rank's domain, runs tmd_classify on run->atoms with
+ * the lattice of each frame and the `constraint` key, appends run->defects; when the pixel
+ * size came from the lattice it is refined with the fitted composition (Vegard's law).
+ * Without a measured lattice it logs that it is skipped. */
+tmd_status tmd_stage_classify(tmd_ctx *ctx, struct tmd_run *run);
+
 #ifdef __cplusplus
 }
 #endif

@@ -134,6 +134,16 @@ struct tmd_reader;
 tmd_status tmd_lattice_measure_input(tmd_ctx *ctx, MPI_Comm comm, struct tmd_reader *reader, int tile, int max_tiles,
                                      const tmd_lattice_opts *opts, tmd_lattice *out);
 
+/* ---- pipeline stage (tmd/pipeline.h) ---------------------------------------------------- */
+
+struct tmd_run;
+/* Collective. The "lattice" stage: measures every frame of run->reader (after "open"),
+ * fills run->lattice_a1/a2 (frames x 2, every rank). No lattice: TMD_ERR_NOLATTICE naming
+ * the input unless a pixel size was given (then a warning, and no /lattice). */
+tmd_status tmd_stage_lattice(tmd_ctx *ctx, struct tmd_run *run);
+/* Pixel size from the measured lattice (median period over frames) and a lattice constant. */
+tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, struct tmd_run *run, double a_angstrom, double *pixel_size);
+
 /* ---- local ideal-site fit ------------------------------------------------------------- */
 
 /* A local affine model of the honeycomb: site (i, j, sub) sits at

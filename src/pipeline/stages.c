@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pipeline_internal.h"
+#include "tmd/lattice.h"
 #include "tmd/nn.h"
 
 static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -52,12 +53,10 @@ tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
         run->pixel_size = run->cfg.pixel_size;
         snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "configuration");
     } else {
-        /* Hook for the lattice stage (issue 7): measure the period of the lattice on a few
-         * tiles (tmd/lattice.h) and set run->pixel_size here. Until then a run needs it. */
-        return TMD_FAIL(ctx, TMD_ERR_CONFIG,
-                        "%s: no pixel size: give --pixel-size ANGSTROM (Angstrom per input pixel, e.g. 0.12) or "
-                        "pixel_size=... (measuring it from the lattice is not available in this build)",
-                        run->input);
+        /* measured: the lattice stage's period with a = 3.22 A (refined by Vegard's law in
+         * the classify stage once the composition is known) */
+        TMD_CHECK(tmd_lattice_run_pixel_size(ctx, run, TMD_A_DEFAULT, &run->pixel_size));
+        snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "lattice");
     }
     run->cfg.pixel_size = run->pixel_size; /* the stored configuration says what was used */
     run->s = run->cfg.nominal_pixel_size / run->pixel_size;

@@ -1,0 +1,85 @@
+/* The pipeline's lattice stage: lattice of every frame, /lattice/a1, /lattice/a2, and the
+ * pixel size when none was given (tmd/lattice.h, tmd/pipeline.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tmd/lattice.h"
+#include "tmd/pipeline.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
+{
+    int64_t T = run->info.frames;
+    tmd_lattice *lat = NULL;
+    double *per = NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&lat, (size_t)(T > 0 ? T : 1), sizeof *lat, "lattice per frame");
+    if (!st) st = tmd_calloc(ctx, (void **)&per, (size_t)(T > 0 ? T : 1), sizeof *per, "lattice per frame");
+    if (!st) st = tmd_calloc(ctx, (void **)&run->lattice_a1, (size_t)(T > 0 ? T : 1) * 2, sizeof(double), "lattice a1");
+    if (!st) st = tmd_calloc(ctx, (void **)&run->lattice_a2, (size_t)(T > 0 ? T : 1) * 2, sizeof(double), "lattice a2");
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    tmd_lattice_opts o;
+    tmd_lattice_opts_default(&o);
+    /* single images: 3 x 3 tiles of 512 with the precise refinement; stacks: one tile per frame */
+    int tiles = T == 1 ? 9 : T <= 16 ? 4 : 1;
+    o.refine_dtft = T <= 16;
+    st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &o, lat);
+    if (st) {
+        /* with a pixel size given, a missing lattice is not fatal for detection: classification
+         * will say so; without one, there is nothing to scale by */
+        if (st == TMD_ERR_NOLATTICE && (run->pixel_size_arg > 0 || run->cfg.pixel_size > 0)) {
+            tmd_info(ctx, "warning: %s", ctx->err_msg);
+            tmd_error_clear(ctx);
+            free(run->lattice_a1);
+            free(run->lattice_a2);
+            run->lattice_a1 = run->lattice_a2 = NULL;
+            st = TMD_OK;
+        } else if (st == TMD_ERR_NOLATTICE) {
+            char msg[TMD_ERRMSG_MAX];
+            snprintf(msg, sizeof msg, "%s", ctx->err_msg);
+            tmd_error_clear(ctx);
+            st = TMD_FAIL(ctx, TMD_ERR_NOLATTICE, "%s: %s", run->input, msg);
+        }
+        goto cleanup;
+    }
+    for (int64_t f = 0; f < T; f++) {
+        run->lattice_a1[2 * f] = lat[f].a1[0];
+        run->lattice_a1[2 * f + 1] = lat[f].a1[1];
+        run->lattice_a2[2 * f] = lat[f].a2[0];
+        run->lattice_a2[2 * f + 1] = lat[f].a2[1];
+        per[f] = lat[f].period_px;
+    }
+    qsort(per, (size_t)T, sizeof *per, cmp_double);
+    double p = per[T / 2];
+    tmd_info(ctx, "lattice: period %.3f px, rotation %.2f deg, distortion %.3f (frame 0), %.4f A/px at a = %.2f A", p,
+             lat[0].rotation_deg, lat[0].distortion, TMD_A_DEFAULT / p, TMD_A_DEFAULT);
+cleanup:
+    free(lat);
+    free(per);
+    return st;
+}
+
+tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, tmd_run *run, double a_angstrom, double *pixel_size)
+{
+    if (!run->lattice_a1 || !run->lattice_a2 || run->info.frames < 1)
+        return TMD_FAIL(ctx, TMD_ERR_NOLATTICE, "%s: no lattice was measured, so no pixel size: give --pixel-size",
+                        run->input);
+    int64_t T = run->info.frames;
+    double *per = malloc(sizeof(double) * (size_t)T);
+    if (!per) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "lattice: out of memory");
+    for (int64_t f = 0; f < T; f++) {
+        const double *a1 = run->lattice_a1 + 2 * f, *a2 = run->lattice_a2 + 2 * f;
+        per[f] = sqrt(fabs(a1[0] * a2[1] - a1[1] * a2[0]) / (sqrt(3.0) / 2.0));
+    }
+    qsort(per, (size_t)T, sizeof *per, cmp_double);
+    *pixel_size = a_angstrom / per[T / 2];
+    free(per);
+    return TMD_OK;
+}
