@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 struct tmd_writer {
@@ -117,6 +118,31 @@ cleanup:
     return st;
 }
 
+/* Rank 0 of the writer checks that the file system holding the file has room for `bytes` more
+ * (plus 1 MiB for metadata). Running out of space in the middle of a collective HDF5 write or
+ * close can desynchronise HDF5's own collectives, so a write that cannot fit is refused before
+ * it starts. Collective (agreed). $TMDFLOW_IO_SKIP_SPACE_CHECK=1 disables the check (tests of
+ * the failure path only). */
+static tmd_status check_space(tmd_ctx *ctx, tmd_writer *w, const char *dset, double bytes)
+{
+    tmd_status st = TMD_OK;
+    int me = 0;
+    MPI_Comm_rank(w->comm, &me);
+    const char *skip = getenv("TMDFLOW_IO_SKIP_SPACE_CHECK");
+    if (me == 0 && !(skip && skip[0] == '1')) {
+        struct statvfs sv;
+        if (statvfs(w->tmp, &sv) == 0) {
+            double avail = (double)sv.f_bavail * (double)sv.f_frsize;
+            double need = bytes + (double)(1 << 20);
+            if (need > avail)
+                st = TMD_FAIL(ctx, TMD_ERR_IO,
+                              "%s: not enough space on the file system for %s: %.1f MB needed, %.1f MB free", w->tmp,
+                              dset, need / 1e6, avail / 1e6);
+        }
+    }
+    return tmd_agree(ctx, w->comm, st);
+}
+
 /* Creates `dset` (with intermediate groups) of `ndims` dims, chunked. Collective; all ranks
  * pass the same arguments. dims entries may be 0 (then that dim is unlimited, chunk 1). */
 static hid_t create_dataset(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int ndims,
@@ -173,7 +199,7 @@ static tmd_status write_box(tmd_ctx *ctx, tmd_writer *w, hid_t d, const char *ds
         }
     }
     if (H5Dwrite(d, tmd_io_h5_native(type), mspace, fspace, dxpl, data) < 0)
-        st = h5fail(ctx, w, "writing", dset);
+        st = h5fail(ctx, w, "writing (disk full, quota or file-system error?)", dset);
 cleanup:
     if (fspace >= 0) H5Sclose(fspace);
     if (mspace >= 0) H5Sclose(mspace);
@@ -230,6 +256,8 @@ tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dt
     hsize_t dims[2] = {(hsize_t)total, (hsize_t)ncols}, chunk[2] = {(hsize_t)crow, (hsize_t)ncols};
     hsize_t start[2] = {(hsize_t)offset, 0}, count[2] = {(hsize_t)n_local, (hsize_t)ncols};
 
+    st = check_space(ctx, w, dset, (double)total * (double)rowbytes);
+    if (st) return st;
     d = create_dataset(ctx, w, dset, type, ndims, dims, chunk, &st);
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -298,6 +326,10 @@ tmd_status tmd_writer_array(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_d
             hk[big] = (hk[big] + 1) / 2;
         }
     }
+    double bytes = (double)es;
+    for (int i = 0; i < ndims; i++) bytes *= (double)hd[i];
+    st = check_space(ctx, w, dset, bytes);
+    if (st) return st;
     d = create_dataset(ctx, w, dset, type, ndims, hd, hk, &st);
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -436,6 +468,15 @@ tmd_status tmd_writer_close_keep(tmd_ctx *ctx, tmd_writer **wp, int ok, int keep
         TMD_FAIL(ctx, TMD_ERR_INTERNAL, "%s: the writer was closed as failed without a recorded cause", w->path);
     tmd_status st = tmd_agree(ctx, w->comm, local);
 
+    /* A failed file is deleted anyway: rank 0 first truncates it to zero bytes, so that the
+     * metadata HDF5 flushes while closing finds room even if the failure was a full disk (a
+     * write error inside H5Fclose on one rank would leave the others waiting in HDF5). */
+    int me0 = 0;
+    MPI_Comm_rank(w->comm, &me0);
+    if (st && !keep_tmp) {
+        if (me0 == 0 && truncate(w->tmp, 0) != 0) { /* nothing more to do: the close may still work */ }
+        MPI_Barrier(w->comm);
+    }
     /* H5Fclose is collective: every rank calls it whatever the outcome. */
     tmd_status cst = TMD_OK;
     if (w->file >= 0 && H5Fclose(w->file) < 0 && !st) cst = h5fail(ctx, w, "closing (flushing)", NULL);
