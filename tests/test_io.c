@@ -7,7 +7,8 @@
  *   uint8/uint16/float32/float64, int16, tiled, LZW (with predictor)/Deflate/PackBits, 8-bit
  *   palette (grey luminance), MINISWHITE (inverted), RGB (luminance), big-endian, BigTIFF,
  *   multi-page stacks; HDF5 2-D and 3-D datasets (u16, f32 chunked+deflate, i16), "FILE:/path"
- *   and bare files (/image, or the only image dataset);
+ *   and bare files (/image, or the only image dataset); Velox EMD files (frames-last images,
+ *   pixel size from the JSON metadata);
  * - region reads equal the same pixels of a whole-frame read, at random regions and frames;
  * - a region read decodes only the strips that overlap it: a file with one corrupt strip
  *   reads fine away from it and fails, naming the strip, over it;
@@ -520,6 +521,39 @@ static void test_hdf5_inputs(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(tmd_reader_info(r)->layout, "chunked 1x16x16"));
     CU_ASSERT_PTR_NOT_NULL(strstr(tmd_reader_info(r)->layout, "deflate"));
     tmd_reader_close(&r);
+    /* Velox EMD: /Data/Image/<id>/Data shaped (H, W, frames), pixel size in the JSON of the
+     * sibling Metadata (uint8, characters x frames); a bare path finds it among other
+     * 2-D datasets. */
+    {
+        h5fx v = {0, 3, 21, 26};
+        uint16_t *hw = malloc(sizeof(uint16_t) * 3 * 21 * 26);
+        for (int f = 0; f < 3; f++)
+            for (int y = 0; y < 21; y++)
+                for (int x = 0; x < 26; x++) hw[((size_t)y * 26 + x) * 3 + f] = (uint16_t)h5_val(&v, f, y, x);
+        const char *json = "{\"BinaryResult\": {\"PixelSize\": {\"width\": \"1.5e-11\", \"height\": \"1.5e-11\"}}}";
+        size_t L = strlen(json);
+        uint8_t *meta = calloc(L * 3, 1);
+        for (size_t i = 0; i < L; i++)
+            for (int f = 0; f < 3; f++) meta[i * 3 + f] = (uint8_t)json[i];
+        hsize_t dv[3] = {21, 26, 3}, cv[3] = {21, 26, 1}, dm[2] = {L, 3};
+        const char *e = tmd_test_path("velox.emd");
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 1, "/Data/Image/4d2c7f/Data", 3, dv, H5T_STD_U16LE, H5T_NATIVE_UINT16,
+                                            hw, cv, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/Data/Image/4d2c7f/Metadata", 2, dm, H5T_STD_U8LE, H5T_NATIVE_UINT8,
+                                            meta, NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/Presentation/Thumbnail", 2, dm, H5T_STD_U8LE, H5T_NATIVE_UINT8,
+                                            meta, NULL, 0), 0);
+        check_flavour("Velox EMD (H, W, T)", e, 3, 21, 26, expect_h5, &v, "HDF5");
+        tmd_ctx vc;
+        tmd_test_ctx(&vc);
+        tmd_reader *vr = NULL;
+        CU_ASSERT_EQUAL_FATAL(tmd_reader_open(&vc, e, &vr), TMD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(tmd_reader_info(vr)->pixel_size, 0.15, 1e-9);
+        CU_ASSERT_PTR_NOT_NULL(strstr(tmd_reader_info(vr)->layout, "Velox"));
+        tmd_reader_close(&vr);
+        free(hw);
+        free(meta);
+    }
     /* int16 2-D, converted. */
     h5fx c = {2, 1, 20, 22};
     void *bc = h5_buf(&c);

@@ -72,6 +72,7 @@ struct tmd_reader {
     /* HDF5 */
     hid_t file, dset, fspace;
     int h5rank;                   /* 2 or 3 */
+    int frames_last;              /* 1: stored (H, W, T) as Velox EMD does */
 };
 
 tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r);

@@ -20,7 +20,18 @@ typedef struct {
     char list[900];
     char first[512];
     int count;
+    char velox_first[512];   /* first Velox EMD image (/Data/Image/<id>/Data) */
+    int velox_count;
 } candidates;
+
+/* Velox (Thermo Fisher) EMD stores images as /Data/Image/<uuid>/Data, shaped (H, W, frames). */
+static int is_velox_image_path(const char *p)
+{
+    if (p[0] == '/') p++;
+    if (strncmp(p, "Data/Image/", 11)) return 0;
+    const char *rest = strchr(p + 11, '/');
+    return rest && !strcmp(rest, "/Data");
+}
 
 static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void *data)
 {
@@ -35,6 +46,10 @@ static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void
         hsize_t dims[3] = {0, 0, 0};
         H5Sget_simple_extent_dims(s, dims, NULL);
         if (c->count == 0) snprintf(c->first, sizeof c->first, "/%s", name);
+        if (nd == 3 && is_velox_image_path(name)) {
+            if (c->velox_count == 0) snprintf(c->velox_first, sizeof c->velox_first, "/%s", name);
+            c->velox_count++;
+        }
         size_t len = strlen(c->list);
         if (len < sizeof c->list - 80) {
             if (nd == 2)
@@ -93,6 +108,48 @@ static double read_pixel_size(hid_t obj)
     return 0;
 }
 
+/* Velox EMD: the pixel size (metres) is in the JSON of the sibling Metadata dataset, a uint8
+ * array (characters, frames): "PixelSize": {"width": "1.2e-11", ...}. Best effort, 0 if absent. */
+static double velox_pixel_size(const tmd_reader *r)
+{
+    char mpath[600];
+    snprintf(mpath, sizeof mpath, "%s", r->dsetname);
+    char *slash = strrchr(mpath, '/');
+    if (!slash) return 0;
+    snprintf(slash, sizeof mpath - (size_t)(slash - mpath), "/Metadata");
+    if (!tmd_h5_exists(r->file, mpath)) return 0;
+    double px = 0;
+    hid_t d = H5Dopen2(r->file, mpath, H5P_DEFAULT);
+    if (d < 0) return 0;
+    hid_t s = H5Dget_space(d);
+    int nd = H5Sget_simple_extent_ndims(s);
+    hsize_t dims[2] = {0, 1};
+    if (nd >= 1 && nd <= 2) H5Sget_simple_extent_dims(s, dims, NULL);
+    size_t n = (size_t)dims[0] * (size_t)(nd == 2 ? dims[1] : 1);
+    if (nd >= 1 && nd <= 2 && n > 0 && n < ((size_t)64 << 20)) {
+        unsigned char *all = malloc(n);
+        char *json = malloc((size_t)dims[0] + 1);
+        if (all && json && H5Dread(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, all) >= 0) {
+            size_t stride = nd == 2 ? (size_t)dims[1] : 1; /* column 0 = frame 0's metadata */
+            for (size_t i = 0; i < dims[0]; i++) json[i] = (char)all[i * stride];
+            json[dims[0]] = 0;
+            const char *p = strstr(json, "\"PixelSize\"");
+            if (p) p = strstr(p, "\"width\"");
+            if (p) {
+                p = strchr(p + 7, ':');
+                while (p && (*p == ':' || *p == ' ' || *p == '"')) p++;
+                double v = p ? strtod(p, NULL) : 0;
+                if (v > 0 && v < 1e-6) px = v * 1e10; /* metres -> Angstrom */
+            }
+        }
+        free(all);
+        free(json);
+    }
+    H5Sclose(s);
+    H5Dclose(d);
+    return px;
+}
+
 tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
 {
     tmd_status st = TMD_OK;
@@ -112,7 +169,9 @@ tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
             snprintf(r->dsetname, sizeof r->dsetname, "/image");
         } else {
             find_candidates(r->file, &c);
-            if (c.count == 1) {
+            if (c.velox_count == 1) {
+                snprintf(r->dsetname, sizeof r->dsetname, "%s", c.velox_first);
+            } else if (c.count == 1) {
                 snprintf(r->dsetname, sizeof r->dsetname, "%s", c.first);
             } else if (c.count == 0) {
                 return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: holds no 2-D or 3-D numeric dataset to read as an image",
@@ -139,6 +198,13 @@ tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
     hsize_t dims[3] = {1, 1, 1};
     H5Sget_simple_extent_dims(r->fspace, nd == 3 ? dims : dims + 1, NULL);
     r->h5rank = nd;
+    r->frames_last = nd == 3 && is_velox_image_path(r->dsetname);
+    if (r->frames_last) { /* (H, W, T) -> report as T x H x W */
+        hsize_t t = dims[2];
+        dims[2] = dims[1];
+        dims[1] = dims[0];
+        dims[0] = t;
+    }
     if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1 || (int64_t)dims[1] > TMD_IO_MAX_SIDE ||
         (int64_t)dims[2] > TMD_IO_MAX_SIDE || (int64_t)dims[0] > TMD_IO_MAX_FRAMES)
         return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s:%s has an unusable shape %llu x %llu x %llu (frames x height x width)",
@@ -238,7 +304,12 @@ tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
         snprintf(r->info.layout, sizeof r->info.layout, "%s", lay == H5D_COMPACT ? "compact" : "virtual");
     }
 
-    r->info.pixel_size = read_pixel_size(r->dset);
+    if (r->frames_last) {
+        size_t len = strlen(r->info.layout);
+        snprintf(r->info.layout + len, sizeof r->info.layout - len, ", Velox EMD (frames last)");
+    }
+    r->info.pixel_size = r->frames_last ? velox_pixel_size(r) : 0;
+    if (r->info.pixel_size == 0) r->info.pixel_size = read_pixel_size(r->dset);
     if (r->info.pixel_size == 0) {
         hid_t root = H5Oopen(r->file, "/", H5P_DEFAULT);
         if (root >= 0) {
@@ -258,7 +329,12 @@ tmd_status tmd_io_h5_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y0
     tmd_io_h5_quiet();
     hsize_t start[3] = {(hsize_t)frame, (hsize_t)y0, (hsize_t)x0}, count[3] = {1, (hsize_t)h, (hsize_t)w};
     int off = r->h5rank == 3 ? 0 : 1;
-    hid_t ms = H5Screate_simple(2, count + 1, NULL);
+    hsize_t mdims[2] = {(hsize_t)h, (hsize_t)w};
+    if (r->frames_last) { /* file order (y, x, t): the (h, w, 1) box is (h, w) row-major */
+        start[0] = (hsize_t)y0; start[1] = (hsize_t)x0; start[2] = (hsize_t)frame;
+        count[0] = (hsize_t)h; count[1] = (hsize_t)w; count[2] = 1;
+    }
+    hid_t ms = H5Screate_simple(2, mdims, NULL);
     tmd_status st = TMD_OK;
     if (ms < 0 || H5Sselect_hyperslab(r->fspace, H5S_SELECT_SET, start + off, NULL, count + off, NULL) < 0 ||
         H5Dread(r->dset, H5T_NATIVE_FLOAT, ms, r->fspace, H5P_DEFAULT, out) < 0) {
