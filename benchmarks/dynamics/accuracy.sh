@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Dynamics accuracy on held-out simulated stacks: instability ROC AUC against /sites/dynamic,
+# drift RMSE and region IoU (tmdflow score), per condition. Seeds 101.. are not used for
+# training. Usage: accuracy.sh TMDFLOW_BIN OUTDIR [RANKS]   -> OUTDIR/accuracy.csv
+set -euo pipefail
+BIN=${1:?tmdflow binary}; OUT=${2:?output directory}; RANKS=${3:-1}
+MPI=(); [ "$RANKS" -gt 1 ] && MPI=(mpiexec --oversubscribe --allow-run-as-root -n "$RANKS")
+mkdir -p "$OUT"
+CSV="$OUT/accuracy.csv"
+echo "condition,seed,size,frames,pixel_size,dose,auc,drift_rmse_px,region_iou,detection_f1,run_s" > "$CSV"
+# name | simulate options (hot regions forced into the field of view with region_spacing)
+CONDITIONS=(
+  "default|--pixel-size 0.1 region_spacing=40 region_prob=0.9"
+  "low_dose|--pixel-size 0.1 --dose 40 region_spacing=40 region_prob=0.9"
+  "high_dose|--pixel-size 0.1 --dose 600 region_spacing=40 region_prob=0.9"
+  "fine_pixels|--pixel-size 0.07 region_spacing=30 region_prob=0.9"
+  "coarse_pixels|--pixel-size 0.15 region_spacing=50 region_prob=0.9"
+  "fast_drift|--pixel-size 0.1 drift_vx=2.5 drift_vy=-1.5 drift_step=0.8 region_spacing=40 region_prob=0.9"
+  "contaminated|--pixel-size 0.1 contamination=0.3 contamination_cover=0.5 region_spacing=40 region_prob=0.9"
+)
+SIZE=${SIZE:-384}; FRAMES=${FRAMES:-40}
+seed=101
+for c in "${CONDITIONS[@]}"; do
+  name=${c%%|*}; opts=${c#*|}
+  stack="$OUT/$name.h5"; res="$OUT/$name.result.h5"
+  # shellcheck disable=SC2086
+  "$BIN" simulate -o "$stack" --size "$SIZE" --frames "$FRAMES" --seed "$seed" --force $opts > "$OUT/$name.sim.log" 2>&1
+  px=$(h5dump -a /pixel_size "$stack" | awk '/\(0\)/{print $2}')
+  dose=$(h5dump -a /dose "$stack" | awk '/\(0\)/{print $2}')
+  t0=$(date +%s.%N)
+  "${MPI[@]}" "$BIN" run "$stack:/image" -o "$res" --pixel-size "$px" --force > "$OUT/$name.run.log" 2>&1
+  t1=$(date +%s.%N)
+  "$BIN" score "$res" "$stack" > "$OUT/$name.score.txt" 2>&1 || true
+  auc=$(awk '/instability ROC AUC/{print $NF}' "$OUT/$name.score.txt")
+  drift=$(awk '/drift RMSE/{print $NF}' "$OUT/$name.score.txt")
+  iou=$(awk '/region IoU/{print $NF}' "$OUT/$name.score.txt")
+  f1=$(awk '/^  F1/{print $NF}' "$OUT/$name.score.txt")
+  echo "$name,$seed,$SIZE,$FRAMES,$px,$dose,$auc,$drift,$iou,$f1,$(echo "$t1 - $t0" | bc)" >> "$CSV"
+  seed=$((seed + 1))
+done
+cat "$CSV"
