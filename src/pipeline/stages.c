@@ -209,6 +209,105 @@ int64_t tmd_run_total_atoms(tmd_run *run)
     return total;
 }
 
+/* Canonical row order: the atoms are moved (MPI_Alltoallv) so that rank r holds the tiles
+ * [r*G/P, (r+1)*G/P) of the global tile order, sorted by tile and, within a tile, in the
+ * order the tile found them. /atoms is then the same file on any rank count and layout. */
+typedef struct {
+    int64_t g, seq;
+} row_key;
+
+static int cmp_key(const void *a, const void *b)
+{
+    const row_key *p = a, *q = b;
+    if (p->g != q->g) return p->g < q->g ? -1 : 1;
+    return p->seq < q->seq ? -1 : (p->seq > q->seq);
+}
+
+static tmd_status canonical_atoms(tmd_ctx *ctx, tmd_run *run)
+{
+    const tmd_decomp *d = run->decomp;
+    tmd_atom_table *a = &run->atoms, b;
+    const int P = ctx->nranks, np = a->nprob, nl = a->nlatent, rec = 9 + np + nl;
+    const int64_t G = d->ntiles_total;
+    tmd_status st = TMD_OK;
+    int *scount = NULL, *rcount = NULL, *sdisp = NULL, *rdisp = NULL, *fill = NULL;
+    double *sbuf = NULL, *rbuf = NULL;
+    row_key *keys = NULL;
+    int64_t *gof = NULL;
+    tmd_atom_table_init(&b, np);
+    st = tmd_calloc(ctx, (void **)&scount, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rcount, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&sdisp, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rdisp, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&fill, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&gof, (size_t)a->n + 1, sizeof(int64_t), "row tiles");
+    if (!st) st = tmd_calloc(ctx, (void **)&sbuf, (size_t)(a->n * rec + 1), sizeof(double), "row send buffer");
+    for (int64_t i = 0; i < a->n && !st; i++) {
+        gof[i] = tmd_decomp_tile_of(d, a->frame[i], a->y[i], a->x[i]);
+        if (gof[i] < 0) {
+            st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "atom at (%g, %g) frame %d lies outside the image", a->x[i], a->y[i],
+                          a->frame[i]);
+            break;
+        }
+        int dest = (int)(((gof[i] + 1) * (int64_t)P - 1) / G);
+        if ((int64_t)scount[dest] + rec > 2147483647LL)
+            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "too many atoms for one message on rank %d", ctx->rank);
+        scount[dest] += rec;
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    for (int r = 1; r < P; r++) sdisp[r] = sdisp[r - 1] + scount[r - 1];
+    memcpy(fill, sdisp, sizeof(int) * (size_t)P);
+    for (int64_t i = 0; i < a->n; i++) {
+        int dest = (int)(((gof[i] + 1) * (int64_t)P - 1) / G);
+        double *r = sbuf + fill[dest];
+        fill[dest] += rec;
+        r[0] = (double)gof[i], r[1] = (double)i, r[2] = a->frame[i], r[3] = a->x[i], r[4] = a->y[i];
+        r[5] = a->sublattice[i], r[6] = a->species[i], r[7] = a->intensity[i], r[8] = (double)a->site[i];
+        for (int c = 0; c < np; c++) r[9 + c] = a->prob[i * np + c];
+        for (int c = 0; c < nl; c++) r[9 + np + c] = a->latent[i * nl + c];
+    }
+    st = TMD_MPI(ctx, MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, run->comm));
+    int64_t total = 0;
+    for (int r = 0; r < P; r++) {
+        rdisp[r] = (int)total;
+        total += rcount[r];
+    }
+    if (!st && total > 2147483647LL) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "too many atoms for one rank's message");
+    int64_t n = total / rec;
+    if (!st) st = tmd_calloc(ctx, (void **)&rbuf, (size_t)total + 1, sizeof(double), "row receive buffer");
+    if (!st) st = tmd_calloc(ctx, (void **)&keys, (size_t)n + 1, sizeof(row_key), "row keys");
+    if (!st) st = tmd_atom_table_reserve(ctx, &b, n ? n : 1);
+    if (!st && nl) st = tmd_atom_table_set_latent(ctx, &b, nl);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    st = TMD_MPI(ctx, MPI_Alltoallv(sbuf, scount, sdisp, MPI_DOUBLE, rbuf, rcount, rdisp, MPI_DOUBLE, run->comm));
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    /* rows of one tile all come from its owner, in its order: sort by (tile, arrival) */
+    for (int64_t k = 0; k < n; k++) keys[k] = (row_key){(int64_t)rbuf[k * rec], k};
+    qsort(keys, (size_t)n, sizeof *keys, cmp_key);
+    for (int64_t k = 0; k < n && !st; k++) {
+        const double *r = rbuf + keys[k].seq * rec;
+        int64_t i;
+        if ((st = tmd_atom_table_push(ctx, &b, &i))) break;
+        b.frame[i] = (int32_t)r[2], b.x[i] = r[3], b.y[i] = r[4], b.sublattice[i] = (int8_t)r[5];
+        b.species[i] = (int8_t)r[6], b.intensity[i] = (float)r[7], b.site[i] = (int64_t)r[8];
+        for (int c = 0; c < np; c++) b.prob[i * np + c] = (float)r[9 + c];
+        for (int c = 0; c < nl; c++) b.latent[i * nl + c] = (float)r[9 + np + c];
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (!st) {
+        tmd_atom_table_free(a);
+        *a = b;
+        tmd_atom_table_init(&b, np);
+    }
+cleanup:
+    tmd_atom_table_free(&b);
+    free(scount), free(rcount), free(sdisp), free(rdisp), free(fill), free(gof), free(sbuf), free(rbuf), free(keys);
+    return st;
+}
+
 tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
 {
     tmd_writer *w = run->writer;
@@ -224,7 +323,8 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
     if (!st) st = tmd_writer_attr_str(ctx, w, "/", "input", run->input);
     if (!st) st = tmd_writer_attr_f64(ctx, w, "/", "pixel_size", &run->pixel_size, 1);
     free(text);
-    /* /atoms: every rank its own rows, in tile order */
+    /* /atoms: rows in global tile order, the same on any rank count */
+    if (!st) st = canonical_atoms(ctx, run);
     if (!st) st = tmd_writer_rows(ctx, w, "/atoms/frame", TMD_I32, a->n, 1, a->frame);
     if (!st) st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, a->n, 1, a->x);
     if (!st) st = tmd_writer_rows(ctx, w, "/atoms/y", TMD_F64, a->n, 1, a->y);
