@@ -6,7 +6,7 @@
  * - every TIFF flavour the reader promises gives exactly the expected float32 pixels: striped
  *   uint8/uint16/float32/float64, int16, tiled, LZW (with predictor)/Deflate/PackBits, 8-bit
  *   palette (grey luminance), MINISWHITE (inverted), RGB (luminance), big-endian, BigTIFF,
- *   multi-page stacks; HDF5 2-D and 3-D datasets (u16, f32 chunked+deflate, i16), "FILE:/path"
+ *   multi-page stacks, ImageJ's one-header raw stacks (how ImageJ saves stacks beyond 4 GiB); HDF5 2-D and 3-D datasets (u16, f32 chunked+deflate, i16), "FILE:/path"
  *   and bare files (/image, or the only image dataset); Velox EMD files (frames-last images,
  *   pixel size from the JSON metadata);
  * - region reads equal the same pixels of a whole-frame read, at random regions and frames;
@@ -207,6 +207,45 @@ static int fx_write_12bit(const char *path)
     int rc = 0;
     for (uint32_t y = 0; y < 4; y++) rc |= TIFFWriteScanline(t, row, y, 0) < 0;
     TIFFClose(t);
+    return rc ? -1 : 0;
+}
+
+/* An ImageJ-style stack beyond 4 GiB, in miniature: ONE big-endian IFD with
+ * "ImageJ=...\nimages=K" in the description and the K uint16 frames stored back to back.
+ * `frames_written` < K makes it truncated. */
+static void be16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void be32(uint8_t *p, uint32_t v) { be16(p, v >> 16); be16(p + 2, v & 0xFFFF); }
+static int fx_write_imagej_raw(const char *path, int w, int h, int k, int frames_written)
+{
+    char desc[128];
+    snprintf(desc, sizeof desc, "ImageJ=1.54f\nimages=%d\nframes=%d\nunit=nm\nloop=false\n", k, k);
+    uint32_t dlen = (uint32_t)strlen(desc) + 1, nent = 10, ifd = 8, dofs = ifd + 2 + nent * 12 + 4;
+    uint32_t data = (dofs + dlen + 15) & ~15u, fb = (uint32_t)(w * h * 2);
+    size_t total = data + (size_t)fb * frames_written;
+    uint8_t *f = calloc(1, total);
+    memcpy(f, "MM\0*", 4);
+    be32(f + 4, ifd);
+    be16(f + ifd, (uint16_t)nent);
+    const uint32_t ent[10][4] = {{256, 4, 1, (uint32_t)w}, {257, 4, 1, (uint32_t)h}, {258, 3, 1, 16}, {259, 3, 1, 1},
+                                 {262, 3, 1, 1}, {270, 2, dlen, dofs}, {273, 4, 1, data}, {277, 3, 1, 1},
+                                 {278, 4, 1, (uint32_t)h}, {279, 4, 1, fb}};
+    for (uint32_t i = 0; i < nent; i++) {
+        uint8_t *e = f + ifd + 2 + i * 12;
+        be16(e, ent[i][0]);
+        be16(e + 2, ent[i][1]);
+        be32(e + 4, ent[i][2]);
+        if (ent[i][1] == 3) be16(e + 8, ent[i][3]); /* SHORT values are left-justified */
+        else be32(e + 8, ent[i][3]);
+    }
+    memcpy(f + dofs, desc, dlen);
+    fx_opts o = fx_default();
+    for (int t = 0; t < frames_written; t++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) be16(f + data + (size_t)t * fb + ((size_t)y * w + x) * 2, (uint32_t)stored_val(&o, t, y, x, 0));
+    FILE *out = fopen(path, "wb");
+    int rc = !out || fwrite(f, 1, total, out) != total;
+    if (out) fclose(out);
+    free(f);
     return rc ? -1 : 0;
 }
 
@@ -432,6 +471,13 @@ static void test_tiff_flavours(void)
     o = fx_default(); o.frames = 4; o.tiled = 1; o.tw = 16; o.th = 16; o.bps = 32; o.sf = SAMPLEFORMAT_IEEEFP;
     tiff_case("f32_stack_tiled.tif", o);
     o = fx_default(); o.w = 1; o.h = 1; o.rps = 1; tiff_case("u16_1x1.tif", o);
+    /* ImageJ's one-header raw stack (what ImageJ writes beyond 4 GiB), big-endian. */
+    o = fx_default();
+    o.w = 33;
+    o.h = 17;
+    o.frames = 4;
+    CU_ASSERT_EQUAL_FATAL(fx_write_imagej_raw(tmd_test_path("imagej_raw.tif"), 33, 17, 4, 4), 0);
+    check_flavour("imagej_raw.tif", tmd_test_path("imagej_raw.tif"), 4, 17, 33, expect_fx, &o, "TIFF");
     /* Layout text says what the file is. */
     tmd_ctx ctx;
     tmd_test_ctx(&ctx);
@@ -626,6 +672,10 @@ static void test_bad_tiffs(void)
     CU_ASSERT_EQUAL_FATAL(fx_write_tiff(p, &o), 0);
     CU_ASSERT_EQUAL_FATAL(truncate_to(p, 0.7), 0);
     expect_refused("truncated stack", p, p, NULL);
+
+    p = tmd_test_path("imagej_trunc.tif");
+    CU_ASSERT_EQUAL_FATAL(fx_write_imagej_raw(p, 33, 17, 5, 3), 0);
+    expect_refused("truncated ImageJ raw stack", p, p, "ImageJ stack of 5 images");
 
     /* Zero and absurd dimensions. */
     o = fx_default();

@@ -73,6 +73,8 @@ struct tmd_reader {
     hid_t file, dset, fspace;
     int h5rank;                   /* 2 or 3 */
     int frames_last;              /* 1: stored (H, W, T) as Velox EMD does */
+    /* ImageJ stacks beyond 4 GiB: one IFD, frames stored back to back after page 0's data. */
+    uint64_t raw_base, raw_frame_bytes;   /* raw_frame_bytes == 0: not such a stack */
 };
 
 tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r);

@@ -436,6 +436,35 @@ tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
         snprintf(r->info.layout, sizeof r->info.layout, "striped %u rows/strip, %s%s", d0.rps,
                  compression_name(d0.compression, cb, sizeof cb), extra);
     (void)st;
+
+    /* ImageJ writes stacks beyond 4 GiB as ONE IFD whose description says "images=N", with
+     * the N frames stored back to back (uncompressed). Read those as N frames. */
+    char *desc = NULL;
+    if (n == 1 && direct && TIFFGetField(r->tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
+        !strncmp(desc, "ImageJ=", 7)) {
+        const char *im = strstr(desc, "\nimages=");
+        long long k = im ? atoll(im + 8) : 0;
+        uint64_t *offs = NULL, *counts = NULL;
+        uint32_t ns = TIFFNumberOfStrips(r->tif);
+        if (k > 1 && k <= TMD_IO_MAX_FRAMES && TIFFGetField(r->tif, TIFFTAG_STRIPOFFSETS, &offs) &&
+            TIFFGetField(r->tif, TIFFTAG_STRIPBYTECOUNTS, &counts) && offs && counts) {
+            int contiguous = 1;
+            for (uint32_t i = 0; i + 1 < ns; i++) contiguous &= offs[i + 1] == offs[i] + counts[i];
+            uint64_t fb = (uint64_t)pix; /* bytes of one frame */
+            if (contiguous) {
+                if ((double)offs[0] + (double)k * (double)fb > (double)fsize)
+                    return TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                                    "%s: ImageJ stack of %lld images needs %.0f bytes from offset %llu but the file "
+                                    "holds only %lld bytes (truncated file?)",
+                                    r->path, k, (double)k * (double)fb, (unsigned long long)offs[0], (long long)fsize);
+                r->raw_base = offs[0];
+                r->raw_frame_bytes = fb;
+                r->info.frames = k;
+                size_t len = strlen(r->info.layout);
+                snprintf(r->info.layout + len, sizeof r->info.layout - len, ", ImageJ raw stack (one header)");
+            }
+        }
+    }
     return TMD_OK;
 }
 
@@ -496,11 +525,15 @@ static tmd_status read_direct(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_
         return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page %lld lacks strip offsets", r->path, (long long)frame);
     int fd = TIFFFileno(r->tif);
     size_t ps = tmd_dtype_size(r->stored) * (size_t)r->spp; /* bytes per pixel */
+    size_t rowbytes = (size_t)r->info.width * ps;
     size_t want = (size_t)w * ps;
     int swab = TIFFIsByteSwapped(r->tif);
     for (int64_t y = y0; y < y0 + h; y++) {
         int64_t s = y / r->block_h;
-        off_t at = (off_t)(offs[s] + (uint64_t)(y - s * r->block_h) * (uint64_t)r->info.width * ps + (uint64_t)x0 * ps);
+        off_t at = r->raw_frame_bytes
+                       ? (off_t)(r->raw_base + (uint64_t)frame * r->raw_frame_bytes + (uint64_t)y * rowbytes +
+                                 (uint64_t)x0 * ps)
+                       : (off_t)(offs[s] + (uint64_t)(y - s * r->block_h) * rowbytes + (uint64_t)x0 * ps);
         size_t done = 0;
         while (done < want) {
             ssize_t k = pread(fd, r->scratch + done, want - done, at + (off_t)done);
@@ -610,7 +643,7 @@ static tmd_status read_blocks(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_
 tmd_status tmd_io_tiff_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y0, int64_t x0, int64_t h, int64_t w,
                             float *out)
 {
-    TMD_CHECK(goto_frame(ctx, r, frame));
+    TMD_CHECK(goto_frame(ctx, r, r->raw_frame_bytes ? 0 : frame)); /* ImageJ raw stack: page 0 */
     uint16_t comp = COMPRESSION_NONE;
     TIFFGetFieldDefaulted(r->tif, TIFFTAG_COMPRESSION, &comp);
     if (!r->tiled && comp == COMPRESSION_NONE) return read_direct(ctx, r, frame, y0, x0, h, w, out);
