@@ -82,7 +82,7 @@ tmd_status tmd_reader_read(tmd_ctx *ctx, tmd_reader *r, int64_t frame, int64_t y
 
 void tmd_reader_close(tmd_reader **r);
 
-/* Writes a 2-D (frames == 1) or 3-D float32/uint16 image as a TIFF (BigTIFF if > 3.5 GB or
+/* Writes a 2-D (frames == 1) or 3-D float32/uint16 image as a TIFF (BigTIFF if > 2 GB or
  * bigtiff != 0), striped, uncompressed, one page per frame. uint16 values are rounded and clamped
  * to 0..65535 (NaN -> 0). img is (frames, height, width) row-major. A failed write removes the
  * file. Used by the simulator and by tests. Serial. */

@@ -1,7 +1,7 @@
 /* io module: TIFF writer for simulated images and test data (see tmd/io.h). Striped
  * (about 256 KiB per strip), uncompressed, one page per frame; BigTIFF when asked or when the
- * data would not fit a classic TIFF's 4 GiB offsets with margin. The pixel size, when given,
- * is stored the way ImageJ/Fiji stores it (XResolution/YResolution in pixels per nm and
+ * data would come near 2 GiB (classic offsets are 32-bit, and some readers take them as
+ * signed). The pixel size, when given, is stored the way ImageJ/Fiji stores it (XResolution/YResolution in pixels per nm and
  * "unit=nm" in the ImageDescription), which tmd_reader reads back. */
 #include "io_internal.h"
 
@@ -49,7 +49,7 @@ tmd_status tmd_tiff_write_ex(tmd_ctx *ctx, const char *path, const float *img, i
                         tmd_dtype_name(sample));
     size_t es = tmd_dtype_size(sample);
     double total = (double)frames * (double)height * (double)width * (double)es;
-    int big = bigtiff || total > 3.5e9;
+    int big = bigtiff || total > 2.0e9; /* some readers take classic offsets as signed 32-bit */
     TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
     if (!opts) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory writing %s", path);
     TIFFOpenOptionsSetErrorHandlerExtR(opts, on_err, &m);
