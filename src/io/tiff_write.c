@@ -1,8 +1,9 @@
 /* io module: TIFF writer for simulated images and test data (see tmd/io.h). Striped
  * (about 256 KiB per strip), uncompressed, one page per frame; BigTIFF when asked or when the
  * data would come near 2 GiB (classic offsets are 32-bit, and some readers take them as
- * signed). The pixel size, when given, is stored the way ImageJ/Fiji stores it (XResolution/YResolution in pixels per nm and
- * "unit=nm" in the ImageDescription), which tmd_reader reads back. */
+ * signed). The pixel size, when given, is stored the way ImageJ/Fiji stores it
+ * (XResolution/YResolution in pixels per nm, "unit=nm" in the ImageDescription), which
+ * tmd_reader reads back. */
 #include "io_internal.h"
 
 #include <math.h>
