@@ -21,6 +21,16 @@
  *     st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, n_local, 1, x); // offsets by MPI_Exscan
  *     st = tmd_writer_close(ctx, &w, st == TMD_OK);               // renames R.h5.tmp -> R.h5 only on success
  *
+ * Conversion on read: samples become float32 as stored (uint8/16/32, int8/16/32, float32/64);
+ * MINISWHITE is inverted (max - v for unsigned, -v otherwise); an 8-bit palette maps to the
+ * grey luminance of its colour map (0..255); RGB becomes 0.299 R + 0.587 G + 0.114 B. A reader
+ * is not thread-safe: one per thread. Memory: uncompressed strips are read row by row with
+ * pread (no buffer beyond one row); compressed strips/tiles go through a cache of decoded
+ * blocks sized to the largest region read (at most 256 MiB).
+ * Failure (writer): every tmd_writer_* call agrees across ranks before and after its
+ * collective HDF5 calls, so all ranks return the same status and message; a write that would
+ * not fit on the file system is refused before it starts.
+ *
  * Layout: images are (frames, height, width) float32 row-major; region buffers are (h, w).
  * Result datasets are the columns of DESIGN.md's result file; an N x K dataset is N rows of
  * K values, row-major. All global offsets and sizes are int64_t.
@@ -67,9 +77,11 @@ typedef struct tmd_image_info {
 typedef struct tmd_reader tmd_reader;
 
 /* Opens an input. `spec` is a TIFF path, or "FILE.h5:/path/to/dataset" for HDF5 (a bare
- * .h5/.hdf5/.emd path with a single 2-D/3-D dataset, or with /image, is accepted too).
- * Validates the header completely (sizes against the file, sample format, compression).
- * Not collective. */
+ * HDF5/EMD path is accepted too: /image if present, else a single Velox EMD image, else the
+ * only 2-D/3-D dataset; otherwise the message lists the candidates). The format is decided by
+ * the file's first bytes, not its name. Validates the header completely (every page's size,
+ * sample format and codec; every strip/tile byte count against the file size) so that later
+ * reads cannot run past the end of a truncated file. Not collective. */
 tmd_status tmd_reader_open(tmd_ctx *ctx, const char *spec, tmd_reader **out);
 
 const tmd_image_info *tmd_reader_info(const tmd_reader *r);
