@@ -25,7 +25,8 @@ double tmd_atoms_margin(const tmd_atoms_params *p, double s)
 
 /* Gaussian fit of a disc of pixels: v ~ A exp(-r^2 / (2 sg^2)) + B. Returns 1 if it
  * converged; (cy, cx) updated. Pure function of the pixel list (global coordinates). */
-static int gauss_fit(const double *py, const double *px, const double *pv, int n, double *cy, double *cx, double sg0)
+static int gauss_fit(const double *py, const double *px, const double *pv, int n, double *cy, double *cx, double sg0,
+                     double max_shift)
 {
     if (n < 8) return 0;
     double vmin = pv[0], vmax = pv[0];
@@ -114,7 +115,7 @@ static int gauss_fit(const double *py, const double *px, const double *pv, int n
         }
     }
     if (!converged || !(q[0] > 0) || !(q[3] > 0.3 * sg0) || !(q[3] < 4 * sg0)) return 0;
-    if (fabs(q[1] - *cy) > 1 || fabs(q[2] - *cx) > 1) return 0;
+    if (fabs(q[1] - *cy) > max_shift || fabs(q[2] - *cx) > max_shift) return 0;
     *cy = q[1];
     *cx = q[2];
     return 1;
@@ -224,7 +225,14 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
             if (!ok) continue;
             if (p->refine) {
                 int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
-                if (n > 0 && n <= cap) gauss_fit(py, pxs, pv, n, &cy, &cx, p->radius / 2);
+                /* A disc cut by the image edge: the centroid of the part inside is pulled
+                 * inwards, and a column whose centre lies outside the image (seen through the
+                 * reflection that pads the U-Net window) would look like one just inside. Let
+                 * the fit move as far as the disc radius there: a column it places outside the
+                 * image belongs to no tile. */
+                int clipped = cy - p->radius < -0.5 || cx - p->radius < -0.5 ||
+                              cy + p->radius > (double)img->img_h - 0.5 || cx + p->radius > (double)img->img_w - 0.5;
+                if (n > 0 && n <= cap) gauss_fit(py, pxs, pv, n, &cy, &cx, p->radius / 2, clipped ? p->radius : 1.0);
             }
             /* ownership by centre */
             int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
