@@ -137,6 +137,9 @@ static void make_synth(tmd_ctx *ctx, synth *s, int rank, int nranks)
                     } else if (dyn && r2 < 0.3f) sp = sub == 1 ? TMD_SP_W : TMD_SP_SSE;
                     if (!dyn && r2 < 0.01f) sp = sub == 1 ? TMD_SP_W : TMD_SP_SSE; /* misclassification */
                     s->atoms.species[k] = (int8_t)sp;
+                    /* column intensity: the lasting change dims the column (S2 -> S, W -> Mo) */
+                    s->atoms.intensity[k] = (float)((sub == 1 ? 1.0 : 0.5) * (lasting && t >= t_change ? 0.6 : 1.0) *
+                                                    (1 + 0.05 * (r3 - 0.5)));
                     float *z = s->atoms.latent + k * 3;
                     z[0] = (float)(sub + 0.1 * (r3 - 0.5) + (dyn && !lasting ? 0.8 * (r - 0.3) : 0));
                     z[1] = (float)(sp * 0.2 + 0.05 * r2);

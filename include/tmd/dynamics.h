@@ -14,6 +14,7 @@
  *                   feature change             mean |z_t - z_t-1|^2 / D of consecutive present frames,
  *                                              z = latent scaled by the global per-dimension std
  *                   position jitter            RMS of the drift-corrected position, in bonds
+ *                   intensity change           column intensity z-scored within its sublattice
  *                 each component z-scored over all sites with global statistics, weighted sum,
  *                 z-scored again: instability. unstable = instability > threshold.
  *                 All global sums are integer (fixed point) reductions, so a site's score is
@@ -102,7 +103,7 @@ typedef struct tmd_dyn_params {
     int min_region_bins;    /* smallest region kept */
     double tol;             /* max distance to a site, in bonds (0.45) */
     double fov_margin_px;   /* a site counts in a frame only this far inside the frame */
-    double w_feature, w_occupancy, w_species, w_position; /* component weights */
+    double w_feature, w_occupancy, w_species, w_position, w_intensity; /* component weights */
 } tmd_dyn_params;
 
 /* Defaults from the configuration keys (instability_threshold, density_bin_px, density_sigma

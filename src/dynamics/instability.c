@@ -17,10 +17,14 @@ void tmd_dyn_params_from_config(tmd_dyn_params *p, const tmd_config *cfg, double
     p->min_region_bins = cfg->min_region_bins;
     p->tol = 0.45;
     p->fov_margin_px = -1; /* auto: one bond */
+    /* occupancy is the most reliable signal; the species labels of single frames are the
+     * noisiest (a chalcogen S/S2/SSe call flickers even on static sites), so they count
+     * little (tuned on held-out simulated stacks, docs/accuracy.md) */
     p->w_feature = 1;
-    p->w_occupancy = 1;
-    p->w_species = 1;
-    p->w_position = 0.5;
+    p->w_occupancy = 2;
+    p->w_species = 0.25;
+    p->w_position = 1;
+    p->w_intensity = 1;
 }
 
 void tmd_dynamics_threshold(tmd_site_table *sites, double threshold)
@@ -68,6 +72,8 @@ typedef struct {
     int8_t kind;
     int8_t species;
     int16_t pad;
+    float intensity; /* column intensity, z-scored within its sublattice (global statistics) */
+    float pad2;
 } rec_hdr;
 
 static size_t rec_size(int D) { return (sizeof(rec_hdr) + (size_t)D * sizeof(float) + 7) / 8 * 8; }
@@ -87,7 +93,7 @@ static int cmp_rec(const void *a, const void *b)
  * the position spread, and three change-point statistics (a lasting change: a sputtered
  * chalcogen, an exchanged atom): max over splits t of sqrt(n1 n2 / n) |mean before - mean
  * after| of the occupancy, the species (one-hot) and the latent vector. */
-enum { NCOMP = 7 };
+enum { NCOMP = 9 }; /* ... + intensity rate and intensity step (z-scored per sublattice) */
 enum { NSPECIES_STATES = 10 };
 
 /* Change-point statistic of n vectors of m values, v(k, c) given by the caller's arrays:
@@ -157,6 +163,29 @@ tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis
         free(v);
         if (st) goto cleanup;
     }
+    /* column intensity per sublattice (global): S2 -> S halves a B column, W -> Mo dims an A */
+    double imean[3] = {0, 0, 0}, isd[3] = {0, 0, 0};
+    {
+        double *v = NULL; /* (n, 3): the intensity in the column of its sublattice, others 0 */
+        int8_t *ok = NULL;
+        st = tmd_calloc(ctx, (void **)&v, (size_t)(atoms->n + 1) * 3, sizeof(double), "intensities");
+        if (!st) st = tmd_calloc(ctx, (void **)&ok, (size_t)atoms->n + 1, 1, "intensity rows");
+        st = tmd_agree(ctx, comm, st);
+        for (int sub = 0; !st && sub < 3; sub++) {
+            for (int64_t k = 0; k < atoms->n; k++) {
+                int sl = atoms->sublattice[k] == TMD_SUB_A || atoms->sublattice[k] == TMD_SUB_B ? atoms->sublattice[k] : 0;
+                ok[k] = sl == sub;
+                v[k] = atoms->intensity ? atoms->intensity[k] : 0;
+            }
+            double m, sd;
+            st = fixed_stats(ctx, comm, atoms->n, 1, v, ok, 4096.0, &m, &sd);
+            imean[sub] = m;
+            isd[sub] = sd;
+        }
+        free(v);
+        free(ok);
+        if (st) goto cleanup;
+    }
     size_t RS = rec_size(D);
     int64_t nd = defects ? defects->n : 0, nsend = 0;
     st = tmd_calloc(ctx, (void **)&send, (size_t)(atoms->n + nd + 1), RS, "site records");
@@ -175,6 +204,11 @@ tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis
         r->frame = (int32_t)t;
         r->kind = 0;
         r->species = atoms->species[k];
+        {
+            int sl = atoms->sublattice[k] == TMD_SUB_A || atoms->sublattice[k] == TMD_SUB_B ? atoms->sublattice[k] : 0;
+            double iv = atoms->intensity ? atoms->intensity[k] : 0;
+            r->intensity = (float)(isd[sl] > 0 ? (iv - imean[sl]) / isd[sl] : 0);
+        }
         r->x0 = atoms->x[k] - drift[2 * t];
         r->y0 = atoms->y[k] - drift[2 * t + 1];
         float *z = (float *)(r + 1);
@@ -293,10 +327,6 @@ agree_fail:
         if (na > 0) { px = sx / na; py = sy / na; }
         else tmd_track_site_xy(b, id, &px, &py);
         double jit = 0;
-        for (int64_t q = k; q < e; q++) {
-            const rec_hdr *h = (const rec_hdr *)(recv + (size_t)q * RS);
-            if (h->kind == 0) jit += (h->x0 - px) * (h->x0 - px) + (h->y0 - py) * (h->y0 - py);
-        }
         /* per-frame state: -1 outside the field of view, 0 absent, 1 + species present,
          * 100 one chalcogen left with no atom row */
         for (int64_t t = 0; t < T; t++) {
@@ -309,15 +339,28 @@ agree_fail:
             const rec_hdr *h = (const rec_hdr *)(recv + (size_t)q * RS);
             int64_t t = h->frame;
             if (state[t] < 0) continue;
-            if (h->kind == 0 && latent_of[t] < 0) {
+            if (h->kind == 0) {
+                /* several atoms on one site in a frame (a false detection, a neighbour that
+                 * jumped): keep the one nearest to the site */
+                double d = (h->x0 - px) * (h->x0 - px) + (h->y0 - py) * (h->y0 - py);
+                if (latent_of[t] >= 0) {
+                    const rec_hdr *o = (const rec_hdr *)(recv + (size_t)latent_of[t] * RS);
+                    if ((o->x0 - px) * (o->x0 - px) + (o->y0 - py) * (o->y0 - py) <= d) continue;
+                }
                 state[t] = (int8_t)(1 + h->species);
                 latent_of[t] = q;
             } else if (h->kind == TMD_DEF_VX && state[t] == 0) {
                 state[t] = 100;
             }
         }
-        int64_t pairs = 0, occ = 0, sp_pairs = 0, sp = 0;
-        double feat = 0;
+        int64_t pairs = 0, occ = 0, sp_pairs = 0, sp = 0, nchosen = 0;
+        double feat = 0, inten = 0;
+        for (int64_t t = 0; t < T; t++) {
+            if (latent_of[t] < 0) continue;
+            const rec_hdr *h = (const rec_hdr *)(recv + (size_t)latent_of[t] * RS);
+            jit += (h->x0 - px) * (h->x0 - px) + (h->y0 - py) * (h->y0 - py);
+            nchosen++;
+        }
         for (int64_t t = 1; t < T; t++) {
             if (state[t] < 0 || state[t - 1] < 0) continue;
             pairs++;
@@ -331,6 +374,9 @@ agree_fail:
                 double dd = 0;
                 for (int d = 0; d < D; d++) dd += (double)(z1[d] - z0[d]) * (z1[d] - z0[d]);
                 feat += D > 0 ? dd / D : 0;
+                double di = ((const rec_hdr *)(recv + (size_t)latent_of[t] * RS))->intensity -
+                            ((const rec_hdr *)(recv + (size_t)latent_of[t - 1] * RS))->intensity;
+                inten += di * di;
             }
         }
         /* rates over pairs of frames, shrunk towards 0 by K0 pseudo-pairs: a site seen in a
@@ -341,7 +387,8 @@ agree_fail:
         c[0] = feat / (sp_pairs + K0);
         c[1] = (double)occ / (pairs + K0);
         c[2] = (double)sp / (sp_pairs + K0);
-        c[3] = na > 0 ? sqrt(jit / (na + K0)) / b->bond : 0;
+        c[3] = nchosen > 0 ? sqrt(jit / (nchosen + K0)) / b->bond : 0;
+        c[7] = inten / (sp_pairs + K0);
         /* change points: occupancy over the field-of-view frames */
         int64_t nf = 0, npres = 0;
         for (int64_t t = 0; t < T; t++)
@@ -365,6 +412,11 @@ agree_fail:
             nl++;
         }
         c[6] = D > 0 ? step_stat(seq, nl, D, scr, scr + M) / sqrt((double)D) : 0;
+        /* intensity over the frames with an atom */
+        int64_t ni = 0;
+        for (int64_t t = 0; t < T; t++)
+            if (latent_of[t] >= 0) seq[ni++] = ((const rec_hdr *)(recv + (size_t)latent_of[t] * RS))->intensity;
+        c[8] = step_stat(seq, ni, 1, scr, scr + M);
         scorable[s] = pairs > 0;
         int64_t row;
         st = tmd_site_table_push(ctx, sites, &row);
@@ -383,7 +435,8 @@ agree_fail:
     /* global normalisation of the components, weighted sum, normalised again */
     {
         double cm[NCOMP], cs[NCOMP], w[NCOMP] = {prm->w_feature, prm->w_occupancy, prm->w_species, prm->w_position,
-                                                  prm->w_occupancy, prm->w_species, prm->w_feature};
+                                                  prm->w_occupancy, prm->w_species, prm->w_feature,
+                                                  prm->w_intensity, prm->w_intensity};
         st = fixed_stats(ctx, comm, nsites, NCOMP, comp, scorable, 4096.0, cm, cs);
         if (st) goto cleanup;
         double *raw = comp; /* reuse column 0 storage: raw[s * NCOMP] */
