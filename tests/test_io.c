@@ -645,6 +645,7 @@ static void test_bad_tiffs(void)
     /* Missing, empty and non-image files. */
     p = tmd_test_path("missing.tif");
     expect_refused("missing", p, p, "cannot open");
+    expect_refused("directory", tmd_test_dir(), tmd_test_dir(), "is a directory");
     p = tmd_test_path("empty.tif");
     fclose(fopen(p, "wb"));
     expect_refused("empty", p, p, "empty");

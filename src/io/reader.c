@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 const tmd_image_info *tmd_reader_info(const tmd_reader *r) { return r ? &r->info : NULL; }
 
@@ -50,6 +51,11 @@ tmd_status tmd_reader_open(tmd_ctx *ctx, const char *spec, tmd_reader **out)
     int64_t size = tmd_io_file_size(r->path);
     if (size < 0) {
         st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot open input: %s", r->path, strerror(errno));
+        goto cleanup;
+    }
+    struct stat sb;
+    if (stat(r->path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s is a directory, not an image file", r->path);
         goto cleanup;
     }
     if (size == 0) {

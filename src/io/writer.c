@@ -32,15 +32,15 @@ static tmd_status h5fail(tmd_ctx *ctx, const tmd_writer *w, const char *what, co
     return TMD_FAIL(ctx, TMD_ERR_IO, "%s: %s %s failed%s%s", w->tmp, what, obj ? obj : "", msg[0] ? ": " : "", msg);
 }
 
-/* Lowest bit of every rank's value must agree (e.g. same type / ncols on every rank). */
-static tmd_status agree_same_i64(tmd_ctx *ctx, MPI_Comm comm, int64_t v, const char *what, const char *dset)
+/* Every rank must pass the same value v (e.g. a signature of type and shape): max(v) and
+ * min(v) = ~max(~v) are compared in one unsigned reduction (no overflow). Collective. */
+static tmd_status agree_same(tmd_ctx *ctx, MPI_Comm comm, uint64_t v, const char *what, const char *dset)
 {
-    int64_t mm[2] = {v, -v}, out[2];
-    if (MPI_Allreduce(mm, out, 2, MPI_INT64_T, MPI_MAX, comm) != MPI_SUCCESS)
+    uint64_t mm[2] = {v, ~v}, out[2];
+    if (MPI_Allreduce(mm, out, 2, MPI_UINT64_T, MPI_MAX, comm) != MPI_SUCCESS)
         return TMD_FAIL(ctx, TMD_ERR_MPI, "MPI_Allreduce failed while checking %s of %s", what, dset);
-    if (out[0] != -out[1])
-        return TMD_FAIL(ctx, TMD_ERR_ARG, "%s: ranks passed different %s (%lld..%lld); every rank must pass the same",
-                        dset, what, (long long)-out[1], (long long)out[0]);
+    if (out[0] != ~out[1])
+        return TMD_FAIL(ctx, TMD_ERR_ARG, "%s: ranks passed different %s; every rank must pass the same", dset, what);
     return TMD_OK;
 }
 
@@ -232,7 +232,7 @@ tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dt
     if (!st && n_local > 0 && !data) st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: %lld rows but no data", dset, (long long)n_local);
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
-    st = agree_same_i64(ctx, comm, ncols * 64 + (int64_t)type, "column count or type", dset);
+    st = agree_same(ctx, comm, (uint64_t)ncols * 64u + (uint64_t)type, "column counts or types", dset);
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
 
@@ -300,9 +300,9 @@ tmd_status tmd_writer_array(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_d
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
     /* Same shape and type on every rank. */
-    int64_t sig = (int64_t)type + 16 * ndims;
-    for (int i = 0; i < ndims; i++) sig = sig * 1000003 + global_dims[i];
-    st = agree_same_i64(ctx, comm, sig, "shape or type", dset);
+    uint64_t sig = (uint64_t)type + 16u * (uint64_t)ndims;
+    for (int i = 0; i < ndims; i++) sig = sig * 1000003u + (uint64_t)global_dims[i];
+    st = agree_same(ctx, comm, sig, "shapes or types", dset);
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
 
