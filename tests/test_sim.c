@@ -99,6 +99,55 @@ static void test_rank_invariance(void)
     }
 }
 
+/* TIFF output (strips streamed to rank 0 in any order, uint16, a 3-frame stack) holds the same
+ * pixels as the HDF5 /image of a serial run, and carries the pixel size. */
+static void test_tiff_matches_hdf5(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    tmd_sim_params p;
+    base_params(&p, 8, 120, 90);
+    p.frames = 3;
+    p.out_u16 = 1;
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_params_finish(&ctx, &p), TMD_OK);
+    setenv("TMDFLOW_SIM_BAND", "16", 1);
+    const char *tif = tmd_test_path("par.tif");
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_write(&ctx, &p, tif, 1, tmd_test_comm), TMD_OK);
+    unsetenv("TMDFLOW_SIM_BAND");
+    if (tmd_test_rank == 0) {
+        tmd_ctx c1;
+        tmd_ctx_init(&c1, MPI_COMM_SELF);
+        c1.log_level = TMD_LOG_QUIET;
+        const char *h5 = tmd_test_path("ser16.h5");
+        CU_ASSERT_EQUAL_FATAL(tmd_sim_write(&c1, &p, h5, 1, MPI_COMM_SELF), TMD_OK);
+        int64_t n;
+        uint16_t *ref = read_all(h5, "/image", H5T_NATIVE_UINT16, 2, &n);
+        CU_ASSERT_FATAL(ref && n == 3 * 120 * 90);
+        tmd_reader *r = NULL;
+        CU_ASSERT_EQUAL_FATAL(tmd_reader_open(&c1, tif, &r), TMD_OK);
+        CU_ASSERT_EQUAL(tmd_reader_info(r)->frames, 3);
+        CU_ASSERT_DOUBLE_EQUAL(tmd_reader_info(r)->pixel_size, p.pixel_size, 1e-4);
+        float *buf = malloc(120 * 90 * sizeof(float));
+        int64_t bad = 0;
+        for (int t = 0; t < 3; t++) {
+            CU_ASSERT_EQUAL(tmd_reader_read(&c1, r, t, 0, 0, 120, 90, buf), TMD_OK);
+            for (int i = 0; i < 120 * 90; i++) bad += buf[i] != (float)ref[t * 120 * 90 + i];
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        tmd_reader_close(&r);
+        free(buf);
+        free(ref);
+        /* the truth sits beside the TIFF */
+        char tp[1100];
+        snprintf(tp, sizeof tp, "%s.truth.h5", tif);
+        int64_t na;
+        double *x = read_all(tp, "/atoms/x", H5T_NATIVE_DOUBLE, 8, &na);
+        CU_ASSERT(x && na > 10);
+        free(x);
+    }
+    MPI_Barrier(tmd_test_comm);
+}
+
 /* Serial helpers for the physics checks: a clean, high-dose image and its truth. */
 static int render_clean(tmd_ctx *ctx, tmd_sim_params *p, const char *name, float **img, tmd_atom_table *atoms)
 {
@@ -418,6 +467,7 @@ int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "sim",
                          (tmd_test_case[]){{"rank and band invariance", test_rank_invariance},
+                                           {"TIFF output matches HDF5", test_tiff_matches_hdf5},
                                            {"intensity follows Z^n", test_intensity_follows_z_power},
                                            {"truth positions match the pixels", test_truth_positions_match_pixels},
                                            {"stack drift matches phase correlation", test_stack_drift_matches_phase_correlation},

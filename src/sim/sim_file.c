@@ -8,7 +8,9 @@
  * band-aligned, so each chunk has one writer. Truth rows are those whose centre lies in the
  * rank's bands; they are appended by tmd_writer_rows at the end (rank order = row order). */
 #include <hdf5.h>
+#include <tiffio.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +167,85 @@ static tmd_status write_attrs(tmd_ctx *ctx, tmd_writer *wr, const tmd_sim_params
     return TMD_OK;
 }
 
+/* ---- streaming TIFF (rank 0 writes every band as one strip, in any order) ---------------- */
+
+typedef struct { char msg[512]; } tiff_msg;
+
+static int tiff_on_err(TIFF *tif, void *ud, const char *module, const char *fmt, va_list ap)
+{
+    (void)tif;
+    tiff_msg *m = ud;
+    char body[400];
+    vsnprintf(body, sizeof body, fmt, ap);
+    if (!m->msg[0]) snprintf(m->msg, sizeof m->msg, "%s%s%s", module ? module : "", module ? ": " : "", body);
+    return 1;
+}
+static int tiff_on_warn(TIFF *tif, void *ud, const char *module, const char *fmt, va_list ap)
+{
+    (void)tif; (void)ud; (void)module; (void)fmt; (void)ap;
+    return 1;
+}
+
+static void tiff_page_tags(TIFF *t, const tmd_sim_params *p, int64_t B, int64_t frame)
+{
+    int es = p->out_u16 ? 2 : 4;
+    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)p->width);
+    TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)p->height);
+    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)(es * 8));
+    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)1);
+    TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, p->out_u16 ? SAMPLEFORMAT_UINT : SAMPLEFORMAT_IEEEFP);
+    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
+    TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+    TIFFSetField(t, TIFFTAG_COMPRESSION, COMPRESSION_NONE);
+    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, (uint32_t)B);
+    if (p->frames > 1) {
+        TIFFSetField(t, TIFFTAG_SUBFILETYPE, FILETYPE_PAGE);
+        TIFFSetField(t, TIFFTAG_PAGENUMBER, (uint16_t)(frame < 65535 ? frame : 65535),
+                     (uint16_t)(p->frames < 65535 ? p->frames : 65535));
+    }
+    /* the pixel size the ImageJ way (pixels per nm, unit=nm), as tmd_reader_open reads it */
+    float res = (float)(10.0 / p->pixel_size);
+    TIFFSetField(t, TIFFTAG_XRESOLUTION, res);
+    TIFFSetField(t, TIFFTAG_YRESOLUTION, res);
+    TIFFSetField(t, TIFFTAG_RESOLUTIONUNIT, RESUNIT_NONE);
+    if (frame == 0) {
+        char desc[256];
+        snprintf(desc, sizeof desc, "ImageJ=1.54f\nimages=%lld\nslices=%lld\nunit=nm\ntmdflow simulate pixel_size=%.9g A\n",
+                 (long long)p->frames, (long long)p->frames, p->pixel_size);
+        TIFFSetField(t, TIFFTAG_IMAGEDESCRIPTION, desc);
+    }
+    TIFFSetField(t, TIFFTAG_SOFTWARE, "tmdflow " TMD_VERSION " simulate");
+}
+
+/* Collective round: rank 0 writes its band and receives and writes every other rank's band of
+ * this round as strips; others send theirs. Band k of rank r is strip nb*r/n + k. */
+static tmd_status tiff_round(tmd_ctx *ctx, TIFF *t, tiff_msg *m, const char *path, MPI_Comm comm, int rank, int nranks,
+                             int64_t nb, int64_t B, int64_t H, int64_t W, int64_t k, int es, const void *mine, int64_t myny,
+                             void *recv)
+{
+    tmd_status st = TMD_OK;
+    if (rank != 0) {
+        if (myny > 0)
+            st = TMD_MPI(ctx, MPI_Send(mine, (int)(myny * W * es), MPI_BYTE, 0, 77, comm));
+        return st;
+    }
+    for (int r = 0; r < nranks; r++) {
+        int64_t b = nb * r / nranks + k;
+        if (b >= nb * (r + 1) / nranks) continue;
+        int64_t ny = H - b * B < B ? H - b * B : B;
+        const void *src = mine;
+        if (r != 0) {
+            tmd_status rs = TMD_MPI(ctx, MPI_Recv(recv, (int)(ny * W * es), MPI_BYTE, r, 77, comm, MPI_STATUS_IGNORE));
+            if (rs && !st) st = rs;
+            src = recv;
+        }
+        if (!st && TIFFWriteEncodedStrip(t, (uint32_t)b, (void *)src, (tmsize_t)(ny * W * es)) < 0)
+            st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: writing rows %lld..%lld failed%s%s", path, (long long)(b * B),
+                          (long long)(b * B + ny - 1), m->msg[0] ? ": " : "", m->msg);
+    }
+    return st;
+}
+
 tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *path, int force, MPI_Comm comm)
 {
     tmd_status st = TMD_OK;
@@ -180,7 +261,11 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     sim_site_list scratch = {0};
     tmd_writer *wr = NULL;
     hid_t dimg = H5I_INVALID_HID, dcls = H5I_INVALID_HID;
-    float *band = NULL, *tiff_rows = NULL, *tiff_all = NULL;
+    float *band = NULL;
+    void *tiff_recv = NULL;
+    TIFF *tif = NULL;
+    tiff_msg tmsg;
+    memset(&tmsg, 0, sizeof tmsg);
     uint16_t *band16 = NULL;
     uint8_t *cls = NULL;
     region_acc reg;
@@ -227,11 +312,20 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     st = tmd_calloc(ctx, (void **)&band, (size_t)(B * W), sizeof(float), "simulated band");
     if (!st) st = tmd_calloc(ctx, (void **)&cls, (size_t)(B * W), 1, "class band");
     if (!st && p.out_u16) st = tmd_calloc(ctx, (void **)&band16, (size_t)(B * W), sizeof(uint16_t), "u16 band");
-    if (!st && is_tif) {
-        size_t n;
-        st = tmd_mul_size(ctx, (size_t)((row1 - row0) * W), (size_t)T * sizeof(float), &n, "TIFF rows");
-        if (!st) st = tmd_calloc(ctx, (void **)&tiff_rows, (size_t)((row1 - row0) * W > 0 ? (row1 - row0) * W : 1),
-                                 (size_t)T * sizeof(float), "this rank's TIFF rows");
+    if (!st && is_tif && rank == 0) {
+        st = tmd_calloc(ctx, &tiff_recv, (size_t)(B * W), 4, "TIFF receive band");
+        if (!st) {
+            double total = (double)T * (double)H * (double)W * (p.out_u16 ? 2 : 4);
+            TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
+            if (opts) {
+                TIFFOpenOptionsSetErrorHandlerExtR(opts, tiff_on_err, &tmsg);
+                TIFFOpenOptionsSetWarningHandlerExtR(opts, tiff_on_warn, &tmsg);
+                tif = TIFFOpenExt(path, total > 2.0e9 ? "w8" : "w", opts);
+                TIFFOpenOptionsFree(opts);
+            }
+            if (!tif) st = TMD_FAIL(ctx, TMD_ERR_IO, "cannot create TIFF %s%s%s", path, tmsg.msg[0] ? ": " : "", tmsg.msg);
+            else tiff_page_tags(tif, &p, B, 0);
+        }
     }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -267,13 +361,6 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
                         double v = floor((double)band[i] + 0.5);
                         band16[i] = (uint16_t)(v < 0 ? 0 : v > 65535 ? 65535 : v);
                     }
-                if (!lst && is_tif) {
-                    float *dst = tiff_rows + ((size_t)t * (size_t)(row1 - row0) + (size_t)(y0 - row0)) * (size_t)W;
-                    if (p.out_u16)
-                        for (int64_t i = 0; i < ny * W; i++) dst[i] = band16[i];
-                    else
-                        memcpy(dst, band, (size_t)(ny * W) * sizeof(float));
-                }
             }
             if (tmd_interrupted(ctx) && !lst) lst = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "simulation interrupted by a signal");
             st = tmd_agree(ctx, comm, lst);
@@ -287,7 +374,21 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
             st = write_band(ctx, dcls, nd, H5T_NATIVE_UINT8, t, y0, ny, W, cls, "/truth/classes", h5path);
             st = tmd_agree(ctx, comm, st);
             if (st) break;
+            if (is_tif) {
+                st = tiff_round(ctx, tif, &tmsg, path, comm, rank, nranks, nb, B, H, W, k, p.out_u16 ? 2 : 4,
+                                p.out_u16 ? (const void *)band16 : (const void *)band, ny, tiff_recv);
+                st = tmd_agree(ctx, comm, st);
+                if (st) break;
+            }
             tmd_progress_update(&prog, (double)(t * maxb + k + 1));
+        }
+        if (!st && is_tif && T > 1 && t + 1 < T) { /* next page */
+            tmd_status lst = TMD_OK;
+            if (rank == 0) {
+                if (!TIFFWriteDirectory(tif)) lst = TMD_FAIL(ctx, TMD_ERR_IO, "%s: writing page %lld failed%s%s", path, (long long)t, tmsg.msg[0] ? ": " : "", tmsg.msg);
+                else tiff_page_tags(tif, &p, B, t + 1);
+            }
+            st = tmd_agree(ctx, comm, lst);
         }
     }
     tmd_progress_end(&prog);
@@ -376,43 +477,15 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     }
     if (st) goto cleanup;
 
-    /* TIFF: rank 0 gathers the rows of every rank (the whole image) and writes it */
     if (is_tif) {
-        int64_t myn = (row1 - row0) * W;
-        int *counts = NULL, *displs = NULL;
         tmd_status lst = TMD_OK;
         if (rank == 0) {
-            size_t n;
-            lst = tmd_mul_size(ctx, (size_t)(H * W), (size_t)T * sizeof(float), &n, "TIFF image");
-            if (!lst && (double)H * (double)W > 2.0e9)
-                lst = TMD_FAIL(ctx, TMD_ERR_RANGE, "%s: TIFF output is gathered on rank 0 and limited to 2^31 pixels per frame; use .h5 for mosaics", path);
-            if (!lst) lst = tmd_calloc(ctx, (void **)&tiff_all, (size_t)(H * W), (size_t)T * sizeof(float), "TIFF image on rank 0");
-            if (!lst) lst = tmd_calloc(ctx, (void **)&counts, (size_t)nranks, sizeof(int), "gather counts");
-            if (!lst) lst = tmd_calloc(ctx, (void **)&displs, (size_t)nranks, sizeof(int), "gather displacements");
+            TIFF *tt = tif;
+            tif = NULL;
+            TIFFClose(tt); /* flushes the last directory */
+            if (tmsg.msg[0]) lst = TMD_FAIL(ctx, TMD_ERR_IO, "%s: %s", path, tmsg.msg);
         }
         st = tmd_agree(ctx, comm, lst);
-        if (!st) {
-            for (int64_t t = 0; t < T && !st; t++) {
-                int mycount = (int)myn;
-                if (rank == 0)
-                    for (int r = 0; r < nranks; r++) {
-                        int64_t ra = (nb * r / nranks) * B, rb = (nb * (r + 1) / nranks) * B;
-                        if (rb > H) rb = H;
-                        if (ra > H) ra = H;
-                        counts[r] = (int)((rb - ra) * W);
-                        displs[r] = (int)(ra * W);
-                    }
-                st = TMD_MPI(ctx, MPI_Gatherv(tiff_rows + (size_t)t * (size_t)myn, mycount, MPI_FLOAT,
-                                              rank == 0 ? tiff_all + (size_t)t * (size_t)(H * W) : NULL, counts, displs,
-                                              MPI_FLOAT, 0, comm));
-            }
-            lst = st;
-            if (!lst && rank == 0)
-                lst = tmd_tiff_write(ctx, path, tiff_all, T, H, W, p.out_u16 ? TMD_U16 : TMD_F32, 0);
-            st = tmd_agree(ctx, comm, lst);
-        }
-        free(counts);
-        free(displs);
         if (st) goto cleanup;
     }
     if (rank == 0 && ctx->log_level >= TMD_LOG_INFO) {
@@ -431,8 +504,11 @@ cleanup:
     free(band);
     free(band16);
     free(cls);
-    free(tiff_rows);
-    free(tiff_all);
+    if (tif) {
+        TIFFClose(tif);
+        if (st) unlink(path); /* no partial image left behind */
+    }
+    free(tiff_recv);
     free(scratch.s);
     tmd_atom_table_free(&truth.atoms);
     tmd_defect_table_free(&truth.defects);

@@ -156,7 +156,7 @@ int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p)
     w->frac_t = p->tail_fraction;
     w->peak_w = (1 - w->frac_t) / (2 * PI * w->sig_c * w->sig_c) + w->frac_t / (2 * PI * w->sig_t * w->sig_t);
     w->counts_scale = p->dose / w->peak_w;
-    w->cont_density = 0.6;
+    w->cont_density = 0.3;
     w->cont_weight = p->contamination * w->wsp[TMD_SP_MO] * w->peak_w / w->cont_density;
     w->lag = p->scan_smear / (1 - p->scan_smear);
     double ea = p->edge_angle * PI / 180;
