@@ -136,7 +136,21 @@ static void test_rows_roundtrip(void)
         CU_ASSERT_EQUAL(H5Pget_layout(pl), H5D_CHUNKED);
         hsize_t ch = 0;
         H5Pget_chunk(pl, 1, &ch);
-        CU_ASSERT_TRUE(ch >= 1 && ch <= 65536);
+        CU_ASSERT_TRUE(ch >= 1 && ch <= (hsize_t)total);
+        H5Pclose(pl);
+        H5Dclose(d);
+        /* An empty dataset: chunk of 1 row, unlimited maximum, shape (0,). */
+        d = H5Dopen2(f, "/defects/x", H5P_DEFAULT);
+        pl = H5Dget_create_plist(d);
+        ch = 0;
+        H5Pget_chunk(pl, 1, &ch);
+        CU_ASSERT_EQUAL(ch, 1);
+        hid_t sp = H5Dget_space(d);
+        hsize_t cur = 9, mx = 0;
+        H5Sget_simple_extent_dims(sp, &cur, &mx);
+        CU_ASSERT_EQUAL(cur, 0);
+        CU_ASSERT_EQUAL(mx, H5S_UNLIMITED);
+        H5Sclose(sp);
         H5Pclose(pl);
         H5Dclose(d);
         /* A missing dataset is an error naming it. */

@@ -252,7 +252,7 @@ tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dt
     int64_t crow = (int64_t)((1 << 20) / rowbytes);
     if (crow < 1) crow = 1;
     if (crow > 65536) crow = 65536;
-    if (total > 0 && crow > total) crow = total;
+    if (crow > total) crow = total > 0 ? total : 1; /* an empty dataset: chunk 1, maxdims unlimited */
     hsize_t dims[2] = {(hsize_t)total, (hsize_t)ncols}, chunk[2] = {(hsize_t)crow, (hsize_t)ncols};
     hsize_t start[2] = {(hsize_t)offset, 0}, count[2] = {(hsize_t)n_local, (hsize_t)ncols};
 
