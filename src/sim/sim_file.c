@@ -471,6 +471,21 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     ROWS("/regions/n_sites", TMD_I64, reg.n, 1, reg.nsites);
 #undef ROWS
     st = write_attrs(ctx, wr, &p, nranks);
+    if (!st) { /* peak memory of every rank, for the benchmarks (flat-memory check) */
+        int64_t mine = tmd_peak_rss_bytes(), *all = NULL;
+        st = tmd_calloc(ctx, (void **)&all, (size_t)nranks, sizeof *all, "peak memory table");
+        st = tmd_agree(ctx, comm, st);
+        if (!st) st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, comm));
+        st = tmd_agree(ctx, comm, st);
+        if (!st) st = tmd_writer_attr_i64(ctx, wr, "/", "peak_rss_bytes", all, nranks);
+        if (!st) {
+            int64_t mx = 0;
+            for (int r = 0; r < nranks; r++) mx = all[r] > mx ? all[r] : mx;
+            tmd_info(ctx, "simulate: peak memory %.1f MiB on rank 0, %.1f MiB max over %d rank(s)", (double)all[0] / 1048576.0,
+                     (double)mx / 1048576.0, nranks);
+        }
+        free(all);
+    }
     if (!st) {
         double cr = p.class_radius * w.bond / w.px;
         st = tmd_writer_attr_f64(ctx, wr, "/truth/classes", "disk_radius_px", &cr, 1);
