@@ -11,7 +11,9 @@
  * metal sublattice by comparing, for both assignments, the likelihood of the two colours'
  * intensity histograms under a physical Z^n contrast model — metal levels {Mo, W}, chalcogen
  * levels {S2, SSe, Se2, S, Se} of a random alloy Mo(1-x)W(x)S(2(1-y))Se(2y) with single-chalcogen
- * vacancies, a common scale and exponent n (prior 1.7 +- 0.12), fitted by EM — plus the vote
+ * vacancies, a common scale and exponent n (1.4-2.1, prior 1.6 +- 0.2; Krivanek et al.
+ * 2010 measured 1.64 at 60 kV), fitted by EM, with the
+ * lattice constant through Vegard's law when the pixel size is known — plus the vote
  * of the segmentation/classifier probabilities when present, (4) gives every atom species
  * probabilities (intensity posterior x classifier probabilities^0.5 when present), masks the
  * species its sublattice forbids when `constraint` is on and renormalises, (5) finds
@@ -52,12 +54,18 @@ extern "C" {
 
 typedef struct tmd_classify_opts {
     int constraint;          /* 1: species forbidden by the sublattice are masked (default 1) */
-    double bond_tol;         /* relative tolerance of a bond's length and direction (default 0.25) */
+    double bond_tol;         /* relative tolerance of a bond's length (default 0.35) */
+    double bond_angle_tol;   /* tolerance of a bond's direction against the lattice's, degrees (default 25) */
     int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */
-    double n_prior;          /* prior mean of the HAADF exponent (default 1.7) */
-    double n_prior_sd;       /* its standard deviation (default 0.12) */
+    double n_prior;          /* prior mean of the HAADF exponent (default 1.6) */
+    double n_prior_sd;       /* its standard deviation (default 0.2) */
     double vote_weight;      /* weight of the segmentation/classifier vote (log-odds units, default 0.5) */
     double empty_prob;       /* a column whose posterior "empty" exceeds this is a vacancy (default 0.5) */
+    double pixel_size;       /* Angstrom per pixel when known independently of the lattice (given by the
+                                user), else 0. Then the measured lattice constant enters the fit through
+                                Vegard's law (sd a_sd_rel): it tells S from Se where the contrast ratio
+                                alone is ambiguous (MoS2 at n ~ 1.4 looks like WSe2 at n ~ 1.8) */
+    double a_sd_rel;         /* relative uncertainty of that lattice constant (default 0.01) */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);

@@ -12,12 +12,15 @@
 void tmd_classify_opts_default(tmd_classify_opts *o)
 {
     o->constraint = 1;
-    o->bond_tol = 0.25;
+    o->bond_tol = 0.35;
+    o->bond_angle_tol = 25.0;
     o->min_fit_atoms = 40;
-    o->n_prior = 1.7;
-    o->n_prior_sd = 0.12;
+    o->n_prior = 1.6;
+    o->n_prior_sd = 0.2;
     o->vote_weight = 0.5;
     o->empty_prob = 0.5;
+    o->pixel_size = 0.0;
+    o->a_sd_rel = 0.01;
 }
 
 double tmd_classify_ghost_distance(const tmd_lattice *lat) { return 3.0 * lat->period_px; }
@@ -198,9 +201,9 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
 
 /* Best model over n, rho, starts and both colour assignments. h0, h1: histograms of colours
  * 0 and 1; vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). */
-static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote)
+static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote, double a_meas)
 {
-    static const double NS[6] = {1.5, 1.6, 1.7, 1.8, 1.9, 2.0}, RHO[1] = {0.06}, X0[3] = {0.05, 0.5, 0.95};
+    static const double NS[15] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1}, RHO[1] = {0.06}, X0[3] = {0.05, 0.5, 0.95};
     model_t best;
     memset(&best, 0, sizeof best);
     best.score = -1e300;
@@ -212,7 +215,7 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
             cx += hx[b];
         }
         if (cm == 0 || cx == 0) continue;
-        for (int a = 0; a < 6; a++)
+        for (int a = 0; a < 15; a++)
             for (int r = 0; r < 1; r++)
                 for (int i = 0; i < 3; i++)
                     for (int j = 0; j < 3; j++) {
@@ -226,6 +229,8 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
                         double ll = em_fit(&m, hm, hx);
                         double pr = -0.5 * pow((m.n - o->n_prior) / o->n_prior_sd, 2);
                         m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
+                        if (a_meas > 0)
+                            m.score -= 0.5 * pow((a_meas - tmd_lattice_vegard(m.x, m.y)) / (o->a_sd_rel * a_meas), 2);
                         m.ok = 1;
                         if (m.score > best.score) best = m;
                     }
@@ -347,6 +352,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     cellent_t *cells = NULL;
     int32_t *adj = NULL;
     int8_t *sgn = NULL, *colour = NULL, *nadj = NULL;
+    float *qual = NULL;
     int64_t *uf = NULL, *comp = NULL, *gcomp = NULL, *recgid = NULL, *guf = NULL, *cross = NULL, *hist = NULL;
     int64_t *cross_buf = NULL;
     rec_t *recs = NULL, *allrecs = NULL;
@@ -370,6 +376,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     if (!st) st = tmd_calloc(ctx, (void **)&cells, (size_t)(N > 0 ? N : 1), sizeof *cells, "classify cells");
     if (!st) st = tmd_calloc(ctx, (void **)&adj, (size_t)(N > 0 ? N : 1) * MAXNB, sizeof *adj, "classify graph");
     if (!st) st = tmd_calloc(ctx, (void **)&sgn, (size_t)(N > 0 ? N : 1) * MAXNB, sizeof *sgn, "classify graph");
+    if (!st) st = tmd_calloc(ctx, (void **)&qual, (size_t)(N > 0 ? N : 1) * MAXNB, sizeof *qual, "classify graph");
     if (!st) st = tmd_calloc(ctx, (void **)&nadj, (size_t)(N > 0 ? N : 1), sizeof *nadj, "classify graph");
     if (!st) st = tmd_calloc(ctx, (void **)&colour, (size_t)(N > 0 ? N : 1), sizeof *colour, "classify colours");
     if (!st) st = tmd_calloc(ctx, (void **)&uf, (size_t)(N > 0 ? N : 1), sizeof *uf, "classify components");
@@ -400,7 +407,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         double dl[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
                            {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
                            {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
-        double bond = L->period_px / sqrt(3.0), tol = opt->bond_tol * bond;
+        double cos_tol = cos(opt->bond_angle_tol * M_PI / 180.0);
         int64_t cy = (int64_t)floor(AY(i) / cell), cx = (int64_t)floor(AX(i) / cell);
         for (int64_t dy = -1; dy <= 1; dy++)
             for (int64_t dx = -1; dx <= 1; dx++) {
@@ -414,16 +421,40 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                 for (int64_t c = lo; c < N && cells[c].key == key; c++) {
                     int64_t j = cells[c].node;
                     if (j == i) continue;
-                    double d[2] = {AX(j) - AX(i), AY(j) - AY(i)};
+                    double d[2] = {AX(j) - AX(i), AY(j) - AY(i)}, dn = hypot(d[0], d[1]);
+                    /* the nearest of the six bond directions +-delta_k; a bond if its angle and
+                     * length are within tolerance (the six directions are 60 deg apart, so at
+                     * most one matches) */
+                    int bk = -1, bs = 0;
+                    double bc = -2;
                     for (int k = 0; k < 3; k++)
                         for (int s = -1; s <= 1; s += 2) {
-                            double e = hypot(d[0] - s * dl[k][0], d[1] - s * dl[k][1]);
-                            if (e < tol && nadj[i] < MAXNB) {
-                                adj[i * MAXNB + nadj[i]] = (int32_t)j;
-                                sgn[i * MAXNB + nadj[i]] = (int8_t)(s * (k + 1));
-                                nadj[i]++;
+                            double c = s * (d[0] * dl[k][0] + d[1] * dl[k][1]) / (dn * hypot(dl[k][0], dl[k][1]) + 1e-12);
+                            if (c > bc) {
+                                bc = c;
+                                bk = k;
+                                bs = s;
                             }
                         }
+                    double rel = dn / hypot(dl[bk][0], dl[bk][1]);
+                    if (bc >= cos_tol && fabs(rel - 1.0) <= opt->bond_tol) {
+                        /* one bond per direction: the best candidate (duplicates, noise) */
+                        int8_t code = (int8_t)(bs * (bk + 1));
+                        float q = (float)(4.0 * (1.0 - bc) + fabs(rel - 1.0));
+                        int slot = -1;
+                        for (int e = 0; e < nadj[i]; e++)
+                            if (sgn[i * MAXNB + e] == code) slot = e;
+                        if (slot < 0 && nadj[i] < MAXNB) {
+                            slot = nadj[i]++;
+                            qual[i * MAXNB + slot] = 1e30f;
+                        }
+                        if (slot >= 0 && (q < qual[i * MAXNB + slot] ||
+                                          (q == qual[i * MAXNB + slot] && j < adj[i * MAXNB + slot]))) {
+                            adj[i * MAXNB + slot] = (int32_t)j;
+                            sgn[i * MAXNB + slot] = code;
+                            qual[i * MAXNB + slot] = q;
+                        }
+                    }
                 }
             }
     }
@@ -445,6 +476,17 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
             if (ok) uf_union(uf, i, j);
             else if (i < j && i < n) rp.n_conflicts++;
         }
+    if (ctx->log_level >= TMD_LOG_DEBUG) {
+        int64_t hn[MAXNB + 1] = {0}, hc[3] = {0};
+        for (int64_t i = 0; i < n; i++) {
+            hn[nadj[i]]++;
+            hc[colour[i] + 1]++;
+        }
+        tmd_debug(ctx, "classify: rank %d: bonds per atom 0:%lld 1:%lld 2:%lld 3:%lld 4+:%lld; colours ?:%lld 0:%lld 1:%lld; "
+                  "conflicts %lld", rank, (long long)hn[0], (long long)hn[1], (long long)hn[2], (long long)hn[3],
+                  (long long)(hn[4] + hn[5] + hn[6]), (long long)hc[0], (long long)hc[1], (long long)hc[2],
+                  (long long)rp.n_conflicts);
+    }
     for (int64_t i = 0; i < N; i++) comp[i] = -1;
     for (int64_t i = 0; i < N; i++) {
         int64_t r = uf_find(uf, i);
@@ -568,18 +610,24 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
      * rank that holds part of it); slots not used by this rank's atoms are skipped */
     {
         int8_t *used = NULL;
+        double *slot_a = NULL;
         st = tmd_calloc(ctx, (void **)&used, (size_t)(nslot > 0 ? nslot : 1), 1, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&slot_a, (size_t)(nslot > 0 ? nslot : 1), sizeof(double), "classify");
         if (!st) {
             for (int64_t i = 0; i < N; i++)
-                if (colour[i] >= 0) used[SLOT(comp[i])] = 1;
+                if (colour[i] >= 0) {
+                    used[SLOT(comp[i])] = 1;
+                    slot_a[SLOT(comp[i])] = lat[AF(i)].period_px * opt->pixel_size;
+                }
             for (int64_t sl = 0; sl < nslot; sl++) {
                 const int64_t *h = hist + sl * W;
                 if (!used[sl] || h[2 * NB + 2] < opt->min_fit_atoms) continue;
                 double v = (double)(h[2 * NB] - h[2 * NB + 1]) / VOTE_FIX;
-                models[sl] = fit_component(opt, h, h + NB, v);
+                models[sl] = fit_component(opt, h, h + NB, v, opt->pixel_size > 0 ? slot_a[sl] : 0.0);
             }
-            free(used);
         }
+        free(used);
+        free(slot_a);
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
     }
@@ -897,6 +945,7 @@ cleanup:
     free(cells);
     free(adj);
     free(sgn);
+    free(qual);
     free(nadj);
     free(colour);
     free(uf);

@@ -7,13 +7,103 @@
 
 #include "tmd/classify.h"
 #include "tmd/halo.h"
+#include "tmd/io.h"
 #include "tmd/pipeline.h"
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct {
+    int64_t frame;
+    double y;
+    int64_t i;
+} order_t;
+
+static int cmp_order(const void *a, const void *b)
+{
+    const order_t *p = a, *q = b;
+    if (p->frame != q->frame) return p->frame < q->frame ? -1 : 1;
+    if (p->y != q->y) return p->y < q->y ? -1 : 1;
+    return (p->i > q->i) - (p->i < q->i);
+}
+
+/* Column contrast for the Z^n model, measured on the raw input: Gaussian-weighted mean over
+ * the column's core minus the local background, taken as the 20th percentile of the annulus
+ * [0.8, 1.2] bond around it (the annulus passes alternately through the three neighbouring
+ * columns and the three hollow sites, so its low percentile is the hollow-site level: the
+ * background plus the neighbours' probe tails). Rows of this rank's domain are read in strips,
+ * so memory is bounded by a strip. out[i] for every owned atom. */
+static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *own, const tmd_lattice *lat, int64_t n,
+                                   const int32_t *frame, const double *xs, const double *ys, float *out)
+{
+    int64_t H = run->info.height, W = run->info.width;
+    double bondmax = 0;
+    for (int64_t f = 0; f < run->info.frames; f++) bondmax = fmax(bondmax, lat[f].period_px / sqrt(3.0));
+    int64_t m = (int64_t)ceil(1.25 * bondmax) + 2, S = 256;
+    int64_t x0 = own->lo[2] - m < 0 ? 0 : own->lo[2] - m, x1 = own->hi[2] + m > W ? W : own->hi[2] + m, w = x1 - x0;
+    order_t *ord = NULL;
+    float *buf = NULL, *ann = NULL;
+    int64_t nann = (int64_t)(4 * M_PI * 1.3 * 1.3 * bondmax * bondmax) + 64;
+    tmd_status st = tmd_calloc(ctx, (void **)&ord, (size_t)(n > 0 ? n : 1), sizeof *ord, "contrast order");
+    if (!st) st = tmd_calloc(ctx, (void **)&buf, (size_t)((S + 2 * m) * (w > 0 ? w : 1)), sizeof(float), "contrast strip");
+    if (!st) st = tmd_calloc(ctx, (void **)&ann, (size_t)nann, sizeof(float), "contrast annulus");
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < n; i++) {
+        ord[i].frame = frame[i];
+        ord[i].y = ys[i];
+        ord[i].i = i;
+    }
+    qsort(ord, (size_t)n, sizeof *ord, cmp_order);
+    int64_t k = 0;
+    while (k < n) {
+        int64_t f = ord[k].frame;
+        int64_t ystart = (int64_t)floor(ord[k].y + 0.5);
+        int64_t r0 = ystart - m < 0 ? 0 : ystart - m, r1 = ystart + S + m > H ? H : ystart + S + m;
+        st = tmd_reader_read(ctx, run->reader, f, r0, x0, r1 - r0, w, buf);
+        if (st) goto cleanup;
+        double bond = lat[f].period_px / sqrt(3.0), sw = fmax(0.7, 0.1 * bond), rc = 2.5 * sw;
+        for (; k < n && ord[k].frame == f && (int64_t)floor(ord[k].y + 0.5) < ystart + S; k++) {
+            int64_t i = ord[k].i;
+            double cx = xs[i], cy = ys[i], sv = 0, sww = 0;
+            int na = 0;
+            for (int64_t yy = (int64_t)floor(cy - 1.2 * bond); yy <= (int64_t)ceil(cy + 1.2 * bond); yy++) {
+                if (yy < r0 || yy >= r1) continue;
+                for (int64_t xx = (int64_t)floor(cx - 1.2 * bond); xx <= (int64_t)ceil(cx + 1.2 * bond); xx++) {
+                    if (xx < x0 || xx >= x1) continue;
+                    double d = hypot(xx - cx, yy - cy);
+                    float v = buf[(yy - r0) * w + (xx - x0)];
+                    if (d <= rc) {
+                        double wt = exp(-0.5 * d * d / (sw * sw));
+                        sv += wt * v;
+                        sww += wt;
+                    }
+                    if (d >= 0.8 * bond && d <= 1.2 * bond && na < nann) ann[na++] = v;
+                }
+            }
+            double bg = 0;
+            if (na > 4) {
+                qsort(ann, (size_t)na, sizeof(float), cmp_float);
+                bg = ann[na / 5];
+            }
+            out[i] = sww > 0 ? (float)(sv / sww - bg) : 0.0f;
+        }
+    }
+cleanup:
+    free(ord);
+    free(buf);
+    free(ann);
+    return st;
+}
 
 tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
 {
     int64_t T = run->info.frames;
     tmd_lattice *lat = NULL;
     tmd_ghost *g = NULL;
+    float *contrast = NULL;
     tmd_status st = TMD_OK;
     int have = run->lattice_a1 != NULL && run->lattice_a2 != NULL, all = 0;
     MPI_Allreduce(&have, &all, 1, MPI_INT, MPI_MIN, run->comm);
@@ -45,10 +135,91 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     tmd_classify_opts o;
     tmd_classify_opts_default(&o);
     o.constraint = run->cfg.constraint;
+    if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration"))
+        o.pixel_size = run->pixel_size; /* independent of the lattice: its constant tells S from Se */
     tmd_classify_report rep;
+    /* the contrast model sees column contrast above the local background, measured on the
+     * raw input (/atoms/intensity keeps the atom stage's integrated intensity) */
+    st = tmd_calloc(ctx, (void **)&contrast, (size_t)(run->atoms.cap > 0 ? run->atoms.cap : 1), sizeof(float),
+                    "classify contrast");
+    if (!st)
+        st = measure_contrast(ctx, run, &own, lat, run->atoms.n, run->atoms.frame, run->atoms.x, run->atoms.y, contrast);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    if (ctx->log_level >= TMD_LOG_DEBUG) {
+        int64_t c[TMD_NCLASSES] = {0};
+        for (int64_t i = 0; i < run->atoms.n && run->atoms.nprob == TMD_NCLASSES; i++) {
+            int b = 1;
+            for (int q = 2; q < TMD_NCLASSES; q++)
+                if (run->atoms.prob[i * TMD_NCLASSES + q] > run->atoms.prob[i * TMD_NCLASSES + b]) b = q;
+            c[b]++;
+        }
+        tmd_debug(ctx, "classify: segmentation's own guess on rank 0: Mo %lld W %lld S2 %lld SSe %lld Se2 %lld",
+                  (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4], (long long)c[5]);
+    }
+    float *keep = run->atoms.intensity;
+    int64_t d0 = run->defects.n;
+    run->atoms.intensity = contrast;
     st = tmd_classify(ctx, run->comm, &o, T, lat, &own, run->info.height, run->info.width, &run->atoms, &run->ghosts,
                       &run->defects, &rep);
+    run->atoms.intensity = keep;
     if (st) goto cleanup;
+    /* an empty site must look empty: the contrast measured at a V_M / V_X2 site without a
+     * column, against the mean contrast of its sublattice's columns (fixed point, exact over
+     * ranks): below vacancy_threshold it is empty; a V_X2 site holding about half a chalcogen
+     * column's contrast is a V_X the atom finder missed; anything brighter is a missed column,
+     * not a vacancy, and is dropped */
+    {
+        int64_t nd = run->defects.n - d0, sums[4] = {0, 0, 0, 0};
+        for (int64_t i = 0; i < run->atoms.n; i++) {
+            int sub = run->atoms.sublattice[i];
+            if (sub != TMD_SUB_A && sub != TMD_SUB_B) continue;
+            sums[2 * (sub - 1)] += (int64_t)llround(fmax(contrast[i], 0.0) * 1048576.0);
+            sums[2 * (sub - 1) + 1]++;
+        }
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_INT64_T, MPI_SUM, run->comm));
+        float *dc = NULL;
+        if (!st && nd > 0) st = tmd_calloc(ctx, (void **)&dc, (size_t)nd, sizeof(float), "vacancy contrast");
+        if (!st && nd > 0)
+            st = measure_contrast(ctx, run, &own, lat, nd, run->defects.frame + d0, run->defects.x + d0,
+                                  run->defects.y + d0, dc);
+        st = tmd_agree(ctx, run->comm, st);
+        if (!st) {
+            double refA = sums[1] ? sums[0] / 1048576.0 / sums[1] : 0, refB = sums[3] ? sums[2] / 1048576.0 / sums[3] : 0;
+            double thr = run->cfg.vacancy_threshold;
+            int64_t w = d0, dropped = 0;
+            for (int64_t k = 0; k < nd; k++) {
+                int64_t q = d0 + k;
+                int ty = run->defects.type[q];
+                double ref = ty == TMD_DEF_VM ? refA : refB, c = dc[k];
+                if (ty != TMD_DEF_VX && ref > 0 && c > thr * ref) {
+                    if (ty == TMD_DEF_VX2 && c < 0.75 * ref) ty = TMD_DEF_VX;
+                    else {
+                        dropped++;
+                        continue;
+                    }
+                }
+                run->defects.frame[w] = run->defects.frame[q];
+                run->defects.x[w] = run->defects.x[q];
+                run->defects.y[w] = run->defects.y[q];
+                run->defects.type[w] = (int8_t)ty;
+                w++;
+            }
+            run->defects.n = w;
+            int64_t dn[1] = {dropped};
+            MPI_Allreduce(MPI_IN_PLACE, dn, 1, MPI_INT64_T, MPI_SUM, run->comm);
+            tmd_debug(ctx, "classify: %lld empty-site candidates dropped (contrast of a column: a missed atom)",
+                      (long long)dn[0]);
+        }
+        free(dc);
+        if (st) goto cleanup;
+    }
+    rep.n_vm = rep.n_vx = rep.n_vx2 = 0;
+    for (int64_t q = d0; q < run->defects.n; q++) {
+        if (run->defects.type[q] == TMD_DEF_VM) rep.n_vm++;
+        else if (run->defects.type[q] == TMD_DEF_VX) rep.n_vx++;
+        else rep.n_vx2++;
+    }
     run->write_defects = 1;
     int64_t v[3] = {rep.n_vm, rep.n_vx, rep.n_vx2};
     MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_SUM, run->comm);
@@ -67,5 +238,6 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     }
 cleanup:
     free(lat);
+    free(contrast);
     return st;
 }
