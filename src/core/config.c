@@ -27,8 +27,8 @@ typedef struct {
 static const key_desc KEYS[] = {
     {"tile", "decomposition", KEY_INT, OFF(tile), 64, 8192, "384",
      "Tile edge in pixels at the nominal scale. Fixes the global tile grid (never the rank count)."},
-    {"halo", "decomposition", KEY_INT, OFF(halo), 0, 1024, "48",
-     "Halo width in pixels at the nominal scale; must cover the U-Net's reach for rank-invariant results."},
+    {"halo", "decomposition", KEY_INT, OFF(halo), 0, 1024, "96",
+     "Overlap on each side of a tile, pixels at the nominal scale. Results never depend on the rank count; with 96 they also do not depend on the tile size (48 changed ~1 atom in 800 at tile edges)."},
     {"frames_per_tile", "decomposition", KEY_INT, OFF(frames_per_tile), 1, 100000, "1",
      "Frames per tile along the time axis of a stack."},
     {"pixel_size", "scale", KEY_DOUBLE, OFF(pixel_size), 0, 10, "0",
