@@ -7,8 +7,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tmd/nn.h"
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
 
 static int cmpd(const void *a, const void *b)
 {
@@ -50,14 +58,15 @@ int main(int argc, char **argv)
     float *in = malloc(sizeof(float) * tile * tile), *out = malloc(sizeof(float) * 6 * tile * tile);
     unsigned s = 1;
     for (int i = 0; i < tile * tile; i++) s = s * 1103515245u + 12345u, in[i] = (s >> 8) / 16777216.0f;
-    double t[1000];
+    double t[1000], tc[1000];
     tmd_nn_execute(p, in, out); /* warm-up */
     for (int r = 0; r < reps; r++) {
-        double t0 = tmd_now();
+        double t0 = tmd_now(), c0 = cpu_now();
         tmd_nn_execute(p, in, out);
         t[r] = tmd_now() - t0;
+        tc[r] = cpu_now() - c0;
     }
-    double dt = median(t, reps), fl = tmd_nn_plan_flops(p);
+    double dt = median(t, reps), fl = tmd_nn_plan_flops(p), dc = median(tc, reps);
     /* sgemm peak: square 1024 and a U-Net-like panel shape, best of both */
     int N = 1024;
     float *A = calloc((size_t)N * N, 4), *B = calloc((size_t)N * N, 4), *C = calloc((size_t)N * N, 4);
@@ -71,6 +80,7 @@ int main(int argc, char **argv)
     }
     double gf = fl / dt / 1e9;
     printf("tile=%d base=%d reps=%d\n", tile, base, reps);
+    printf("unet_cpu_ms=%.1f\n", dc * 1e3);
     printf("unet_ms=%.1f\nunet_mpix_s=%.3f\nunet_gflop=%.3f\nunet_gflop_s=%.2f\n", dt * 1e3, tile * (double)tile / dt / 1e6,
            fl / 1e9, gf);
     printf("sgemm_gflop_s=%.2f\nsgemm_fraction=%.3f\n", best, gf / best);
