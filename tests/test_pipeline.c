@@ -3,7 +3,8 @@
  * TMD_TEST_TIMEOUT: 300
  * Proves: `tmd_run_execute` gives exactly the same /atoms (row for row, bit for bit) on
  * 1, 2 and 4 ranks and with different process layouts (1 x P, P x 1) as a single-process run,
- * for a tile grid that does not divide the image and for a 3-frame stack split in time; the
+ * for a tile grid that does not divide the image and for a 3-frame stack split in time; with
+ * the halo at the U-Net's reach, two tile sizes give the same column positions; the
  * result file carries the root attributes (version, config, ranks, input, pixel size, stage
  * table) and /segmentation/classes when save_maps=1; a truncated input and a missing model fail
  * on every rank with one message and leave no result file; an existing result is not
@@ -211,6 +212,44 @@ static void test_stack_any_ranks(void)
     compare_ranks(stack_path, 0.12, 2, tsplit, "stack2", &n);
 }
 
+/* With the halo at the U-Net's reach, a tile's kept centre does not depend on where the
+ * tile edges lie: tile 64 and tile 112 give the same columns (positions and intensities). */
+static void test_tile_size_invariance(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    int reach = 0;
+    tmd_nn_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_nn_model_load(&ctx, model_path, &m), TMD_OK);
+    reach = tmd_nn_model_reach(m);
+    tmd_nn_model_free(&m);
+    const char *out[2] = {tmd_test_path("t64.h5"), tmd_test_path("t112.h5")};
+    int tiles[2] = {64, 112};
+    static tmd_run run;
+    for (int k = 0; k < 2; k++) {
+        base_run(&run, image_path, out[k]);
+        run.cfg.tile = tiles[k];
+        run.cfg.halo = reach;
+        tmd_status st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+        tmd_run_free(&run);
+        CU_ASSERT_EQUAL_FATAL(st, TMD_OK);
+    }
+    if (tmd_test_rank == 0) {
+        atoms_t a = {0}, b = {0};
+        CU_ASSERT_FATAL(read_atoms(out[0], &a) && read_atoms(out[1], &b));
+        qsort(a.rows, (size_t)a.n, sizeof(double) * 11, cmp_rows);
+        qsort(b.rows, (size_t)b.n, sizeof(double) * 11, cmp_rows);
+        CU_ASSERT_EQUAL(a.n, b.n);
+        int64_t diff = 0;
+        for (int64_t i = 0; i < a.n && a.n == b.n; i++)
+            for (int c = 0; c < 4; c++) diff += a.rows[11 * i + c] != b.rows[11 * i + c];
+        CU_ASSERT_EQUAL(diff, 0);
+        if (a.n != b.n || diff) fprintf(stderr, "tile 64: %lld atoms, tile 112: %lld, %lld values differ\n", (long long)a.n, (long long)b.n, (long long)diff);
+        free(a.rows);
+        free(b.rows);
+    }
+}
+
 static void test_result_file(void)
 {
     tmd_ctx ctx;
@@ -315,6 +354,7 @@ int main(int argc, char **argv)
     return tmd_test_main(argc, argv, "pipeline",
                          (tmd_test_case[]){{"image: same atoms on any rank count and layout", test_image_any_ranks},
                                            {"stack: same atoms, time split", test_stack_any_ranks},
+                                           {"tile size does not change atoms (halo = reach)", test_tile_size_invariance},
                                            {"result file attributes and class map", test_result_file},
                                            {"bad input, missing model, existing result", test_failures},
                                            {0}});

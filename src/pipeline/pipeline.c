@@ -119,7 +119,8 @@ static tmd_status stage_table(tmd_ctx *ctx, tmd_run *run, char **out, int64_t **
     for (int i = 0; i < NSTAGES; i++) {
         char pk[32];
         mib(pk, sizeof pk, (double)pmax[i]);
-        double thr = tmax[i] > 0 ? mpix / tmax[i] : 0;
+        /* throughput only where the stage did measurable work (1 ms) over the pixels */
+        double thr = tmax[i] >= 1e-3 ? mpix / tmax[i] : 0;
         len += (size_t)snprintf(t + len, cap - len, "%-12s %10.3f %6.1f%% %10.2f %12s\n", STAGES[i].name, tmax[i],
                                 total > 0 ? 100 * tmax[i] / total : 0, STAGES[i].kind == TMD_STAGE_TILE || !strcmp(STAGES[i].name, "normalise") ? thr : 0,
                                 pk);
