@@ -195,11 +195,76 @@ static tmd_status load_adam(tmd_ctx *ctx, tmd_nn_trainer *t, const char *path, l
 
 /* ---- validation ---- */
 
+/* Connected components (4-neighbour) of mask[j] > 0 in an S x S tile: centroids and
+ * majority class of each component (at most cap). lab: S*S ints scratch, stack: S*S ints. */
+static int components(const uint8_t *mask, int S, int *lab, int *stack, double *cx, double *cy, int *cls, int cap)
+{
+    int n = 0;
+    for (int j = 0; j < S * S; j++) lab[j] = -1;
+    for (int j0 = 0; j0 < S * S; j0++) {
+        if (!mask[j0] || lab[j0] >= 0 || n >= cap) continue;
+        long votes[8] = {0};
+        double sx = 0, sy = 0;
+        long cnt = 0;
+        int top = 0;
+        stack[top++] = j0;
+        lab[j0] = n;
+        while (top) {
+            int j = stack[--top], y = j / S, x = j % S;
+            sx += x, sy += y, cnt++;
+            votes[mask[j] & 7]++;
+            int nb[4] = {x > 0 ? j - 1 : -1, x < S - 1 ? j + 1 : -1, y > 0 ? j - S : -1, y < S - 1 ? j + S : -1};
+            for (int k = 0; k < 4; k++)
+                if (nb[k] >= 0 && mask[nb[k]] && lab[nb[k]] < 0) lab[nb[k]] = n, stack[top++] = nb[k];
+        }
+        int best = 1;
+        for (int c = 2; c < 8; c++)
+            if (votes[c] > votes[best]) best = c;
+        cx[n] = sx / cnt, cy[n] = sy / cnt, cls[n] = best;
+        n++;
+    }
+    return n;
+}
+
+/* Atom-level scores of one tile: predicted components matched to true ones (centroids
+ * within 3 px, greedy nearest); components centred within 6 px of the border ignored.
+ * Adds to tp, fp, fn and, for matched atoms, to species_ok. */
+static void atom_scores(const uint8_t *truth, const uint8_t *pred, int S, int *lab, int *stack, long *tp, long *fp,
+                        long *fn, long *species_ok)
+{
+    enum { CAP = 4096 };
+    static double tx[CAP], ty[CAP], px_[CAP], py[CAP];
+    static int tc[CAP], pc[CAP], used[CAP];
+    int nt = components(truth, S, lab, stack, tx, ty, tc, CAP);
+    int np = components(pred, S, lab, stack, px_, py, pc, CAP);
+    for (int i = 0; i < nt; i++) used[i] = 0;
+    const double B = 6;
+    for (int k = 0; k < np; k++) {
+        int inside = px_[k] >= B && py[k] >= B && px_[k] < S - B && py[k] < S - B;
+        int best = -1;
+        double bd = 9.0;
+        for (int i = 0; i < nt; i++) {
+            double d = (tx[i] - px_[k]) * (tx[i] - px_[k]) + (ty[i] - py[k]) * (ty[i] - py[k]);
+            if (!used[i] && d <= bd) bd = d, best = i;
+        }
+        if (best >= 0) {
+            used[best] = 1;
+            int tin = tx[best] >= B && ty[best] >= B && tx[best] < S - B && ty[best] < S - B;
+            if (tin || inside) (*tp)++, *species_ok += tc[best] == pc[k];
+        } else if (inside) (*fp)++;
+    }
+    for (int i = 0; i < nt; i++)
+        if (!used[i] && tx[i] >= B && ty[i] >= B && tx[i] < S - B && ty[i] < S - B) (*fn)++;
+}
+
 typedef struct {
     double loss;       /* autoencoder MSE */
     double acc;        /* pixel / patch accuracy */
     double f1_atoms;   /* unet: F1 of atom (class > 0) vs background pixels */
     double f1_mean;    /* unet: mean F1 over classes 1..5; classifier: mean over labels */
+    double atom_f1;    /* unet: atom-level detection F1 (components matched within 3 px) */
+    double atom_species; /* unet: share of matched atoms whose majority class is right */
+    long atoms[4];     /* tp, fp, fn, species ok */
     long conf[8][8];
 } val_result;
 
@@ -208,8 +273,8 @@ static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, con
     tmd_status st = TMD_OK;
     tmd_nn_plan *p = NULL;
     float *img = NULL, *out = NULL, *tmp = NULL;
-    uint8_t *cls = NULL;
-    int *labels = NULL;
+    uint8_t *cls = NULL, *pred = NULL;
+    int *labels = NULL, *lab = NULL, *stk = NULL;
     int unet = o->kind == K_UNET;
     int S = unet ? (int)o->tile : (int)o->patch, nb = unet ? 1 : (int)o->per_tile;
     int C = tmd_nn_model_out_channels(m);
@@ -221,6 +286,9 @@ static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, con
     if (!st) st = tmd_calloc(ctx, (void **)&cls, (size_t)S * S, 1, "validation classes");
     if (!st) st = tmd_calloc(ctx, (void **)&labels, (size_t)nb, sizeof(int), "validation labels");
     if (!st) st = tmd_calloc(ctx, (void **)&tmp, (size_t)nb * S * S + 16, sizeof(float), "validation scratch");
+    if (!st) st = tmd_calloc(ctx, (void **)&pred, (size_t)S * S, 1, "validation prediction");
+    if (!st) st = tmd_calloc(ctx, (void **)&lab, (size_t)S * S, sizeof(int), "validation labels");
+    if (!st) st = tmd_calloc(ctx, (void **)&stk, (size_t)S * S, sizeof(int), "validation stack");
     for (long e = ctx->rank; e < o->val_n && !st; e += ctx->nranks) {
         if ((st = make_example(ctx, o, 1, e, img, cls, labels, tmp))) break;
         tmd_nn_execute(p, img, out);
@@ -231,7 +299,9 @@ static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, con
                 for (int c = 1; c < C; c++)
                     if (out[c * HW + j] > out[best * HW + j]) best = c;
                 r->conf[cls[j] < 8 ? cls[j] : 7][best < 8 ? best : 7]++;
+                pred[j] = (uint8_t)best;
             }
+            atom_scores(cls, pred, S, lab, stk, &r->atoms[0], &r->atoms[1], &r->atoms[2], &r->atoms[3]);
         } else if (o->kind == K_CLS) {
             for (int i = 0; i < nb; i++) {
                 int best = 0;
@@ -246,6 +316,11 @@ static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, con
     st = tmd_agree(ctx, comm, st);
     if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, r->conf, 64, MPI_LONG, MPI_SUM, comm));
     if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &sse, 1, MPI_DOUBLE, MPI_SUM, comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, r->atoms, 4, MPI_LONG, MPI_SUM, comm));
+    if (!st && r->atoms[0]) {
+        r->atom_f1 = 2.0 * r->atoms[0] / (2.0 * r->atoms[0] + r->atoms[1] + r->atoms[2]);
+        r->atom_species = (double)r->atoms[3] / r->atoms[0];
+    }
     if (!st) {
         long tot = 0, ok = 0;
         for (int a = 0; a < 8; a++)
@@ -279,6 +354,9 @@ static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, con
     free(cls);
     free(labels);
     free(tmp);
+    free(pred);
+    free(lab);
+    free(stk);
     return st;
 }
 
@@ -427,6 +505,9 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
             tmd_info(ctx, "evaluation of %s on %ld held-out examples (seed %ld + 7919*1000003): accuracy %.4f, "
                      "atom-pixel F1 %.4f, mean F1 %.4f, MSE %.6f", o.out, o.val_n, o.seed, ev.acc, ev.f1_atoms,
                      ev.f1_mean, ev.loss);
+            if (o.kind == K_UNET)
+                tmd_info(ctx, "atoms: F1 %.4f (tp %ld fp %ld fn %ld), species of matched atoms %.4f", ev.atom_f1,
+                         ev.atoms[0], ev.atoms[1], ev.atoms[2], ev.atom_species);
             int nc = o.kind == K_UNET ? 6 : o.kind == K_CLS ? 8 : 0;
             for (int a = 0; a < nc; a++) {
                 char line[256];
@@ -477,8 +558,9 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
             if ((st = validate(ctx, comm, &o, m, &vr))) break;
             have_val = 1;
             if (o.kind == K_UNET)
-                tmd_info(ctx, "validation at step %ld: pixel accuracy %.4f, atom-pixel F1 %.4f, mean class F1 %.4f", done,
-                         vr.acc, vr.f1_atoms, vr.f1_mean);
+                tmd_info(ctx, "validation at step %ld: pixel accuracy %.4f, atom-pixel F1 %.4f, mean class F1 %.4f; "
+                         "atoms: F1 %.4f (tp %ld fp %ld fn %ld), species of matched %.4f", done, vr.acc, vr.f1_atoms,
+                         vr.f1_mean, vr.atom_f1, vr.atoms[0], vr.atoms[1], vr.atoms[2], vr.atom_species);
             else if (o.kind == K_CLS)
                 tmd_info(ctx, "validation at step %ld: accuracy %.4f, mean F1 %.4f", done, vr.acc, vr.f1_mean);
             else tmd_info(ctx, "validation at step %ld: reconstruction MSE %.5f", done, vr.loss);
@@ -505,12 +587,12 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
                      "\"size\": %d, \"nominal_pixel_size\": %.4f, \"pixel_jitter\": %.3f, \"ranks\": %d, "
                      "\"class_weights\": [%.3f, %.3f, %.3f, %.3f, %.3f, %.3f], \"train_loss_avg\": %.5f, "
                      "\"validation\": {\"examples\": %ld, \"at_step\": %ld, \"accuracy\": %.5f, "
-                     "\"atom_f1\": %.5f, \"mean_f1\": %.5f, \"mse\": %.6f}, "
+                     "\"atom_pixel_f1\": %.5f, \"mean_f1\": %.5f, \"mse\": %.6f, \"atom_f1\": %.5f, \"atom_species\": %.5f}, "
                      "\"input\": \"1 channel, image normalised by tmd_sim_normalise (0.5/99.9 percentiles -> 0..1)\"}",
                      cmdline, kname, TMD_VERSION, o.seed, (unsigned long)((uint64_t)o.seed + 7919u * 1000003u), done,
                      o.steps, o.batch * per, S, o.px, o.px_jitter, R, cw[0], cw[1], cw[2], cw[3], cw[4], cw[5], ema,
                      o.val_n * (o.kind == K_UNET ? 1 : o.per_tile), have_val ? done : 0, vr.acc, vr.f1_atoms,
-                     vr.f1_mean, vr.loss);
+                     vr.f1_mean, vr.loss, vr.atom_f1, vr.atom_species);
             if (r == 0) {
                 st = tmd_nn_model_save(ctx, m, o.out, prov);
                 if (!st) st = save_adam(ctx, t, adam_path, done);
