@@ -1,0 +1,237 @@
+/* dyn_bench STACK.h5 [--no-features] — speed and accuracy of the dynamics stages alone on a
+ * simulated stack (tmdflow simulate --frames T -o STACK.h5), with the simulator's own atoms
+ * standing in for the upstream stages (segmentation, atoms, classification):
+ *   drift       tmd_drift_stack on /image (each rank its block of frames)
+ *   features    ring-descriptor latents of every atom's patch (each rank its frames)
+ *   track       basis on frame 0 + site ids
+ *   instability tmd_dynamics_sites
+ *   density     tmd_dynamics_maps (maps + regions)
+ * Prints per-stage seconds (max over ranks), frames/s, drift RMSE against /drift and the
+ * instability ROC AUC against /sites/dynamic (all truth sites, and those in view in every
+ * frame). Run as `mpiexec -n N dyn_bench STACK.h5`. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tmd/drift.h"
+#include "tmd/dynamics.h"
+#include "tmd/io.h"
+
+#include <time.h>
+
+/* CPU seconds of this process (the machine may be shared: wall time alone misleads). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static tmd_status read_frame(tmd_ctx *ctx, void *user, int64_t t, int64_t y0, int64_t x0, int64_t h, int64_t w, float *out)
+{
+    return tmd_reader_read(ctx, (tmd_reader *)user, t, y0, x0, h, w, out);
+}
+
+static void *col(tmd_ctx *ctx, hid_t f, const char *d, tmd_dtype t, int64_t *n, int64_t *k)
+{
+    void *p = NULL;
+    if (tmd_h5_read_rows(ctx, f, d, t, n, k, &p)) {
+        fprintf(stderr, "dyn_bench: %s\n", ctx->err_msg);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    return p;
+}
+
+static double auc(int n, const double *score, const int8_t *pos, const int8_t *use)
+{
+    double win = 0, np = 0, nn = 0;
+    for (int i = 0; i < n; i++) {
+        if (!use[i] || !pos[i]) continue;
+        np++;
+        for (int j = 0; j < n; j++)
+            if (use[j] && !pos[j]) win += score[i] > score[j] ? 1 : score[i] == score[j] ? 0.5 : 0;
+    }
+    for (int j = 0; j < n; j++) nn += use[j] && !pos[j];
+    return np > 0 && nn > 0 ? win / (np * nn) : NAN;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm comm = MPI_COMM_WORLD;
+    tmd_ctx ctx;
+    tmd_ctx_init(&ctx, comm);
+    ctx.log_level = TMD_LOG_QUIET;
+    if (argc < 2) {
+        if (ctx.rank == 0) fprintf(stderr, "usage: dyn_bench STACK.h5 [--no-features]\n");
+        MPI_Finalize();
+        return 2;
+    }
+    int features = !(argc > 2 && !strcmp(argv[2], "--no-features"));
+    char spec[1100];
+    snprintf(spec, sizeof spec, "%s:/image", argv[1]);
+    tmd_reader *rd = NULL;
+    if (tmd_reader_open(&ctx, spec, &rd)) {
+        fprintf(stderr, "dyn_bench: %s\n", ctx.err_msg);
+        MPI_Abort(comm, 1);
+    }
+    const tmd_image_info *info = tmd_reader_info(rd);
+    int64_t T = info->frames, H = info->height, W = info->width, n, k;
+    hid_t f;
+    tmd_h5_open_read(&ctx, argv[1], &f);
+    double px = 0;
+    tmd_h5_read_attr_f64(&ctx, f, "/", "pixel_size", &px, 1);
+    double *tdrift = col(&ctx, f, "/drift", TMD_F64, &n, &k);
+    double *a1 = col(&ctx, f, "/lattice/a1", TMD_F64, &n, &k), *a2 = col(&ctx, f, "/lattice/a2", TMD_F64, &n, &k);
+    double t[6] = {0}, cpu[6] = {0}, u0;
+    /* drift */
+    int64_t t0, nt;
+    tmd_drift_block(T, ctx.rank, ctx.nranks, &t0, &nt);
+    double *drift = calloc((size_t)T * 2, sizeof(double));
+    tmd_drift_plan *dp = NULL;
+    int win = (int)((H < W ? H : W) < 256 ? (H < W ? H : W) : 256) & ~1;
+    MPI_Barrier(comm);
+    double c0 = MPI_Wtime();
+    u0 = cpu_now();
+    tmd_status st = tmd_drift_plan_create(&ctx, win, NULL, &dp);
+    if (!st) st = tmd_drift_stack(&ctx, comm, dp, read_frame, rd, T, H, W, t0, nt, drift);
+    tmd_drift_plan_destroy(&dp);
+    t[0] = MPI_Wtime() - c0;
+    cpu[0] = cpu_now() - u0;
+    if (st) {
+        fprintf(stderr, "dyn_bench: drift: %s\n", ctx.err_msg);
+        MPI_Abort(comm, 1);
+    }
+    double se = 0;
+    for (int64_t i = 0; i < T; i++) se += pow(drift[2 * i] - tdrift[2 * i], 2) + pow(drift[2 * i + 1] - tdrift[2 * i + 1], 2);
+    /* the simulator's atoms of this rank's frames */
+    int64_t na;
+    double *x = col(&ctx, f, "/atoms/x", TMD_F64, &na, &k), *y = col(&ctx, f, "/atoms/y", TMD_F64, &na, &k);
+    int32_t *fr = col(&ctx, f, "/atoms/frame", TMD_I32, &na, &k);
+    int8_t *sub = col(&ctx, f, "/atoms/sublattice", TMD_I8, &na, &k), *sp = col(&ctx, f, "/atoms/species", TMD_I8, &na, &k);
+    float *inten = col(&ctx, f, "/atoms/intensity", TMD_F32, &na, &k);
+    tmd_atom_table a;
+    tmd_atom_table_init(&a, 1);
+    tmd_encoder enc;
+    tmd_encoder_descriptor(24, 8, 0.12 / px, &enc);
+    if (features) tmd_atom_table_set_latent(&ctx, &a, enc.dim);
+    for (int64_t i = 0; i < na; i++) {
+        if (fr[i] < t0 || fr[i] >= t0 + nt) continue;
+        int64_t r;
+        tmd_atom_table_push(&ctx, &a, &r);
+        a.x[r] = x[i];
+        a.y[r] = y[i];
+        a.frame[r] = fr[i];
+        a.sublattice[r] = sub[i];
+        a.species[r] = sp[i];
+        a.intensity[r] = inten[i];
+    }
+    tmd_defect_table df;
+    tmd_defect_table_init(&df);
+    int64_t nd;
+    int32_t *dfr = col(&ctx, f, "/defects/frame", TMD_I32, &nd, &k);
+    double *dx = col(&ctx, f, "/defects/x", TMD_F64, &nd, &k), *dy = col(&ctx, f, "/defects/y", TMD_F64, &nd, &k);
+    int8_t *dt = col(&ctx, f, "/defects/type", TMD_I8, &nd, &k);
+    for (int64_t i = 0; i < nd; i++)
+        if (dfr[i] >= t0 && dfr[i] < t0 + nt) tmd_defect_table_push(&ctx, &df, dfr[i], dx[i], dy[i], dt[i]);
+    /* features: one frame at a time (atoms are in frame order) */
+    MPI_Barrier(comm);
+    c0 = MPI_Wtime();
+    u0 = cpu_now();
+    float *img = malloc(sizeof(float) * H * W);
+    for (int64_t i = 0; features && i < a.n;) {
+        int64_t e = i;
+        while (e < a.n && a.frame[e] == a.frame[i]) e++;
+        st = tmd_reader_read(&ctx, rd, a.frame[i], 0, 0, H, W, img);
+        if (!st) st = tmd_features_compute(&ctx, &enc, img, 0, 0, H, W, e - i, a.x + i, a.y + i, a.latent + i * enc.dim);
+        if (st) MPI_Abort(comm, 1);
+        i = e;
+    }
+    t[1] = MPI_Wtime() - c0;
+    cpu[1] = cpu_now() - u0;
+    /* track, instability, density */
+    MPI_Barrier(comm);
+    c0 = MPI_Wtime();
+    u0 = cpu_now();
+    tmd_track_basis b;
+    st = tmd_track_basis_fit(&ctx, comm, &a, a1, a2, &b);
+    if (!st) st = tmd_track_assign(&ctx, &b, drift, T, 0.45, &a);
+    t[2] = MPI_Wtime() - c0;
+    cpu[2] = cpu_now() - u0;
+    tmd_config cfg;
+    tmd_config_defaults(&cfg);
+    tmd_dyn_params prm;
+    tmd_dyn_params_from_config(&prm, &cfg, px);
+    tmd_site_table s;
+    tmd_site_table_init(&s);
+    c0 = MPI_Wtime();
+    u0 = cpu_now();
+    if (!st) st = tmd_dynamics_sites(&ctx, comm, &b, drift, T, H, W, &a, &df, &prm, &s);
+    t[3] = MPI_Wtime() - c0;
+    cpu[3] = cpu_now() - u0;
+    tmd_dyn_maps maps;
+    c0 = MPI_Wtime();
+    u0 = cpu_now();
+    if (!st) st = tmd_dynamics_maps(&ctx, comm, &prm, H, W, T, &s, &df, drift, &maps);
+    t[4] = MPI_Wtime() - c0;
+    cpu[4] = cpu_now() - u0;
+    if (st) {
+        fprintf(stderr, "dyn_bench: %s\n", ctx.err_msg);
+        MPI_Abort(comm, 1);
+    }
+    double tmax[6], cmax[6];
+    MPI_Reduce(t, tmax, 5, MPI_DOUBLE, MPI_MAX, 0, comm);
+    MPI_Reduce(cpu, cmax, 5, MPI_DOUBLE, MPI_MAX, 0, comm);
+    /* scores to rank 0, matched to the truth sites by position */
+    int mine = (int)s.n, *cnt = calloc(ctx.nranks, sizeof(int)), *dis = calloc(ctx.nranks, sizeof(int));
+    MPI_Gather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, 0, comm);
+    int tot = 0;
+    for (int r = 0; r < ctx.nranks; r++) { dis[r] = tot; tot += cnt[r]; }
+    double *buf = malloc(sizeof(double) * 3 * (s.n + 1)), *all = malloc(sizeof(double) * 3 * (tot + 1));
+    for (int64_t i = 0; i < s.n; i++) { buf[3 * i] = s.x[i]; buf[3 * i + 1] = s.y[i]; buf[3 * i + 2] = s.instability[i]; }
+    for (int r = 0; r < ctx.nranks; r++) { cnt[r] *= 3; dis[r] *= 3; }
+    MPI_Gatherv(buf, 3 * mine, MPI_DOUBLE, all, cnt, dis, MPI_DOUBLE, 0, comm);
+    if (ctx.rank == 0) {
+        int64_t ns;
+        double *tx = col(&ctx, f, "/sites/x", TMD_F64, &ns, &k), *ty = col(&ctx, f, "/sites/y", TMD_F64, &ns, &k);
+        int8_t *dyn = col(&ctx, f, "/sites/dynamic", TMD_I8, &ns, &k);
+        double *score = calloc(ns, sizeof(double));
+        int8_t *found = calloc(ns, 1), *inview = calloc(ns, 1);
+        /* a grid of the found sites for the matching */
+        for (int64_t i = 0; i < ns; i++) {
+            double bd = 0.25 * b.bond * b.bond;
+            for (int q = 0; q < tot; q++) {
+                double d = pow(all[3 * q] - tx[i], 2) + pow(all[3 * q + 1] - ty[i], 2);
+                if (d < bd) { bd = d; score[i] = all[3 * q + 2]; found[i] = 1; }
+            }
+            int in = found[i];
+            for (int64_t q = 0; q < T && in; q++) {
+                double fx = tx[i] + tdrift[2 * q], fy = ty[i] + tdrift[2 * q + 1];
+                in = fx >= b.bond && fy >= b.bond && fx <= W - 1 - b.bond && fy <= H - 1 - b.bond;
+            }
+            inview[i] = (int8_t)in;
+        }
+        double total = tmax[0] + tmax[1] + tmax[2] + tmax[3] + tmax[4];
+        printf("dyn_bench %s: %lld frames of %lldx%lld, %d ranks, %lld atoms, %d sites\n", argv[1], (long long)T,
+               (long long)H, (long long)W, ctx.nranks, (long long)na, tot);
+        const char *names[5] = {"drift", "features", "track", "instability", "density"};
+        double ctot = 0;
+        printf("  %-12s %10s %12s %10s %12s\n", "stage", "wall_s", "frames/s", "cpu_s", "frames/cpu_s");
+        for (int i = 0; i < 5; i++) {
+            ctot += cmax[i];
+            printf("  %-12s %10.3f %12.1f %10.3f %12.1f\n", names[i], tmax[i], tmax[i] > 0 ? T / tmax[i] : 0, cmax[i],
+                   cmax[i] > 0 ? T / cmax[i] : 0);
+        }
+        printf("  %-12s %10.3f %12.1f %10.3f %12.1f\n", "total", total, T / total, ctot, T / ctot);
+        printf("  drift RMSE %.4f px\n", sqrt(se / T));
+        printf("  instability AUC %.4f (all %lld truth sites), %.4f (in view in every frame)\n", auc((int)ns, score, dyn, found),
+               (long long)ns, auc((int)ns, score, dyn, inview));
+        printf("CSV,%lld,%lld,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f\n", (long long)T, (long long)H, ctx.nranks,
+               tmax[0], tmax[1], tmax[2], tmax[3], tmax[4], ctot, sqrt(se / T), auc((int)ns, score, dyn, found), auc((int)ns, score, dyn, inview));
+    }
+    H5Fclose(f);
+    tmd_reader_close(&rd);
+    MPI_Finalize();
+    return 0;
+}
