@@ -11,6 +11,7 @@
 
 #include "testutil.h"
 #include "tmd/dynamics.h"
+#include "tmd/nn.h"
 
 /* ---- features ------------------------------------------------------------------------- */
 
@@ -62,6 +63,43 @@ static void test_patches(void)
     CU_ASSERT(z[0] > z[3]);      /* bright core, dark rim */
     tmd_encoder_free(&d);
     tmd_encoder_free(&d); /* twice is fine */
+    free(img);
+}
+
+/* The encoder of an autoencoder model (built here untrained: the shipped one is trained by
+ * tmdflow train) maps patches to its latent layer: the right size, deterministic, and
+ * different patches give different latents. */
+static void test_model_encoder(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    tmd_nn_model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_nn_build_autoencoder(&ctx, 16, 4, 6, 7, &m), TMD_OK);
+    tmd_encoder enc;
+    CU_ASSERT_EQUAL_FATAL(tmd_encoder_from_model(&ctx, m, 3, 1.0, &enc), TMD_OK);
+    CU_ASSERT_EQUAL(enc.dim, 6);
+    CU_ASSERT_EQUAL(enc.patch, 16);
+    const int64_t h = 64, w = 64;
+    float *img = malloc(sizeof(float) * h * w);
+    unsigned rng = 5;
+    for (int64_t i = 0; i < h * w; i++) img[i] = tmd_test_randf(&rng);
+    double xs[5] = {20, 30, 40, 20, 33.5}, ys[5] = {20, 30, 40, 20, 25.25};
+    float z[5 * 6], z2[5 * 6];
+    CU_ASSERT_EQUAL(tmd_features_compute(&ctx, &enc, img, 0, 0, h, w, 5, xs, ys, z), TMD_OK);   /* 2 batches */
+    CU_ASSERT_EQUAL(tmd_features_compute(&ctx, &enc, img, 0, 0, h, w, 5, xs, ys, z2), TMD_OK);
+    CU_ASSERT_EQUAL(memcmp(z, z2, sizeof z), 0);
+    CU_ASSERT_EQUAL(memcmp(z, z + 3 * 6, 6 * sizeof(float)), 0); /* same patch, same latent */
+    double diff = 0;
+    for (int d = 0; d < 6; d++) diff += fabs(z[d] - z[6 + d]);
+    CU_ASSERT(diff > 1e-6);
+    /* a classifier has no latent layer: refused with a message */
+    tmd_nn_model *c = NULL;
+    tmd_encoder e2;
+    CU_ASSERT_EQUAL_FATAL(tmd_nn_build_classifier(&ctx, 16, 4, 8, 1, &c), TMD_OK);
+    CU_ASSERT_EQUAL(tmd_encoder_from_model(&ctx, c, 1, 1.0, &e2), TMD_ERR_FORMAT);
+    tmd_nn_model_free(&c);
+    tmd_encoder_free(&enc);
+    tmd_nn_model_free(&m);
     free(img);
 }
 
@@ -337,6 +375,7 @@ int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "dynamics",
                          (tmd_test_case[]){{"patches and descriptor", test_patches},
+                                           {"autoencoder encoder", test_model_encoder},
                                            {"instability AUC, rank invariance", test_instability_auc_and_rank_invariance},
                                            {"maps and regions", test_maps_and_regions},
                                            {"region across ranks", test_region_across_ranks},
