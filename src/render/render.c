@@ -429,10 +429,10 @@ tmd_status tmd_render(tmd_ctx *ctx, const char *result_path, const char *png_pat
                                 int64_t gx = (int64_t)floor(ix / bin), gy = (int64_t)floor(iy / bin);
                                 if (gx < 0 || gy < 0 || gx >= gw || gy >= gh) continue;
                                 double t = map[gy * gw + gx] / vmax;
-                                if (t <= 0.02) continue;
+                                if (t <= 0.05) continue;
                                 uint8_t c[3];
                                 cmap(t, c);
-                                put(&cv, x, y, c, 0.25 + 0.35 * t);
+                                put(&cv, x, y, c, 0.08 + 0.42 * t);
                             }
                     }
                 }
