@@ -82,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             st = tmd_config_set_kv(&ctx, &cfg, line, "command line");
     } else {
         char path[64];
-        snprintf(path, sizeof path, "/tmp/tmd_fuzz_config_%d.ini", (int)getpid());
+        snprintf(path, sizeof path, "/dev/shm/tmd_fuzz_config_%d.ini", (int)getpid());
         FILE *f = fopen(path, "wb");
         if (f) {
             fwrite(data + 1, 1, size - 1, f); /* raw bytes, NULs included */

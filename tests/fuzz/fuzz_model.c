@@ -67,7 +67,7 @@ static void build_templates(void)
     int sm = tmd_nn_add_softmax(&ctx, m, c3);
     if (sm < 0) die("layers 0", &ctx);
     if (tmd_nn_model_init_weights(&ctx, m, 1)) die("init 0", &ctx);
-    snprintf(g_tpl[0], sizeof g_tpl[0], "/tmp/tmd_fuzz_model_tpl0_%d.h5", (int)getpid());
+    snprintf(g_tpl[0], sizeof g_tpl[0], "/dev/shm/tmd_fuzz_model_tpl0_%d.h5", (int)getpid());
     if (tmd_nn_model_save(&ctx, m, g_tpl[0], "{\"fuzz\": 0}")) die("save 0", &ctx);
     tmd_nn_model_free(&m);
 
@@ -83,10 +83,10 @@ static void build_templates(void)
     if (sm < 0) die("layers 1", &ctx);
     if (tmd_nn_model_init_weights(&ctx, m, 2)) die("init 1", &ctx);
     if (tmd_nn_model_set_latent(&ctx, m, d1)) die("latent 1", &ctx);
-    snprintf(g_tpl[1], sizeof g_tpl[1], "/tmp/tmd_fuzz_model_tpl1_%d.h5", (int)getpid());
+    snprintf(g_tpl[1], sizeof g_tpl[1], "/dev/shm/tmd_fuzz_model_tpl1_%d.h5", (int)getpid());
     if (tmd_nn_model_save(&ctx, m, g_tpl[1], NULL)) die("save 1", &ctx);
     tmd_nn_model_free(&m);
-    snprintf(g_path, sizeof g_path, "/tmp/tmd_fuzz_model_%d.h5", (int)getpid());
+    snprintf(g_path, sizeof g_path, "/dev/shm/tmd_fuzz_model_%d.h5", (int)getpid());
 }
 
 static void cleanup_files(void)
