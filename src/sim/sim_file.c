@@ -246,6 +246,119 @@ static tmd_status tiff_round(tmd_ctx *ctx, TIFF *t, tiff_msg *m, const char *pat
     return st;
 }
 
+/* ---- truth rows appended band by band (extendible datasets, flat memory) ----------------- */
+
+typedef struct {
+    const char *name;
+    hid_t type;
+    int64_t ncols;
+    hid_t d;
+    int64_t size;
+} appender;
+
+/* Collective: creates an empty extendible dataset (rows x ncols, 1-D when ncols == 1). */
+static tmd_status app_create(tmd_ctx *ctx, hid_t file, const char *path, appender *a)
+{
+    tmd_status st = TMD_OK;
+    int nd = a->ncols > 1 ? 2 : 1;
+    hsize_t dims[2] = {0, (hsize_t)a->ncols}, maxd[2] = {H5S_UNLIMITED, (hsize_t)a->ncols};
+    hsize_t rows = a->ncols > 1 ? (hsize_t)(65536 / a->ncols) : 65536;
+    hsize_t chunk[2] = {rows ? rows : 1, (hsize_t)a->ncols};
+    hid_t space = H5Screate_simple(nd, dims, maxd), dcpl = H5Pcreate(H5P_DATASET_CREATE), lcpl = H5Pcreate(H5P_LINK_CREATE);
+    a->d = H5I_INVALID_HID;
+    a->size = 0;
+    if (space < 0 || dcpl < 0 || lcpl < 0 || H5Pset_chunk(dcpl, nd, chunk) < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0)
+        st = h5fail(ctx, "preparing", a->name, path);
+    else if ((a->d = H5Dcreate2(file, a->name, a->type, space, lcpl, dcpl, H5P_DEFAULT)) < 0)
+        st = h5fail(ctx, "creating", a->name, path);
+    if (space >= 0) H5Sclose(space);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (lcpl >= 0) H5Pclose(lcpl);
+    return st;
+}
+
+/* Collective: appends every rank's n rows (rank order) to the dataset. */
+static tmd_status app_append(tmd_ctx *ctx, MPI_Comm comm, const char *path, appender *a, int64_t n, const void *data)
+{
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    int64_t off = 0, total = 0, *all = malloc((size_t)nranks * sizeof *all);
+    if (!all) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory appending to %s", a->name);
+    tmd_status st = TMD_MPI(ctx, MPI_Allgather(&n, 1, MPI_INT64_T, all, 1, MPI_INT64_T, comm));
+    if (st) {
+        free(all);
+        return st;
+    }
+    for (int r = 0; r < nranks; r++) {
+        if (r < rank) off += all[r];
+        total += all[r];
+    }
+    free(all);
+    if (total == 0) return TMD_OK;
+    int nd = a->ncols > 1 ? 2 : 1;
+    hsize_t ext[2] = {(hsize_t)(a->size + total), (hsize_t)a->ncols};
+    hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID, dxpl = H5I_INVALID_HID;
+    static const char dummy[16];
+    if (H5Dset_extent(a->d, ext) < 0) {
+        st = h5fail(ctx, "extending", a->name, path);
+        goto cleanup;
+    }
+    fspace = H5Dget_space(a->d);
+    dxpl = H5Pcreate(H5P_DATASET_XFER);
+    if (fspace < 0 || dxpl < 0 || H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) < 0) {
+        st = h5fail(ctx, "preparing the write of", a->name, path);
+        goto cleanup;
+    }
+    if (n == 0) {
+        hsize_t one = 1;
+        mspace = H5Screate_simple(1, &one, NULL);
+        if (mspace < 0 || H5Sselect_none(mspace) < 0 || H5Sselect_none(fspace) < 0) {
+            st = h5fail(ctx, "selecting nothing in", a->name, path);
+            goto cleanup;
+        }
+        data = dummy;
+    } else {
+        hsize_t start[2] = {(hsize_t)(a->size + off), 0}, count[2] = {(hsize_t)n, (hsize_t)a->ncols};
+        mspace = H5Screate_simple(nd, count, NULL);
+        if (mspace < 0 || H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) < 0) {
+            st = h5fail(ctx, "selecting rows of", a->name, path);
+            goto cleanup;
+        }
+    }
+    if (H5Dwrite(a->d, a->type, mspace, fspace, dxpl, data) < 0) st = h5fail(ctx, "writing", a->name, path);
+    a->size += total;
+cleanup:
+    if (fspace >= 0) H5Sclose(fspace);
+    if (mspace >= 0) H5Sclose(mspace);
+    if (dxpl >= 0) H5Pclose(dxpl);
+    return st;
+}
+
+enum { AP_NATOMS = 7, AP_NDEF = 4, AP_NSITES = 8, AP_N = AP_NATOMS + AP_NDEF + AP_NSITES };
+
+/* Appends the truth rows of this round and empties the tables. Collective. */
+static tmd_status append_truth(tmd_ctx *ctx, MPI_Comm comm, const char *path, appender *ap, sim_truth *tr)
+{
+    const tmd_atom_table *a = &tr->atoms;
+    const tmd_defect_table *d = &tr->defects;
+    const tmd_site_table *s = &tr->sites;
+    const void *col[AP_N] = {a->frame, a->x, a->y, a->sublattice, a->species, a->intensity, a->site,
+                             d->frame, d->x, d->y, d->type,
+                             s->id, s->x, s->y, s->sublattice, s->instability, s->unstable, s->dynamic, tr->site_state};
+    int64_t n[AP_N];
+    for (int i = 0; i < AP_N; i++) n[i] = i < AP_NATOMS ? a->n : i < AP_NATOMS + AP_NDEF ? d->n : s->n;
+    tmd_status st = TMD_OK;
+    for (int i = 0; i < AP_N && !st; i++) {
+        st = app_append(ctx, comm, path, &ap[i], n[i], col[i]);
+        st = tmd_agree(ctx, comm, st);
+    }
+    tr->atoms.n = 0;
+    tr->defects.n = 0;
+    tr->sites.n = 0;
+    return st;
+}
+
 tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *path, int force, MPI_Comm comm)
 {
     tmd_status st = TMD_OK;
@@ -270,6 +383,18 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     uint8_t *cls = NULL;
     region_acc reg;
     memset(&reg, 0, sizeof reg);
+    appender ap[AP_N] = {
+        {"/atoms/frame", H5T_NATIVE_INT32, 1, -1, 0}, {"/atoms/x", H5T_NATIVE_DOUBLE, 1, -1, 0},
+        {"/atoms/y", H5T_NATIVE_DOUBLE, 1, -1, 0}, {"/atoms/sublattice", H5T_NATIVE_INT8, 1, -1, 0},
+        {"/atoms/species", H5T_NATIVE_INT8, 1, -1, 0}, {"/atoms/intensity", H5T_NATIVE_FLOAT, 1, -1, 0},
+        {"/atoms/site", H5T_NATIVE_INT64, 1, -1, 0},
+        {"/defects/frame", H5T_NATIVE_INT32, 1, -1, 0}, {"/defects/x", H5T_NATIVE_DOUBLE, 1, -1, 0},
+        {"/defects/y", H5T_NATIVE_DOUBLE, 1, -1, 0}, {"/defects/type", H5T_NATIVE_INT8, 1, -1, 0},
+        {"/sites/id", H5T_NATIVE_INT64, 1, -1, 0}, {"/sites/x", H5T_NATIVE_DOUBLE, 1, -1, 0},
+        {"/sites/y", H5T_NATIVE_DOUBLE, 1, -1, 0}, {"/sites/sublattice", H5T_NATIVE_INT8, 1, -1, 0},
+        {"/sites/instability", H5T_NATIVE_FLOAT, 1, -1, 0}, {"/sites/unstable", H5T_NATIVE_INT8, 1, -1, 0},
+        {"/sites/dynamic", H5T_NATIVE_INT8, 1, -1, 0}, {"/sites/state", H5T_NATIVE_INT8, 1, -1, 0}};
+    int64_t atoms_total = 0;
     char h5path[TMD_PATH_MAX + 16];
     int is_h5 = ends_with(path, ".h5") || ends_with(path, ".hdf5");
     int is_tif = ends_with(path, ".tif") || ends_with(path, ".tiff");
@@ -343,6 +468,8 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     }
     if (is_h5) st = create_dset(ctx, file, h5path, "/image", p.out_u16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_FLOAT, nd, dims, chunk, &dimg);
     if (!st) st = create_dset(ctx, file, h5path, "/truth/classes", H5T_NATIVE_UINT8, nd, dims, chunk, &dcls);
+    ap[AP_N - 1].ncols = T;
+    for (int i = 0; i < AP_N && !st; i++) st = app_create(ctx, file, h5path, &ap[i]);
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
 
@@ -374,6 +501,8 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
             st = write_band(ctx, dcls, nd, H5T_NATIVE_UINT8, t, y0, ny, W, cls, "/truth/classes", h5path);
             st = tmd_agree(ctx, comm, st);
             if (st) break;
+            st = append_truth(ctx, comm, h5path, ap, &truth);
+            if (st) break;
             if (is_tif) {
                 st = tiff_round(ctx, tif, &tmsg, path, comm, rank, nranks, nb, B, H, W, k, p.out_u16 ? 2 : 4,
                                 p.out_u16 ? (const void *)band16 : (const void *)band, ny, tiff_recv);
@@ -397,34 +526,16 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     if (dcls >= 0) H5Dclose(dcls);
     dimg = dcls = H5I_INVALID_HID;
 
-    /* truth tables */
-    tmd_atom_table *a = &truth.atoms;
+    atoms_total = ap[0].size;
+    for (int i = 0; i < AP_N; i++) {
+        if (ap[i].d >= 0) H5Dclose(ap[i].d);
+        ap[i].d = H5I_INVALID_HID;
+    }
 #define ROWS(name, type, n, k, data)                                              \
     do {                                                                          \
         st = tmd_writer_rows(ctx, wr, name, type, n, k, data);                    \
         if (st) goto cleanup;                                                     \
     } while (0)
-    ROWS("/atoms/frame", TMD_I32, a->n, 1, a->frame);
-    ROWS("/atoms/x", TMD_F64, a->n, 1, a->x);
-    ROWS("/atoms/y", TMD_F64, a->n, 1, a->y);
-    ROWS("/atoms/sublattice", TMD_I8, a->n, 1, a->sublattice);
-    ROWS("/atoms/species", TMD_I8, a->n, 1, a->species);
-    ROWS("/atoms/intensity", TMD_F32, a->n, 1, a->intensity);
-    ROWS("/atoms/site", TMD_I64, a->n, 1, a->site);
-    tmd_defect_table *d = &truth.defects;
-    ROWS("/defects/frame", TMD_I32, d->n, 1, d->frame);
-    ROWS("/defects/x", TMD_F64, d->n, 1, d->x);
-    ROWS("/defects/y", TMD_F64, d->n, 1, d->y);
-    ROWS("/defects/type", TMD_I8, d->n, 1, d->type);
-    tmd_site_table *s = &truth.sites;
-    ROWS("/sites/id", TMD_I64, s->n, 1, s->id);
-    ROWS("/sites/x", TMD_F64, s->n, 1, s->x);
-    ROWS("/sites/y", TMD_F64, s->n, 1, s->y);
-    ROWS("/sites/sublattice", TMD_I8, s->n, 1, s->sublattice);
-    ROWS("/sites/instability", TMD_F32, s->n, 1, s->instability);
-    ROWS("/sites/unstable", TMD_I8, s->n, 1, s->unstable);
-    ROWS("/sites/dynamic", TMD_I8, s->n, 1, s->dynamic);
-    ROWS("/sites/state", TMD_I8, s->n, T, truth.site_state);
     /* drift and lattice vectors: rank 0 writes all frames */
     {
         double *dr = NULL, *a1 = NULL, *a2 = NULL;
@@ -504,14 +615,16 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         if (st) goto cleanup;
     }
     if (rank == 0 && ctx->log_level >= TMD_LOG_INFO) {
-        int64_t na = truth.atoms.n;
-        tmd_info(ctx, "simulate: wrote %s%s%s (rank 0: %lld atoms, %lld defects, %lld sites)", path, is_tif ? " and " : "",
-                 is_tif ? h5path : "", (long long)na, (long long)truth.defects.n, (long long)truth.sites.n);
+        tmd_info(ctx, "simulate: wrote %s%s%s (%lld atoms, %lld defects, %lld sites)", path, is_tif ? " and " : "",
+                 is_tif ? h5path : "", (long long)atoms_total, (long long)ap[AP_NATOMS].size,
+                 (long long)ap[AP_NATOMS + AP_NDEF].size);
     }
 
 cleanup:
     if (dimg >= 0) H5Dclose(dimg);
     if (dcls >= 0) H5Dclose(dcls);
+    for (int i = 0; i < AP_N; i++)
+        if (ap[i].d >= 0) H5Dclose(ap[i].d);
     if (wr) {
         tmd_status cst = tmd_writer_close(ctx, &wr, st == TMD_OK);
         if (!st) st = cst;
