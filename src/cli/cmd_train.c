@@ -24,7 +24,7 @@ enum { K_UNET, K_CLS, K_AE };
 typedef struct {
     int kind;
     const char *out;
-    long steps, batch, tile, seed, ckpt_every, val_every, val_n, base, patch, latent, per_tile;
+    long steps, stop_after, batch, tile, seed, ckpt_every, val_every, val_n, base, patch, latent, per_tile;
     double lr, lr_min, px, px_jitter, wd;
     int resume, eval;
     int aug;
@@ -367,7 +367,8 @@ static void usage_msg(tmd_ctx *ctx)
                 "usage: tmdflow train unet|classifier|autoencoder -o MODEL.h5 [--steps N] [--batch B] [--tile S]\n"
                 "       [--seed S] [--lr LR] [--lr-min LR] [--resume] [--checkpoint-every N] [--val-every N]\n"
                 "       [--val-n N] [--base F] [--patch P] [--latent D] [--per-tile N] [--px A] [--px-jitter F]\n"
-                "       [--no-augment] [--weight-decay W] [--eval]\n"
+                "       [--no-augment] [--weight-decay W] [--eval] [--stop-after N]\n"
+                "  --stop-after N: checkpoint and exit after step N of the --steps schedule (resume later)\n"
                 "  --eval: only validate the existing model -o MODEL.h5 on --val-n held-out examples\n");
 }
 
@@ -404,12 +405,13 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
             return TMD_OK;
         } else if (!strcmp(a, "-o")) {
             TMD_CHECK(tmd_cli_value(ctx, argc, argv, i++, &o.out));
-        } else if (!strcmp(a, "--steps")) lp = &o.steps;
+        } else if (!strcmp(a, "--steps")) lp = &o.steps, lo = 0;
+        else if (!strcmp(a, "--stop-after")) lp = &o.stop_after, lo = 0;
         else if (!strcmp(a, "--batch")) lp = &batch_override, hi = 4096;
         else if (!strcmp(a, "--tile")) lp = &o.tile, lo = 16, hi = 4096;
         else if (!strcmp(a, "--seed")) lp = &o.seed, lo = 0;
-        else if (!strcmp(a, "--checkpoint-every")) lp = &o.ckpt_every;
-        else if (!strcmp(a, "--val-every")) lp = &o.val_every;
+        else if (!strcmp(a, "--checkpoint-every")) lp = &o.ckpt_every, lo = 0;
+        else if (!strcmp(a, "--val-every")) lp = &o.val_every, lo = 0;
         else if (!strcmp(a, "--val-n")) lp = &o.val_n;
         else if (!strcmp(a, "--base")) lp = &o.base, hi = 256;
         else if (!strcmp(a, "--patch")) lp = &o.patch, lo = 8, hi = 128;
@@ -554,6 +556,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
                      ema, lr, rate, (o.steps - done) / rate);
         }
         int last = done == o.steps, stop = tmd_interrupted(ctx);
+        int pause = o.stop_after > 0 && done == o.stop_after && !last; /* chunked runs (time-limited jobs) */
         if ((o.val_every && done % o.val_every == 0) || last) {
             if ((st = validate(ctx, comm, &o, m, &vr))) break;
             have_val = 1;
@@ -575,7 +578,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
                 }
             }
         }
-        if ((o.ckpt_every && done % o.ckpt_every == 0) || last || stop) {
+        if ((o.ckpt_every && done % o.ckpt_every == 0) || last || stop || pause) {
             free(prov);
             prov = NULL;
             size_t plen = 4096 + strlen(cmdline);
@@ -603,6 +606,10 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
         }
         if (stop) {
             st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "train: stopped by a signal at step %ld; --resume continues", done);
+            break;
+        }
+        if (pause) {
+            tmd_info(ctx, "stopping after step %ld as asked (--stop-after); --resume continues", done);
             break;
         }
     }
