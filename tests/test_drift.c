@@ -188,6 +188,39 @@ static void test_stack_noisy_and_rank_invariant(void)
     free_stack(&s);
 }
 
+/* The field of view drifts by more than its own size (a long stack, 2.4 px per frame): no frame
+ * late in the stack overlaps frame 0, so frames are registered against keyframe segments
+ * chained through their means. RMSE <= 0.3 px, and 1 rank = N ranks. */
+static void test_stack_drifts_out_of_view(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    synth_stack s;
+    make_stack(&s, 90, 192, 192, 2.4, 0.25);
+    tmd_drift_plan *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_drift_plan_create(&ctx, 128, NULL, &p), TMD_OK);
+    double *par = calloc(2 * s.T, sizeof(double)), *ser = calloc(2 * s.T, sizeof(double));
+    int64_t t0, nt;
+    tmd_drift_block(s.T, tmd_test_rank, tmd_test_size, &t0, &nt);
+    CU_ASSERT_EQUAL(tmd_drift_stack(&ctx, tmd_test_comm, p, read_stack, &s, s.T, s.H, s.W, t0, nt, par), TMD_OK);
+    CU_ASSERT_EQUAL(tmd_drift_stack(&ctx, MPI_COMM_SELF, p, read_stack, &s, s.T, s.H, s.W, 0, s.T, ser), TMD_OK);
+    double e = rmse(par, s.truth, s.T);
+    if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG"))
+    {
+        printf("\nout-of-view drift rmse %.4f px, final truth (%.1f, %.1f)\n", e, s.truth[2 * s.T - 2], s.truth[2 * s.T - 1]);
+        for (int64_t t = 0; t < s.T; t += 3) printf("  t %lld err %.3f %.3f\n", (long long)t, par[2 * t] - s.truth[2 * t], par[2 * t + 1] - s.truth[2 * t + 1]);
+    }
+    CU_ASSERT(fabs(s.truth[2 * s.T - 2]) > 192); /* the last frame shares nothing with frame 0 */
+    CU_ASSERT(e < 0.3);
+    double maxdiff = 0;
+    for (int64_t i = 0; i < 2 * s.T; i++) maxdiff = fmax(maxdiff, fabs(par[i] - ser[i]));
+    CU_ASSERT(maxdiff < 1e-9);
+    tmd_drift_plan_destroy(&p);
+    free(par);
+    free(ser);
+    free_stack(&s);
+}
+
 /* Blocks that do not follow each other are refused on every rank with a message. */
 static void test_bad_blocks_refused(void)
 {
@@ -211,6 +244,7 @@ int main(int argc, char **argv)
                          (tmd_test_case[]){{"pair sub-pixel", test_pair_subpixel},
                                            {"lattice period", test_period},
                                            {"noisy stack, rank invariant", test_stack_noisy_and_rank_invariant},
+                                           {"drift beyond the field of view", test_stack_drifts_out_of_view},
                                            {"bad blocks refused", test_bad_blocks_refused},
                                            {0}});
 }

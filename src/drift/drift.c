@@ -327,15 +327,40 @@ void tmd_drift_block(int64_t frames, int rank, int nranks, int64_t *t0, int64_t 
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+/* Reads the (n, n) window of frame t at (y0, x0) (clamped into the frame) and transforms it. */
+static tmd_status window_spectrum(tmd_ctx *ctx, tmd_drift_plan *p, tmd_frame_read_fn read, void *user, int64_t t,
+                                  int64_t y0, int64_t x0, fftwf_complex *F)
+{
+    TMD_CHECK(read(ctx, user, t, y0, x0, p->n, p->n, p->frame_buf));
+    spectrum(p, p->frame_buf, F);
+    return TMD_OK;
+}
+
+/* Registers spectrum Fm against Fr: d with mov(x) = ref(x - d), searched within radius of g. */
+static tmd_status reg_spectra(tmd_ctx *ctx, tmd_drift_plan *p, const fftwf_complex *Fm, const fftwf_complex *Fr,
+                              const double g[2], double radius, double d[2])
+{
+    cross_power(p, Fm, Fr);
+    return find_peak(ctx, p, g[0], g[1], radius, d, NULL);
+}
+
 tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_frame_read_fn read, void *user,
                            int64_t T, int64_t H, int64_t W, int64_t t0, int64_t nt, double *drift)
 {
     tmd_status st = TMD_OK;
     int n = p->n, rank, nranks;
+    size_t nc = (size_t)n * p->nh;
     double *local = NULL;            /* (nt, 2) this block's drift */
-    fftwf_complex *f0 = NULL;        /* (n, nh) spectrum of frame 0's window */
+    double *chain = NULL;            /* (T, 2) chained frame-to-frame drift, every rank */
+    double *rel = NULL;              /* (nt, 2) drift of own frames relative to their keyframe */
+    int64_t *seg_start = NULL;       /* (nseg + 1) first frame of each segment, then T */
+    int32_t *seg_of = NULL;          /* (T) segment of each frame */
+    double *m = NULL;                /* (nseg, 2) keyframe against its segment mean */
+    double *K = NULL;                /* (nseg, 2) absolute drift of each keyframe */
+    int64_t *qsum = NULL;            /* (nseg, n, nh, 2) fixed-point segment mean spectra */
+    fftwf_complex *fk = NULL, *fm = NULL, *fm2 = NULL; /* (n, nh) keyframe / mean spectra */
     int *counts = NULL, *displs = NULL;
-    int64_t *qsum = NULL;            /* (n, nh, 2) fixed-point mean spectrum */
+    int64_t nseg = 0;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &nranks);
     if (n > H || n > W)
@@ -347,47 +372,50 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         st = TMD_FAIL(ctx, TMD_ERR_ARG, "drift: rank %d block [%lld, %lld) does not follow the blocks of ranks below (%lld)",
                       rank, (long long)t0, (long long)(t0 + nt), before);
     if (!st) st = tmd_calloc(ctx, (void **)&local, (size_t)(nt > 0 ? nt : 1) * 2, sizeof(double), "drift block");
+    if (!st) st = tmd_calloc(ctx, (void **)&rel, (size_t)(nt > 0 ? nt : 1) * 2, sizeof(double), "drift block");
+    if (!st) st = tmd_calloc(ctx, (void **)&chain, (size_t)(T > 0 ? T : 1) * 2, sizeof(double), "drift chain");
+    if (!st) st = tmd_calloc(ctx, (void **)&seg_start, (size_t)T + 2, sizeof(int64_t), "drift segments");
+    if (!st) st = tmd_calloc(ctx, (void **)&seg_of, (size_t)T + 1, sizeof(int32_t), "drift segments");
     if (!st) st = tmd_calloc(ctx, (void **)&counts, (size_t)nranks * 2, sizeof(int), "drift counts");
     if (!st) {
-        f0 = fftwf_malloc((size_t)n * p->nh * sizeof(fftwf_complex));
-        if (!f0) st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "drift: no memory for the frame-0 spectrum");
+        fk = fftwf_malloc(nc * sizeof(fftwf_complex));
+        fm = fftwf_malloc(nc * sizeof(fftwf_complex));
+        fm2 = fftwf_malloc(nc * sizeof(fftwf_complex));
+        if (!fk || !fm || !fm2) st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "drift: no memory for reference spectra");
     }
     int64_t wy0 = (H - n) / 2, wx0 = (W - n) / 2;
     double radius = 0, period = 0;
-    /* frame 0's window: the reference of the refinement and the lattice period */
+    /* frame 0's window: the lattice period (search radius, band-pass) */
     if (!st) st = read(ctx, user, 0, wy0, wx0, n, n, p->frame_buf);
     if (!st) st = tmd_drift_period(ctx, p, p->frame_buf, &period);
     if (!st) {
         /* keep the lattice's own frequencies in the band whatever the pixel size */
         if (period < p->n / 2.0 && 2.5 * period > p->o.highpass_px) set_weights(p, 2.5 * period);
-        spectrum(p, p->frame_buf, f0);
         radius = 0.45 * period;
         if (p->o.max_radius_px > 0 && radius > p->o.max_radius_px) radius = p->o.max_radius_px;
         tmd_debug(ctx, "drift: shortest period %.2f px, search radius %.2f px", period, radius);
     }
-    /* frame-to-frame steps of this block: pair (t-1, t) measured by the owner of t */
+    /* 1. frame-to-frame steps of this block: pair (t-1, t) measured by the owner of t */
     double cum[2] = {0, 0};
     int have_prev = 0; /* p->fa holds the spectrum of frame t - 1 */
     for (int64_t k = 0; !st && k < nt; k++) {
         int64_t t = t0 + k;
         if (t == 0) continue;
         if (!have_prev) {
-            st = read(ctx, user, t - 1, wy0, wx0, n, n, p->frame_buf);
+            st = window_spectrum(ctx, p, read, user, t - 1, wy0, wx0, p->fa);
             if (st) break;
-            spectrum(p, p->frame_buf, p->fa);
         }
-        st = read(ctx, user, t, wy0, wx0, n, n, p->frame_buf);
+        st = window_spectrum(ctx, p, read, user, t, wy0, wx0, p->fb);
         if (st) break;
-        spectrum(p, p->frame_buf, p->fb);
-        cross_power(p, p->fb, p->fa);
+        const double g0[2] = {0, 0};
         double d[2];
-        st = find_peak(ctx, p, 0, 0, radius, d, NULL);
+        st = reg_spectra(ctx, p, p->fb, p->fa, g0, radius, d);
         if (st) break;
         cum[0] += d[0];
         cum[1] += d[1];
         local[2 * k] = cum[0];
         local[2 * k + 1] = cum[1];
-        memcpy(p->fa, p->fb, (size_t)n * p->nh * sizeof(fftwf_complex));
+        memcpy(p->fa, p->fb, nc * sizeof(fftwf_complex));
         have_prev = 1;
         if (tmd_interrupted(ctx)) st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "drift: interrupted at frame %lld", (long long)t);
     }
@@ -400,99 +428,209 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         local[2 * k] += off[0];
         local[2 * k + 1] += off[1];
     }
-    /* refinement against frame 0: window of frame t read at the chained offset */
-    for (int64_t k = 0; p->o.refine_to_first && k < nt; k++) {
-        int64_t t = t0 + k;
-        if (t == 0) continue;
-        int64_t ox = clamp64((int64_t)llround(local[2 * k]), -wx0, W - n - wx0);
-        int64_t oy = clamp64((int64_t)llround(local[2 * k + 1]), -wy0, H - n - wy0);
-        st = read(ctx, user, t, wy0 + oy, wx0 + ox, n, n, p->frame_buf);
-        if (st) break;
-        spectrum(p, p->frame_buf, p->fb);
-        cross_power(p, p->fb, f0);
-        double d[2];
-        st = find_peak(ctx, p, local[2 * k] - ox, local[2 * k + 1] - oy, radius, d, NULL);
-        if (st) break;
-        local[2 * k] = ox + d[0];
-        local[2 * k + 1] = oy + d[1];
-    }
-    st = tmd_agree(ctx, comm, st);
-    if (st) goto cleanup;
-    /* second refinement against the mean of all frames aligned to frame 0 (its noise is
-     * sqrt(T) lower than frame 0's); the mean spectrum is summed in fixed point so that it
-     * is the same on any number of ranks */
-    if (p->o.refine_to_first && p->o.mean_reference && T > 1) {
-        size_t nc = (size_t)n * p->nh;
-        st = tmd_calloc(ctx, (void **)&qsum, 2 * nc, sizeof(int64_t), "drift mean reference");
-        double fmax = 0;
-        for (size_t i = 0; !st && i < nc; i++) fmax = fmax > cabsf(f0[i]) ? fmax : cabsf(f0[i]);
-        double qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1; /* |sum of T spectra| / T stays within 4 fmax */
-        for (int64_t k = 0; !st && k < nt; k++) {
-            int64_t t = t0 + k;
-            int64_t ox = 0, oy = 0;
-            double rx = 0, ry = 0;
-            if (t == 0) {
-                memcpy(p->fb, f0, nc * sizeof(fftwf_complex));
-            } else {
-                ox = clamp64((int64_t)llround(local[2 * k]), -wx0, W - n - wx0);
-                oy = clamp64((int64_t)llround(local[2 * k + 1]), -wy0, H - n - wy0);
-                rx = local[2 * k] - ox;
-                ry = local[2 * k + 1] - oy;
-                st = read(ctx, user, t, wy0 + oy, wx0 + ox, n, n, p->frame_buf);
-                if (st) break;
-                spectrum(p, p->frame_buf, p->fb);
-            }
-            for (int ky = 0; ky < n; ky++)
-                for (int kx = 0; kx < p->nh; kx++) {
-                    size_t i = (size_t)ky * p->nh + kx;
-                    double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
-                    double complex v = p->fb[i] * cexp(I * ph) / (double)T;
-                    qsum[2 * i] += llround(creal(v) * qscale);
-                    qsum[2 * i + 1] += llround(cimag(v) * qscale);
-                }
-        }
-        st = tmd_agree(ctx, comm, st);
-        if (st) goto cleanup;
-        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, qsum, (int)(2 * nc), MPI_INT64_T, MPI_SUM, comm));
-        if (st) goto cleanup;
-        for (size_t i = 0; i < nc; i++) f0[i] = (float)(qsum[2 * i] / qscale) + I * (float)(qsum[2 * i + 1] / qscale);
-        /* frame 0 against the mean: the origin every frame is measured from */
-        double r0[2];
-        st = read(ctx, user, 0, wy0, wx0, n, n, p->frame_buf);
-        if (!st) {
-            spectrum(p, p->frame_buf, p->fb);
-            cross_power(p, p->fb, f0);
-            st = find_peak(ctx, p, 0, 0, radius, r0, NULL);
-        }
-        for (int64_t k = 0; !st && k < nt; k++) {
-            int64_t t = t0 + k;
-            if (t == 0) continue;
-            int64_t ox = clamp64((int64_t)llround(local[2 * k]), -wx0, W - n - wx0);
-            int64_t oy = clamp64((int64_t)llround(local[2 * k + 1]), -wy0, H - n - wy0);
-            st = read(ctx, user, t, wy0 + oy, wx0 + ox, n, n, p->frame_buf);
-            if (st) break;
-            spectrum(p, p->frame_buf, p->fb);
-            cross_power(p, p->fb, f0);
-            double d[2];
-            st = find_peak(ctx, p, local[2 * k] - ox + r0[0], local[2 * k + 1] - oy + r0[1], radius, d, NULL);
-            if (st) break;
-            local[2 * k] = ox + d[0] - r0[0];
-            local[2 * k + 1] = oy + d[1] - r0[1];
-        }
-        st = tmd_agree(ctx, comm, st);
-        if (st) goto cleanup;
-    }
     displs = counts + nranks;
     int c = (int)(2 * nt);
     MPI_Allgather(&c, 1, MPI_INT, counts, 1, MPI_INT, comm);
     for (int r = 0, acc = 0; r < nranks; r++) { displs[r] = acc; acc += counts[r]; }
+    st = TMD_MPI(ctx, MPI_Allgatherv(local, c, MPI_DOUBLE, chain, counts, displs, MPI_DOUBLE, comm));
+    if (st) goto cleanup;
+    chain[0] = chain[1] = 0;
+    if (!p->o.refine_to_first) {
+        memcpy(drift, chain, (size_t)T * 2 * sizeof(double));
+        goto cleanup;
+    }
+    /* 2. segments: a new keyframe when the content has moved by a quarter of the free margin
+     *    of the frame (or an eighth of the window), so every frame's window of its keyframe's
+     *    content lies inside it; the same on every rank (from the gathered chain) */
+    double thr = fmax((double)((W < H ? W : H) - n) / 4.0, n / 8.0);
+    seg_start[0] = 0;
+    nseg = 1;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t s0 = seg_start[nseg - 1];
+        if (t > s0 && (fabs(chain[2 * t] - chain[2 * s0]) > thr || fabs(chain[2 * t + 1] - chain[2 * s0 + 1]) > thr))
+            seg_start[nseg++] = t;
+        seg_of[t] = (int32_t)(nseg - 1);
+    }
+    seg_start[nseg] = T;
+    if (nseg > 1) tmd_debug(ctx, "drift: %lld keyframe segments", (long long)nseg);
+    /* 3. every own frame against its keyframe's window content */
+    int64_t cur_key = -1;
+    for (int64_t k = 0; !st && k < nt; k++) {
+        int64_t t = t0 + k, s = seg_of[t], key = seg_start[s];
+        if (key != cur_key) {
+            st = window_spectrum(ctx, p, read, user, key, wy0, wx0, fk);
+            cur_key = key;
+            if (st) break;
+        }
+        double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
+        int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
+        if (t == key) continue; /* rel = 0 */
+        st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+        if (st) break;
+        double g[2] = {dx - ox, dy - oy}, d[2];
+        st = reg_spectra(ctx, p, p->fb, fk, g, radius, d);
+        if (st) break;
+        rel[2 * k] = ox + d[0];
+        rel[2 * k + 1] = oy + d[1];
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    st = tmd_calloc(ctx, (void **)&m, (size_t)nseg * 2, sizeof(double), "drift keyframe offsets");
+    if (!st) st = tmd_calloc(ctx, (void **)&K, (size_t)nseg * 2, sizeof(double), "drift keyframes");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* 4. segment means: every frame's window aligned to its keyframe, averaged (fixed point,
+     *    so the same on any rank count); then frames again against their segment mean */
+    int use_mean = p->o.mean_reference && T > 1;
+    if (use_mean) {
+        size_t qn = (size_t)nseg * 2 * nc;
+        st = tmd_calloc(ctx, (void **)&qsum, qn, sizeof(int64_t), "drift mean references");
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+        /* scale from frame 0's spectrum: |mean| stays within 4 max|F0| */
+        st = window_spectrum(ctx, p, read, user, 0, wy0, wx0, fk);
+        double fmax = 0;
+        for (size_t i = 0; i < nc; i++) fmax = fmax > cabsf(fk[i]) ? fmax : cabsf(fk[i]);
+        double qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1;
+        for (int64_t k = 0; !st && k < nt; k++) {
+            int64_t t = t0 + k, s = seg_of[t], key = seg_start[s], len = seg_start[s + 1] - key;
+            double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
+            int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
+            if (t == key) ox = oy = 0;
+            double rx = rel[2 * k] - ox, ry = rel[2 * k + 1] - oy;
+            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+            if (st) break;
+            int64_t *q = qsum + (size_t)s * 2 * nc;
+            for (int ky = 0; ky < n; ky++)
+                for (int kx = 0; kx < p->nh; kx++) {
+                    size_t i = (size_t)ky * p->nh + kx;
+                    double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
+                    double complex v = p->fb[i] * cexp(I * ph) / (double)len;
+                    q[2 * i] += llround(creal(v) * qscale);
+                    q[2 * i + 1] += llround(cimag(v) * qscale);
+                }
+        }
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+        /* reduce in pieces of at most 2^27 values (MPI counts are int) */
+        for (size_t o = 0; o < qn && !st; o += (size_t)1 << 27) {
+            size_t cnt = qn - o < ((size_t)1 << 27) ? qn - o : ((size_t)1 << 27);
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, qsum + o, (int)cnt, MPI_INT64_T, MPI_SUM, comm));
+        }
+        if (st) goto cleanup;
+        /* m_k: keyframe against its mean (every rank, every segment: the same numbers) */
+        const double g0[2] = {0, 0};
+        for (int64_t s = 0; !st && s < nseg; s++) {
+            const int64_t *q = qsum + (size_t)s * 2 * nc;
+            for (size_t i = 0; i < nc; i++) fm[i] = (float)(q[2 * i] / qscale) + I * (float)(q[2 * i + 1] / qscale);
+            st = window_spectrum(ctx, p, read, user, seg_start[s], wy0, wx0, fk);
+            if (!st) st = reg_spectra(ctx, p, fk, fm, g0, radius, &m[2 * s]);
+        }
+        /* own frames against their segment mean */
+        int64_t cur = -1;
+        for (int64_t k = 0; !st && k < nt; k++) {
+            int64_t t = t0 + k, s = seg_of[t], key = seg_start[s];
+            if (t == key) continue;
+            if (s != cur) {
+                const int64_t *q = qsum + (size_t)s * 2 * nc;
+                for (size_t i = 0; i < nc; i++) fm[i] = (float)(q[2 * i] / qscale) + I * (float)(q[2 * i + 1] / qscale);
+                cur = s;
+            }
+            double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
+            int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
+            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+            if (st) break;
+            double g[2] = {rel[2 * k] - ox + m[2 * s], rel[2 * k + 1] - oy + m[2 * s + 1]}, d[2];
+            st = reg_spectra(ctx, p, p->fb, fm, g, radius, d);
+            if (st) break;
+            rel[2 * k] = ox + d[0] - m[2 * s];
+            rel[2 * k + 1] = oy + d[1] - m[2 * s + 1];
+        }
+        st = tmd_agree(ctx, comm, st);
+        if (st) goto cleanup;
+    }
+    /* 5. keyframes chained: segment s's frames are read once more where the previous
+     *    segment's content sits in them (a small residual shift, so the apodisation does not
+     *    bias it), aligned with their drift relative to keyframe s plus the chained step
+     *    dc = chain(key s) - chain(key s-1), and averaged into M'_s. Then M'_s against M_s-1
+     *    gives e = K_s - K_s-1 - dc + m_s-1. Without mean references the keyframe alone is used. */
+    if (nseg > 1) {
+        size_t qn = (size_t)nseg * 2 * nc;
+        int64_t *q2 = NULL; /* (nseg, n, nh, 2) M'_s */
+        double qscale = 0;
+        st = tmd_calloc(ctx, (void **)&q2, qn, sizeof(int64_t), "drift keyframe links");
+        if (!st) st = window_spectrum(ctx, p, read, user, 0, wy0, wx0, fk);
+        double fmax = 0;
+        for (size_t i = 0; !st && i < nc; i++) fmax = fmax > cabsf(fk[i]) ? fmax : cabsf(fk[i]);
+        qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1;
+        for (int64_t k = 0; !st && k < nt; k++) {
+            int64_t t = t0 + k, s = seg_of[t];
+            if (s == 0) continue;
+            int64_t key = seg_start[s], prev = seg_start[s - 1];
+            if (!use_mean && t != key) continue;
+            int64_t len = use_mean ? seg_start[s + 1] - key : 1;
+            double dcx = chain[2 * key] - chain[2 * prev], dcy = chain[2 * key + 1] - chain[2 * prev + 1];
+            double ex = dcx + rel[2 * k], ey = dcy + rel[2 * k + 1]; /* drift of t relative to key s-1, estimated */
+            int64_t ox = clamp64((int64_t)llround(ex), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(ey), -wy0, H - n - wy0);
+            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+            if (st) break;
+            double rx = ex - ox, ry = ey - oy;
+            int64_t *q = q2 + (size_t)s * 2 * nc;
+            for (int ky = 0; ky < n; ky++)
+                for (int kx = 0; kx < p->nh; kx++) {
+                    size_t i = (size_t)ky * p->nh + kx;
+                    double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
+                    double complex v = p->fb[i] * cexp(I * ph) / (double)len;
+                    q[2 * i] += llround(creal(v) * qscale);
+                    q[2 * i + 1] += llround(cimag(v) * qscale);
+                }
+        }
+        st = tmd_agree(ctx, comm, st);
+        for (size_t o = 0; o < qn && !st; o += (size_t)1 << 27) {
+            size_t cnt = qn - o < ((size_t)1 << 27) ? qn - o : ((size_t)1 << 27);
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, q2 + o, (int)cnt, MPI_INT64_T, MPI_SUM, comm));
+        }
+        for (int64_t s = 1; !st && s < nseg; s++) {
+            int64_t key = seg_start[s], prev = seg_start[s - 1];
+            const int64_t *q1 = q2 + (size_t)s * 2 * nc;
+            for (size_t i = 0; i < nc; i++) fm2[i] = (float)q1[2 * i] + I * (float)q1[2 * i + 1];
+            if (use_mean) {
+                const int64_t *q0 = qsum + (size_t)(s - 1) * 2 * nc;
+                for (size_t i = 0; i < nc; i++) fm[i] = (float)q0[2 * i] + I * (float)q0[2 * i + 1];
+            } else {
+                st = window_spectrum(ctx, p, read, user, prev, wy0, wx0, fm);
+                if (st) break;
+            }
+            double g[2] = {m[2 * s - 2], m[2 * s - 1]}, e[2];
+            st = reg_spectra(ctx, p, fm2, fm, g, radius, e);
+            if (st) break;
+            K[2 * s] = K[2 * s - 2] + (chain[2 * key] - chain[2 * prev]) + e[0] - m[2 * s - 2];
+            K[2 * s + 1] = K[2 * s - 1] + (chain[2 * key + 1] - chain[2 * prev + 1]) + e[1] - m[2 * s - 1];
+        }
+        free(q2);
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t k = 0; k < nt; k++) {
+        int64_t s = seg_of[t0 + k];
+        local[2 * k] = K[2 * s] + rel[2 * k];
+        local[2 * k + 1] = K[2 * s + 1] + rel[2 * k + 1];
+    }
     st = TMD_MPI(ctx, MPI_Allgatherv(local, c, MPI_DOUBLE, drift, counts, displs, MPI_DOUBLE, comm));
     if (!st) drift[0] = drift[1] = 0;
 cleanup:
     free(local);
-    free(counts);
+    free(rel);
+    free(chain);
+    free(seg_start);
+    free(seg_of);
+    free(m);
+    free(K);
     free(qsum);
-    fftwf_free(f0);
+    free(counts);
+    fftwf_free(fk);
+    fftwf_free(fm);
+    fftwf_free(fm2);
     set_weights(p, p->o.highpass_px);
     return st;
 }
