@@ -18,14 +18,19 @@
  * Stack drift (tmd_drift_stack): each rank registers its own contiguous block of frames.
  * The rank owning frame t also reads the window of frame t-1 (so pairs that straddle a
  * rank boundary are measured once), sums its steps, and MPI_Exscan over (dx, dy) of the
- * block totals gives each block its starting drift. This chained estimate is then refined
- * per frame against frame 0 itself (window of frame t read at the chained offset, search
- * radius < half a period), which removes the random-walk error of the chain; the chain only
- * has to be right to within half a lattice period, and the refinement gives the precision.
- * A last pass registers every frame against the mean of all frames aligned to frame 0 (a
- * reference with sqrt(T) less noise; summed in fixed point, so rank-count independent) and
- * subtracts frame 0's own offset against that mean.
- *
+ * block totals gives each block its starting drift. This chained estimate (gathered on
+ * every rank) only has to be right to within half a lattice period; the precision comes
+ * from references with little noise:
+ *   - the stack is cut into keyframe segments: a new keyframe whenever the content has
+ *     moved by a quarter of the frame's free margin, so long stacks that drift far beyond
+ *     the field of view are handled (no frame has to overlap frame 0);
+ *   - every frame is registered against its keyframe's window content (read at the chained
+ *     integer offset, so the residual shift is small and the apodisation does not bias it),
+ *     then against the mean of its segment aligned to the keyframe (sqrt(len) less noise;
+ *     summed in fixed point, so the same on any rank count), corrected for the keyframe's own
+ *     offset against that mean;
+ *   - keyframes are chained through the segments: segment s's frames read where segment
+ *     s-1's content sits in them, averaged and registered against segment s-1's mean.
  * Convention (DESIGN.md /drift): drift[t] = (dx, dy) means what sits at (x, y) in frame 0
  * appears at (x + dx, y + dy) in frame t; drift[0] = (0, 0).
  *
@@ -59,8 +64,8 @@ typedef struct tmd_drift_opts {
     double highpass_px;   /* structures larger than this (px) get no weight (contamination) */
     double max_radius_px; /* cap on the search radius, px (0 = only the lattice rule) */
     int upsample;         /* sub-pixel refinement factor of the matrix DFT (e.g. 40) */
-    int refine_to_first;  /* 1: refine every frame against frame 0 (recommended) */
-    int mean_reference;   /* 1: then again against the mean of all frames aligned to frame 0 */
+    int refine_to_first;  /* 1: refine the chain against keyframes (recommended; 0 = chain only) */
+    int mean_reference;   /* 1: and against the mean of each keyframe segment */
 } tmd_drift_opts;
 
 void tmd_drift_opts_default(tmd_drift_opts *o);
