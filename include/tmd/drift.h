@@ -31,6 +31,7 @@
  *     offset against that mean;
  *   - keyframes are chained through the segments: segment s's frames read where segment
  *     s-1's content sits in them, averaged and registered against segment s-1's mean.
+ *
  * Convention (DESIGN.md /drift): drift[t] = (dx, dy) means what sits at (x, y) in frame 0
  * appears at (x + dx, y + dy) in frame t; drift[0] = (0, 0).
  *
