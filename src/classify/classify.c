@@ -8,6 +8,10 @@
 #define NB 128            /* histogram bins over [0, 1.05] x frame max intensity */
 #define MAXNB 6           /* neighbours kept per atom (a honeycomb atom has 3) */
 #define VOTE_FIX 65536.0  /* fixed point of the vote sums (exact, order-independent reductions) */
+/* outlier component of the contrast model (a column on contamination, at a hole edge, a false
+ * detection): weight and uniform density over the histogram range; keeps EM robust */
+#define OUT_W 0.03
+#define OUT_D (1.0 / 1.05)
 
 void tmd_classify_opts_default(tmd_classify_opts *o)
 {
@@ -96,10 +100,10 @@ static double hist_ll(const model_t *m, const int64_t *hm, const int64_t *hx)
         int nl = side ? 6 : 3;
         for (int b = 0; b < NB; b++) {
             if (!h[b]) continue;
-            double I = (b + 0.5) * bw, tot = 0;
+            double I = (b + 0.5) * bw, tot = OUT_W * OUT_D;
             for (int k = 0; k < nl; k++) {
                 double mu = m->s * L[k];
-                tot += w[k] * gauss(I - mu, m->sa2 + m->rho * m->rho * mu * mu);
+                tot += (1 - OUT_W) * w[k] * gauss(I - mu, m->sa2 + m->rho * m->rho * mu * mu);
             }
             ll += (double)h[b] * log(tot * bw + 1e-300);
         }
@@ -137,8 +141,13 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
             int nl = side ? 6 : 3;
             for (int b = 0; b < NB; b++) {
                 if (!h[b]) continue;
-                double I = (b + 0.5) * bw, r[6];
-                posterior(m, L, w, nl, I, r);
+                double I = (b + 0.5) * bw, r[6], tot = OUT_W * OUT_D;
+                for (int k = 0; k < nl; k++) {
+                    double mu = m->s * L[k];
+                    r[k] = (1 - OUT_W) * w[k] * gauss(I - mu, m->sa2 + m->rho * m->rho * mu * mu);
+                    tot += r[k];
+                }
+                for (int k = 0; k < nl; k++) r[k] /= tot;
                 double c = (double)h[b];
                 for (int k = 0; k < nl; k++) {
                     double cr = c * r[k], mu = m->s * L[k], var = m->sa2 + m->rho * m->rho * mu * mu;
