@@ -175,7 +175,7 @@ slurm_local_stop() {
     # Job-step daemons that belong to this instance (their command line names our spool dir
     # or they are children of our slurmd) go too.
     for p in $(pgrep -f "slurmstepd" 2>/dev/null); do
-        if tr '\0' ' ' < "/proc/$p/environ" 2>/dev/null | grep -q "SLURM_CONF=$dir/slurm.conf"; then pids+=("$p"); fi
+        if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$dir/slurm.conf"; then pids+=("$p"); fi
     done
     if [ ${#pids[@]} -gt 0 ]; then
         kill -TERM "${pids[@]}" 2>/dev/null || true
