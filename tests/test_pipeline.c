@@ -6,7 +6,8 @@
  * for a tile grid that does not divide the image and for a 3-frame stack split in time; with
  * the halo at the U-Net's reach, two tile sizes give the same column positions; the
  * result file carries the root attributes (version, config, ranks, input, pixel size, stage
- * table) and /segmentation/classes when save_maps=1; a truncated input and a missing model fail
+ * table) and /segmentation/classes (one chunk per tile, written independently by the tiles'
+ * owners) when save_maps=1; a truncated input and a missing model fail
  * on every rank with one message and leave no result file; an existing result is not
  * overwritten without --force.
  * The model has random weights (a trained U-Net is not needed to test the machinery: every
@@ -292,6 +293,12 @@ static void test_result_file(void)
         CU_ASSERT_EQUAL(H5Sget_simple_extent_ndims(sp), 3);
         H5Sget_simple_extent_dims(sp, dims, NULL);
         CU_ASSERT(dims[0] == 1 && dims[1] == 241 && dims[2] == 303);
+        hid_t dcpl = H5Dget_create_plist(d);
+        hsize_t chunk[3] = {0, 0, 0};
+        CU_ASSERT_EQUAL(H5Pget_layout(dcpl), H5D_CHUNKED);
+        CU_ASSERT_EQUAL(H5Pget_chunk(dcpl, 3, chunk), 3);
+        CU_ASSERT(chunk[0] == 1 && chunk[1] == 64 && chunk[2] == 64); /* one chunk per tile */
+        H5Pclose(dcpl);
         uint8_t *cls = malloc(241 * 303);
         CU_ASSERT(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, cls) >= 0);
         int maxc = 0;

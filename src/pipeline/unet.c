@@ -22,25 +22,32 @@ tmd_status tmd_unet_begin(tmd_ctx *ctx, tmd_run *run)
                        tmd_nn_plan_flops(run->unet_plan) / 1e9);
     st = tmd_agree(ctx, run->comm, st);
     if (st || !run->cfg.save_maps) return st;
-    /* (T, H, W) uint8, contiguous: each rank writes its tiles' rectangles independently as
-     * the tiles complete (a contiguous layout needs no chunk-index lookups, which would be
-     * metadata reads outside a collective) */
-    hid_t file = tmd_writer_file(run->writer), lcpl = H5I_INVALID_HID, space = H5I_INVALID_HID, dcpl = H5I_INVALID_HID;
+    /* (T, H, W) uint8, one chunk per tile (frames_per_tile, tile, tile), so every chunk has
+     * one writer. Space is allocated at creation; each rank then writes its tiles'
+     * rectangles independently as they complete. The chunk-index lookups of those writes are
+     * metadata reads outside any collective, so collective metadata reads are switched off
+     * for this dataset (its access property list). */
+    hid_t file = tmd_writer_file(run->writer), lcpl = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    hid_t dcpl = H5I_INVALID_HID, dapl = H5I_INVALID_HID;
     hsize_t dims[3] = {(hsize_t)d->dims[0], (hsize_t)d->dims[1], (hsize_t)d->dims[2]};
+    hsize_t chunk[3] = {(hsize_t)d->tile[0], (hsize_t)d->tile[1], (hsize_t)d->tile[2]};
     lcpl = H5Pcreate(H5P_LINK_CREATE);
     space = H5Screate_simple(3, dims, NULL);
     dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    dapl = H5Pcreate(H5P_DATASET_ACCESS);
     uint8_t zero = 0;
-    if (lcpl < 0 || space < 0 || dcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
-        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 || H5Pset_fill_value(dcpl, H5T_NATIVE_UINT8, &zero) < 0)
+    if (lcpl < 0 || space < 0 || dcpl < 0 || dapl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
+        H5Pset_chunk(dcpl, 3, chunk) < 0 || H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
+        H5Pset_fill_value(dcpl, H5T_NATIVE_UINT8, &zero) < 0 || H5Pset_all_coll_metadata_ops(dapl, 0) < 0)
         st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot prepare /segmentation/classes", run->output);
     if (!st) {
-        run->seg_dset = H5Dcreate2(file, "/segmentation/classes", H5T_NATIVE_UINT8, space, lcpl, dcpl, H5P_DEFAULT);
+        run->seg_dset = H5Dcreate2(file, "/segmentation/classes", H5T_NATIVE_UINT8, space, lcpl, dcpl, dapl);
         if (run->seg_dset < 0) st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot create /segmentation/classes", run->output);
     }
     if (lcpl >= 0) H5Pclose(lcpl);
     if (space >= 0) H5Sclose(space);
     if (dcpl >= 0) H5Pclose(dcpl);
+    if (dapl >= 0) H5Pclose(dapl);
     return st;
 }
 
