@@ -1,6 +1,9 @@
-/* dyn_bench STACK.h5 [--no-features] — speed and accuracy of the dynamics stages alone on a
- * simulated stack (tmdflow simulate --frames T -o STACK.h5), with the simulator's own atoms
- * standing in for the upstream stages (segmentation, atoms, classification):
+/* dyn_bench STACK.h5 [--no-features] [--atoms RESULT.h5] — speed and accuracy of the dynamics
+ * stages alone on a simulated stack (tmdflow simulate --frames T -o STACK.h5), with the
+ * simulator's own atoms standing in for the upstream stages (segmentation, atoms,
+ * classification), or with --atoms the atoms, species, intensities, latents and vacancies
+ * of a tmdflow run on that stack (so the current dynamics code is measured on real upstream
+ * output without re-running the U-Net):
  *   drift       tmd_drift_stack on /image (each rank its block of frames)
  *   features    ring-descriptor latents of every atom's patch (each rank its frames)
  *   track       basis on frame 0 + site ids
@@ -68,7 +71,12 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    int features = !(argc > 2 && !strcmp(argv[2], "--no-features"));
+    int features = 1;
+    const char *atoms_from = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--no-features")) features = 0;
+        else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
+    }
     char spec[1100];
     snprintf(spec, sizeof spec, "%s:/image", argv[1]);
     tmd_reader *rd = NULL;
@@ -105,17 +113,33 @@ int main(int argc, char **argv)
     }
     double se = 0;
     for (int64_t i = 0; i < T; i++) se += pow(drift[2 * i] - tdrift[2 * i], 2) + pow(drift[2 * i + 1] - tdrift[2 * i + 1], 2);
-    /* the simulator's atoms of this rank's frames */
-    int64_t na;
-    double *x = col(&ctx, f, "/atoms/x", TMD_F64, &na, &k), *y = col(&ctx, f, "/atoms/y", TMD_F64, &na, &k);
-    int32_t *fr = col(&ctx, f, "/atoms/frame", TMD_I32, &na, &k);
-    int8_t *sub = col(&ctx, f, "/atoms/sublattice", TMD_I8, &na, &k), *sp = col(&ctx, f, "/atoms/species", TMD_I8, &na, &k);
-    float *inten = col(&ctx, f, "/atoms/intensity", TMD_F32, &na, &k);
+    /* the atoms of this rank's frames: the simulator's, or a run's (--atoms) */
+    hid_t fa = f;
+    if (atoms_from && tmd_h5_open_read(&ctx, atoms_from, &fa)) {
+        fprintf(stderr, "dyn_bench: %s\n", ctx.err_msg);
+        MPI_Abort(comm, 1);
+    }
+    int64_t na, D = 0;
+    double *x = col(&ctx, fa, "/atoms/x", TMD_F64, &na, &k), *y = col(&ctx, fa, "/atoms/y", TMD_F64, &na, &k);
+    int32_t *fr = col(&ctx, fa, "/atoms/frame", TMD_I32, &na, &k);
+    int8_t *sub = col(&ctx, fa, "/atoms/sublattice", TMD_I8, &na, &k), *sp = col(&ctx, fa, "/atoms/species", TMD_I8, &na, &k);
+    float *inten = col(&ctx, fa, "/atoms/intensity", TMD_F32, &na, &k), *lat = NULL;
+    if (atoms_from && tmd_h5_exists(fa, "/features/latent")) {
+        lat = col(&ctx, fa, "/features/latent", TMD_F32, &na, &D);
+        features = 0; /* the run's own latents */
+    }
+    if (atoms_from && tmd_h5_exists(fa, "/lattice/a1")) {
+        free(a1);
+        free(a2);
+        a1 = col(&ctx, fa, "/lattice/a1", TMD_F64, &n, &k);
+        a2 = col(&ctx, fa, "/lattice/a2", TMD_F64, &n, &k);
+    }
     tmd_atom_table a;
     tmd_atom_table_init(&a, 1);
     tmd_encoder enc;
     tmd_encoder_descriptor(24, 8, 0.12 / px, &enc);
     if (features) tmd_atom_table_set_latent(&ctx, &a, enc.dim);
+    else if (lat) tmd_atom_table_set_latent(&ctx, &a, (int)D);
     for (int64_t i = 0; i < na; i++) {
         if (fr[i] < t0 || fr[i] >= t0 + nt) continue;
         int64_t r;
@@ -126,15 +150,19 @@ int main(int argc, char **argv)
         a.sublattice[r] = sub[i];
         a.species[r] = sp[i];
         a.intensity[r] = inten[i];
+        if (lat) memcpy(a.latent + r * D, lat + i * D, sizeof(float) * D);
     }
     tmd_defect_table df;
     tmd_defect_table_init(&df);
-    int64_t nd;
-    int32_t *dfr = col(&ctx, f, "/defects/frame", TMD_I32, &nd, &k);
-    double *dx = col(&ctx, f, "/defects/x", TMD_F64, &nd, &k), *dy = col(&ctx, f, "/defects/y", TMD_F64, &nd, &k);
-    int8_t *dt = col(&ctx, f, "/defects/type", TMD_I8, &nd, &k);
-    for (int64_t i = 0; i < nd; i++)
-        if (dfr[i] >= t0 && dfr[i] < t0 + nt) tmd_defect_table_push(&ctx, &df, dfr[i], dx[i], dy[i], dt[i]);
+    int64_t nd = 0;
+    if (tmd_h5_exists(fa, "/defects/frame")) {
+        int32_t *dfr = col(&ctx, fa, "/defects/frame", TMD_I32, &nd, &k);
+        double *dx = col(&ctx, fa, "/defects/x", TMD_F64, &nd, &k), *dy = col(&ctx, fa, "/defects/y", TMD_F64, &nd, &k);
+        int8_t *dt = col(&ctx, fa, "/defects/type", TMD_I8, &nd, &k);
+        for (int64_t i = 0; i < nd; i++)
+            if (dfr[i] >= t0 && dfr[i] < t0 + nt) tmd_defect_table_push(&ctx, &df, dfr[i], dx[i], dy[i], dt[i]);
+    }
+    if (fa != f) H5Fclose(fa);
     /* features: one frame at a time (atoms are in frame order) */
     MPI_Barrier(comm);
     c0 = MPI_Wtime();
@@ -213,8 +241,8 @@ int main(int argc, char **argv)
             inview[i] = (int8_t)in;
         }
         double total = tmax[0] + tmax[1] + tmax[2] + tmax[3] + tmax[4];
-        printf("dyn_bench %s: %lld frames of %lldx%lld, %d ranks, %lld atoms, %d sites\n", argv[1], (long long)T,
-               (long long)H, (long long)W, ctx.nranks, (long long)na, tot);
+        printf("dyn_bench %s: %lld frames of %lldx%lld, %d ranks, %lld atoms (%s), %d sites\n", argv[1], (long long)T,
+               (long long)H, (long long)W, ctx.nranks, (long long)na, atoms_from ? atoms_from : "simulator's", tot);
         const char *names[5] = {"drift", "features", "track", "instability", "density"};
         double ctot = 0;
         printf("  %-12s %10s %12s %10s %12s\n", "stage", "wall_s", "frames/s", "cpu_s", "frames/cpu_s");
