@@ -101,9 +101,49 @@ tmd_status tmd_nn_net_init(tmd_ctx *ctx, tmd_nn_net *net, const tmd_nn_model *m,
         tmd_nn_tensor *T = &net->t[i];
         int64_t rs = (int64_t)c[T->root] * hh[T->root] * ww[T->root];
         T->ss = rs;
-        if (T->root == i) {
+        if (T->root == i && training) {
             T->data = net_alloc(ctx, net, rs * batch, "nn activations", &st);
-            if (training) T->grad = net_alloc(ctx, net, rs * batch, "nn gradients", &st);
+            T->grad = net_alloc(ctx, net, rs * batch, "nn gradients", &st);
+        }
+    }
+    if (!training && !st) {
+        /* inference: activation buffers are reused once every reader of a tensor has run.
+         * A root lives from the first layer that writes into it (a concat member) to the
+         * last layer that reads it (the output: to the end). Best-fit reuse of freed
+         * buffers, else a new buffer. */
+        int birth[TMD_NN_MAX_LAYERS], death[TMD_NN_MAX_LAYERS];
+        float *fbuf[TMD_NN_MAX_LAYERS];
+        int64_t fsize[TMD_NN_MAX_LAYERS], rsize[TMD_NN_MAX_LAYERS];
+        int nfree = 0;
+        for (int i = 0; i <= until; i++) birth[i] = -1, death[i] = -1;
+        for (int i = 0; i <= until; i++) {
+            int r = net->t[i].root;
+            if (birth[r] < 0 || i < birth[r]) birth[r] = i;
+            if (death[r] < i) death[r] = i;
+            for (int k = 0; k < 2 && i > 0; k++) {
+                int a = m->layers[i].in[k];
+                if (a >= 0 && death[net->t[a].root] < i) death[net->t[a].root] = i;
+            }
+        }
+        death[net->t[until].root] = until + 1;
+        for (int i = 0; i <= until && !st; i++) {
+            for (int r = 0; r <= until && !st; r++) {
+                if (birth[r] != i || net->t[r].root != r) continue;
+                rsize[r] = net->t[r].ss * batch;
+                int best = -1;
+                for (int k = 0; k < nfree; k++)
+                    if (fsize[k] >= rsize[r] && (best < 0 || fsize[k] < fsize[best])) best = k;
+                if (best >= 0) {
+                    net->t[r].data = fbuf[best];
+                    rsize[r] = fsize[best];
+                    fbuf[best] = fbuf[nfree - 1], fsize[best] = fsize[nfree - 1], nfree--;
+                } else {
+                    net->t[r].data = net_alloc(ctx, net, rsize[r], "nn activations", &st);
+                }
+            }
+            for (int r = 0; r <= until; r++)
+                if (net->t[r].root == r && death[r] == i && birth[r] >= 0 && net->t[r].data)
+                    fbuf[nfree] = net->t[r].data, fsize[nfree] = rsize[r], nfree++;
         }
     }
     if (st) goto cleanup;
