@@ -161,7 +161,7 @@ void tmd_sim_params_draw(tmd_sim_params *p, uint64_t seed, int64_t index)
     p->offset = U(key, k++, 0, 1000);
     p->scan_smear = coin(key, k++, 0.3) ? 0.0 : U(key, k, 0, 0.35);
     k++;
-    p->background = U(key, k++, 0, 0.3);
+    p->background = U(key, k++, 0, 0.5); /* the real MoS2 image sits near 0.45 */
     p->background_var = U(key, k++, 0, 0.15);
     p->background_length = U(key, k++, 30, 300);
     p->contamination = U(key, k++, 0, 0.4);
