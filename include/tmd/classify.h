@@ -65,7 +65,8 @@ typedef struct tmd_classify_opts {
                                 user), else 0. Then the measured lattice constant enters the fit through
                                 Vegard's law (sd a_sd_rel): it tells S from Se where the contrast ratio
                                 alone is ambiguous (MoS2 at n ~ 1.4 looks like WSe2 at n ~ 1.8) */
-    double a_sd_rel;         /* relative uncertainty of that lattice constant (default 0.01) */
+    double a_sd_rel;         /* relative uncertainty of that lattice constant (default 0.02: scan distortion,
+                                calibration) */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);

@@ -24,7 +24,7 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->vote_weight = 0.5;
     o->empty_prob = 0.5;
     o->pixel_size = 0.0;
-    o->a_sd_rel = 0.01;
+    o->a_sd_rel = 0.02;
 }
 
 double tmd_classify_ghost_distance(const tmd_lattice *lat) { return 3.0 * lat->period_px; }
@@ -616,27 +616,40 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         memcpy(hist + (ncomp + c) * W, cross_buf + c * W, (size_t)W * sizeof(int64_t));
 
     /* 6. fit the components big enough (a cross component is fitted identically on every
-     * rank that holds part of it); slots not used by this rank's atoms are skipped */
+     * rank that holds part of it); a frame whose components are all small (fragmented graph)
+     * gets a second pass fitting its components of >= 8 atoms */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            int need = 0;
+            for (int64_t f = 0; f < nframes; f++) need |= !ref[f].ok;
+            if (!need) break;
+        }
     {
         int8_t *used = NULL;
         double *slot_a = NULL;
+        int64_t *slot_f = NULL;
         st = tmd_calloc(ctx, (void **)&used, (size_t)(nslot > 0 ? nslot : 1), 1, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&slot_f, (size_t)(nslot > 0 ? nslot : 1), sizeof(int64_t), "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&slot_a, (size_t)(nslot > 0 ? nslot : 1), sizeof(double), "classify");
         if (!st) {
             for (int64_t i = 0; i < N; i++)
                 if (colour[i] >= 0) {
                     used[SLOT(comp[i])] = 1;
                     slot_a[SLOT(comp[i])] = lat[AF(i)].period_px * opt->pixel_size;
+                    slot_f[SLOT(comp[i])] = AF(i);
                 }
             for (int64_t sl = 0; sl < nslot; sl++) {
                 const int64_t *h = hist + sl * W;
-                if (!used[sl] || h[2 * NB + 2] < opt->min_fit_atoms) continue;
+                if (!used[sl] || models[sl].ok) continue;
+                if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
+                if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
                 double v = (double)(h[2 * NB] - h[2 * NB + 1]) / VOTE_FIX;
                 models[sl] = fit_component(opt, h, h + NB, v, opt->pixel_size > 0 ? slot_a[sl] : 0.0);
             }
         }
         free(used);
         free(slot_a);
+        free(slot_f);
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
     }
@@ -717,6 +730,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         free(bid);
         free(params);
         if (st) goto cleanup;
+    }
     }
     /* small components: metal colour by likelihood under the frame's reference model */
     for (int64_t i = 0; i < N; i++) {
