@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Proves the lattice and classify stages end to end through the command line:
+#   - `tmdflow run` without --pixel-size measures the pixel size within 1 % of the simulator's,
+#   - the species, sublattices and vacancies are the same at 1 and 2 ranks (rows compared
+#     sorted by position, so the check does not depend on row order),
+#   - species accuracy >= 0.9 on a clean simulated W/Mo alloy (`tmdflow score`),
+#   - `tmdflow render` of the result makes a PNG of the expected size.
+# TMD_TEST_TIMEOUT: 300
+set -euo pipefail
+bin=${TMDFLOW_BIN:?}
+mpiexec=${TMDFLOW_MPIEXEC:?}
+command -v h5dump > /dev/null || { echo "h5dump missing (hdf5-tools)"; exit 77; }
+work=$(mktemp -d /tmp/tmdflow-classify-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+export TMDFLOW_LOG=quiet OPENBLAS_NUM_THREADS=1
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$bin" simulate -o "$work/s.h5" --size 320 --seed 4242 --pixel-size 0.12 --dose 600 --composition 0.4,0 \
+    contamination=0 jitter=0 > /dev/null
+"$bin" run "$work/s.h5:/image" -o "$work/r1.h5" > /dev/null
+$mpiexec -n 2 "$bin" run "$work/s.h5:/image" -o "$work/r2.h5" > /dev/null
+
+col() { h5dump -d "$2" -y -w 0 "$1" | sed -n '/DATA {/,/}/p' | tr -s ' ,' '\n' | grep -E '^[-+0-9.eE]+$'; }
+rows() {
+    paste <(col "$1" /atoms/x) <(col "$1" /atoms/y) <(col "$1" /atoms/species) <(col "$1" /atoms/sublattice) | sort
+}
+defects() { paste <(col "$1" /defects/x) <(col "$1" /defects/y) <(col "$1" /defects/type) | sort; }
+[ "$(rows "$work/r1.h5" | md5sum)" = "$(rows "$work/r2.h5" | md5sum)" ] || fail "atoms differ between 1 and 2 ranks"
+[ "$(defects "$work/r1.h5" | md5sum)" = "$(defects "$work/r2.h5" | md5sum)" ] || fail "defects differ between 1 and 2 ranks"
+nsp=$(col "$work/r1.h5" /atoms/species | grep -c -v '^0$' || true)
+[ "$nsp" -gt 100 ] || fail "only $nsp atoms have a species"
+
+px=$(h5dump -a /pixel_size "$work/r1.h5" | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/\1/p' | head -1)
+awk -v p="$px" 'BEGIN { e = p / 0.12 - 1; if (e < 0) e = -e; exit !(e < 0.01) }' || fail "pixel size $px not within 1% of 0.12"
+
+"$bin" score "$work/r1.h5" "$work/s.h5" --json "$work/score.json" > /dev/null
+acc=$(sed -n 's/.*"species": {"accuracy": \([0-9.eE+-]*\).*/\1/p' "$work/score.json")
+awk -v a="$acc" 'BEGIN { exit !(a >= 0.9) }' || fail "species accuracy $acc < 0.9"
+
+"$bin" render "$work/r1.h5" -o "$work/r.png" --max-size 160 > /dev/null
+sz=$(od -An -tu1 -j16 -N8 "$work/r.png" | tr -s ' ' | sed 's/^ //')
+set -- $sz
+w=$(( ($1 << 24) | ($2 << 16) | ($3 << 8) | $4 )); h=$(( ($5 << 24) | ($6 << 16) | ($7 << 8) | $8 ))
+[ "$w" = 160 ] && [ "$h" = 160 ] || fail "picture is ${w}x${h}, expected 160x160"
+echo "ok: pixel size $px (truth 0.12), species accuracy $acc, 1 and 2 ranks identical, picture ${w}x${h}"
