@@ -1,4 +1,4 @@
-/* dyn_bench STACK.h5 [--no-features] [--atoms RESULT.h5] — speed and accuracy of the dynamics
+/* dyn_bench STACK.h5 [--no-features] [--atoms RESULT.h5 [--descriptor]] — speed and accuracy of the dynamics
  * stages alone on a simulated stack (tmdflow simulate --frames T -o STACK.h5), with the
  * simulator's own atoms standing in for the upstream stages (segmentation, atoms,
  * classification), or with --atoms the atoms, species, intensities, latents and vacancies
@@ -71,10 +71,11 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    int features = 1;
+    int features = 1, descriptor = 0;
     const char *atoms_from = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
+        else if (!strcmp(argv[i], "--descriptor")) descriptor = 1; /* ring descriptor even if the run has latents */
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
     }
     char spec[1100];
@@ -124,7 +125,7 @@ int main(int argc, char **argv)
     int32_t *fr = col(&ctx, fa, "/atoms/frame", TMD_I32, &na, &k);
     int8_t *sub = col(&ctx, fa, "/atoms/sublattice", TMD_I8, &na, &k), *sp = col(&ctx, fa, "/atoms/species", TMD_I8, &na, &k);
     float *inten = col(&ctx, fa, "/atoms/intensity", TMD_F32, &na, &k), *lat = NULL;
-    if (atoms_from && tmd_h5_exists(fa, "/features/latent")) {
+    if (atoms_from && !descriptor && tmd_h5_exists(fa, "/features/latent")) {
         lat = col(&ctx, fa, "/features/latent", TMD_F32, &na, &D);
         features = 0; /* the run's own latents */
     }

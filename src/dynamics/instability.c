@@ -21,7 +21,7 @@ void tmd_dyn_params_from_config(tmd_dyn_params *p, const tmd_config *cfg, double
      * noisiest (a chalcogen S/S2/SSe call flickers even on static sites), so they count
      * little (tuned on held-out simulated stacks, docs/accuracy.md) */
     p->w_feature = 1;
-    p->w_occupancy = 2;
+    p->w_occupancy = 4;
     p->w_species = 0.25;
     p->w_position = 1;
     p->w_intensity = 1;
