@@ -5,7 +5,8 @@
  * its probability map and an intensity that orders bright above dim; running it tile by tile
  * with a halo (ownership by centre) gives exactly — bit for bit — the whole-image atoms, for
  * tile grids that do and do not divide the image and for two nominal/input scales; an empty
- * probability map gives no atoms. */
+ * probability map gives no atoms; peaks of a probability map over an image of pure noise are
+ * dropped by the significance test (and kept without it). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,7 @@ static void check_scale(double s, double noise, double tol)
     float *prob = prob_map(&t, M, PH, PW, s, 2.0);
     tmd_atoms_params ap = {.threshold = 0.5, .sep = 1.0 / 0.12, .radius = 0.7 * 1.0 / 0.15, .refine = 1, .px_area = 0.0225};
     ap.sep = 5.0 / s; /* about 0.6 of the bond, in nominal px */
+    ap.min_z = 3;     /* every real column passes the significance test */
     /* whole image as one tile */
     tmd_atom_table whole, tiled;
     tmd_atom_table_init(&whole, 6);
@@ -240,6 +242,42 @@ static void test_noise_free_resampled(void) { check_scale(0.8, 0, 0.02); }
 static void test_noisy(void) { check_scale(1.25, 0.2, 0.15); }
 static void test_noisy_fine(void) { check_scale(0.7, 0.2, 0.15); }
 
+/* Peaks of the probability map over pure noise are not columns: the significance test drops
+ * them (and keeps them when switched off). */
+static void test_noise_only(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const int64_t H = 160, W = 170;
+    truth_t t;
+    make_truth(&t, H, W, 12.0, 1000);
+    truth_t none = {0, NULL, NULL, NULL};
+    float *img = render(&none, H, W, 2.0, 99, 0.3); /* noise only */
+    const int64_t M = 10;
+    int64_t PH = H + 2 * M, PW = W + 2 * M;
+    float *prob = prob_map(&t, M, PH, PW, 1.0, 2.0);
+    tmd_atoms_params ap = {.threshold = 0.5, .sep = 5, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3};
+    tmd_box all = {{0, 0, 0}, {1, H, W}};
+    tmd_atoms_seg seg = {prob, 6, -M, -M, PH, PW, 1.0};
+    tmd_atoms_img im = {img, 0, 0, H, W, H, W};
+    tmd_atom_table a, b;
+    tmd_atom_table_init(&a, 6);
+    tmd_atom_table_init(&b, 6);
+    CU_ASSERT_EQUAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &a), TMD_OK);
+    ap.min_z = 0;
+    CU_ASSERT_EQUAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &b), TMD_OK);
+    if (getenv("TMDFLOW_TEST_DEBUG"))
+        fprintf(stderr, "noise: %lld peaks kept with the test, %lld without, %lld columns in the map\n", (long long)a.n,
+                (long long)b.n, (long long)t.n);
+    CU_ASSERT(b.n > t.n * 9 / 10);
+    CU_ASSERT(a.n < b.n / 20);
+    tmd_atom_table_free(&a);
+    tmd_atom_table_free(&b);
+    free(img);
+    free(prob);
+    free(t.x), free(t.y), free(t.cls);
+}
+
 static void test_empty(void)
 {
     tmd_ctx ctx;
@@ -268,5 +306,6 @@ int main(int argc, char **argv)
                                            {"noisy, s = 1.25", test_noisy},
                                            {"noisy, s = 0.7", test_noisy_fine},
                                            {"empty probability map", test_empty},
+                                           {"noise only: significance test drops the peaks", test_noise_only},
                                            {0}});
 }

@@ -49,6 +49,7 @@ typedef struct tmd_config {
     double atom_threshold;    /* minimum column probability (1 - background) of a peak */
     double min_atom_separation; /* Angstrom; peaks closer than this are merged */
     int gaussian_refine;      /* 1: refine centres by a 2-D Gaussian fit */
+    double atom_significance; /* minimum z-score of a column's amplitude over the local noise; 0 = off */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
     double vacancy_threshold; /* fraction of the local reference intensity below which a site is empty */

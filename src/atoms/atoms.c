@@ -14,6 +14,37 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
     if (p->radius < 1.5) p->radius = 1.5;
     p->refine = cfg->gaussian_refine;
     p->px_area = input_px * input_px;
+    p->min_z = cfg->atom_significance;
+}
+
+/* Significance of a column at (cy, cx): linear least squares v = A g + B over the disc of
+ * radius 1.5 rad (clipped to the frame), g a Gaussian of width rad/2 at the centre; returns
+ * A / se(A), or NAN if the disc leaves the region held in img or is too small. */
+static double column_z(const tmd_atoms_img *img, double cy, double cx, double rad)
+{
+    double R = 1.5 * rad, sg = rad / 2, Sg = 0, Sgg = 0, Sv = 0, Sgv = 0, Svv = 0;
+    int64_t ya = (int64_t)ceil(cy - R), yb = (int64_t)floor(cy + R), xa = (int64_t)ceil(cx - R), xb = (int64_t)floor(cx + R);
+    if (ya < 0) ya = 0;
+    if (xa < 0) xa = 0;
+    if (yb > img->img_h - 1) yb = img->img_h - 1;
+    if (xb > img->img_w - 1) xb = img->img_w - 1;
+    if (ya < img->y0 || yb >= img->y0 + img->h || xa < img->x0 || xb >= img->x0 + img->w) return NAN;
+    int n = 0;
+    for (int64_t y = ya; y <= yb; y++)
+        for (int64_t x = xa; x <= xb; x++) {
+            double dy = (double)y - cy, dx = (double)x - cx, r2 = dy * dy + dx * dx;
+            if (r2 > R * R) continue;
+            double g = exp(-r2 / (2 * sg * sg)), v = img->pix[(y - img->y0) * img->w + (x - img->x0)];
+            Sg += g, Sgg += g * g, Sv += v, Sgv += g * v, Svv += v * v;
+            n++;
+        }
+    double det = n * Sgg - Sg * Sg;
+    if (n < 6 || !(det > 0)) return INFINITY; /* too few pixels to test: keep */
+    double A = (n * Sgv - Sg * Sv) / det, B = (Sv - A * Sg) / n;
+    double rss = Svv + A * A * Sgg + n * B * B - 2 * A * Sgv - 2 * B * Sv + 2 * A * B * Sg;
+    double se = sqrt((rss > 0 ? rss : 0) / (n - 2) * n / det);
+    if (!(se > 0)) return A > 0 ? INFINITY : 0;
+    return A / se;
 }
 
 double tmd_atoms_margin(const tmd_atoms_params *p, double s)
@@ -237,6 +268,16 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
             /* ownership by centre */
             int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
             if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
+            /* image evidence: a column, not a peak of probability over noise */
+            if (p->min_z > 0) {
+                double z = column_z(img, cy, cx, p->radius);
+                if (isnan(z)) {
+                    st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
+                                  "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
+                    goto cleanup;
+                }
+                if (z < p->min_z) continue;
+            }
             int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
             if (n < 0 || n > cap) {
                 st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,

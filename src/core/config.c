@@ -55,6 +55,8 @@ static const key_desc KEYS[] = {
      "Angstrom; peaks closer than this are one column."},
     {"gaussian_refine", "atoms", KEY_BOOL, OFF(gaussian_refine), 0, 1, "1",
      "Refine column centres by a 2-D Gaussian fit where it converges."},
+    {"atom_significance", "atoms", KEY_DOUBLE, OFF(atom_significance), 0, 100, "3",
+     "Minimum significance (z-score) of a column's fitted amplitude against the local noise in the image; peaks of the column probability without image evidence (vacuum, amorphous noise) are dropped. 0 = off."},
     {"constraint", "classify", KEY_BOOL, OFF(constraint), 0, 1, "1",
      "Sublattice constraint: metals only on A sites, chalcogens only on B sites."},
     {"vacancy_threshold", "classify", KEY_DOUBLE, OFF(vacancy_threshold), 0, 1, "0.35",
