@@ -145,9 +145,9 @@ void tmd_sim_params_draw(tmd_sim_params *p, uint64_t seed, int64_t index)
     p->vac_m = U(key, k++, 0, 0.04);
     p->vac_x = U(key, k++, 0, 0.08);
     p->vac_x2 = U(key, k++, 0, 0.02);
-    p->region_spacing = U(key, k++, 60, 250);
+    p->region_spacing = U(key, k++, 40, 120);
     p->region_prob = U(key, k++, 0.2, 0.9);
-    p->region_radius = U(key, k++, 8, 35);
+    p->region_radius = U(key, k++, 6, 25);
     p->region_boost = U(key, k++, 2, 8);
     p->z_exponent = U(key, k++, 1.5, 2.0);
     p->column_jitter = U(key, k++, 0, 0.08);
