@@ -137,7 +137,6 @@ tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis
     int64_t *latent_of = NULL;             /* (T) record index of the site's atom in frame t */
     double *seq = NULL;                    /* (T, max(D, NSPECIES_STATES)) one site's sequence */
     double *scr = NULL;                    /* (2 max(D, NSPECIES_STATES)) step-statistic scratch */
-    char *order = NULL;                    /* sorted records */
     int64_t nrecv = 0;
 
     /* latent size agreed by every rank */
@@ -478,6 +477,5 @@ cleanup:
     free(latent_of);
     free(seq);
     free(scr);
-    free(order);
     return st;
 }
