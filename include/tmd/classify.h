@@ -65,6 +65,13 @@ typedef struct tmd_classify_opts {
                                 user), else 0. Then the measured lattice constant enters the fit through
                                 Vegard's law (sd a_sd_rel): it tells S from Se where the contrast ratio
                                 alone is ambiguous (MoS2 at n ~ 1.4 looks like WSe2 at n ~ 1.8) */
+    /* Optional: contrast (same measure as atoms->intensity) at n arbitrary positions. When
+     * set, every empty site the graph proposes is measured and classified with the fitted
+     * levels: empty -> V_M / V_X2, a single chalcogen -> V_X, a full column -> dropped (a
+     * column the atom finder missed). Not collective. */
+    tmd_status (*measure)(tmd_ctx *ctx, void *user, int64_t n, const int32_t *frame, const double *x,
+                          const double *y, float *out);
+    void *measure_user;
     double a_sd_rel;         /* relative uncertainty of that lattice constant (default 0.02: scan distortion,
                                 calibration) */
 } tmd_classify_opts;
@@ -79,6 +86,7 @@ typedef struct tmd_classify_report {
     double x_w, y_se;        /* fitted composition of the largest component (frame 0) */
     double a_vegard;         /* lattice constant of that composition, Angstrom */
     int64_t n_vm, n_vx, n_vx2; /* vacancies found on this rank */
+    int64_t n_dropped;       /* proposed empty sites whose contrast showed a column (this rank) */
 } tmd_classify_report;
 
 /* Ghost distance (pixels) the pipeline must use for rank-independent results. */

@@ -25,6 +25,8 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->empty_prob = 0.5;
     o->pixel_size = 0.0;
     o->a_sd_rel = 0.02;
+    o->measure = NULL;
+    o->measure_user = NULL;
 }
 
 double tmd_classify_ghost_distance(const tmd_lattice *lat) { return 3.0 * lat->period_px; }
@@ -923,6 +925,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     qsort(vc, (size_t)nvc, sizeof *vc, cmp_vcand);
     {
         int8_t *done = NULL;
+        int64_t nacc = 0;
         st = tmd_calloc(ctx, (void **)&done, (size_t)(nvc > 0 ? nvc : 1), 1, "classify");
         for (int64_t a = 0; a < nvc && !st; a++) {
             if (done[a]) continue;
@@ -945,10 +948,74 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
             int type = site_colour == models[sl].hyp ? TMD_DEF_VM : TMD_DEF_VX2;
             double px = sx / votes, py = sy / votes;
             if (!owns(own, vc[a].frame, px, py)) continue;
-            st = tmd_defect_table_push(ctx, defects, (int32_t)vc[a].frame, px, py, (int8_t)type);
+            /* keep the accepted site (reuse the candidate array: a <= index) */
+            vc[nacc].frame = vc[a].frame;
+            vc[nacc].x = px;
+            vc[nacc].y = py;
+            vc[nacc].colour = type;
+            vc[nacc].comp = sl;
+            nacc++;
+        }
+        /* does each site look empty? its contrast (measured once for all sites) against the
+         * component's fitted levels: empty -> V_M / V_X2; a single chalcogen -> V_X (a column
+         * the atom finder missed); a full column -> not a vacancy */
+        float *cs = NULL;
+        int32_t *fr32 = NULL;
+        double *xs = NULL, *ys = NULL;
+        if (!st && opt->measure && nacc > 0) {
+            st = tmd_calloc(ctx, (void **)&cs, (size_t)nacc, sizeof *cs, "vacancy contrast");
+            if (!st) st = tmd_calloc(ctx, (void **)&fr32, (size_t)nacc, sizeof *fr32, "vacancy contrast");
+            if (!st) st = tmd_calloc(ctx, (void **)&xs, (size_t)nacc, sizeof *xs, "vacancy contrast");
+            if (!st) st = tmd_calloc(ctx, (void **)&ys, (size_t)nacc, sizeof *ys, "vacancy contrast");
+            for (int64_t q = 0; !st && q < nacc; q++) {
+                fr32[q] = (int32_t)vc[q].frame;
+                xs[q] = vc[q].x;
+                ys[q] = vc[q].y;
+            }
+            if (!st) st = opt->measure(ctx, opt->measure_user, nacc, fr32, xs, ys, cs);
+        }
+        for (int64_t q = 0; !st && q < nacc; q++) {
+            int type = vc[q].colour;
+            if (cs) {
+                const model_t *mm = &models[vc[q].comp];
+                double lm[3], lx[6], wm[3], wx[6], r[6], w2[6];
+                double In = fmax_i[vc[q].frame] > 0 ? cs[q] / fmax_i[vc[q].frame] : 0;
+                levels(mm->n, lm, lx);
+                weights(mm, wm, wx);
+                int isA = type == TMD_DEF_VM, nl = isA ? 3 : 6, best = 0;
+                /* no column was detected here: prior 0.4 empty, 0.3 a single chalcogen (B sites),
+                 * the rest a full column the atom finder missed */
+                if (isA) {
+                    w2[0] = 0.5;
+                    w2[1] = 0.5 * (1 - mm->x);
+                    w2[2] = 0.5 * mm->x;
+                } else {
+                    double fullw = wx[3] + wx[4] + wx[5];
+                    w2[0] = 0.4;
+                    w2[1] = 0.3 * (1 - mm->y);
+                    w2[2] = 0.3 * mm->y;
+                    for (int k = 3; k < 6; k++) w2[k] = fullw > 0 ? 0.3 * wx[k] / fullw : 0.1;
+                }
+                posterior(mm, isA ? lm : lx, w2, nl, In, r);
+                for (int k = 1; k < nl; k++)
+                    if (r[k] > r[best]) best = k;
+                if (best != 0) {
+                    if (isA || (CHA_SP[best] != TMD_SP_S && CHA_SP[best] != TMD_SP_SE)) {
+                        rp.n_dropped++;
+                        continue;
+                    }
+                    type = TMD_DEF_VX;
+                }
+            }
+            st = tmd_defect_table_push(ctx, defects, (int32_t)vc[q].frame, vc[q].x, vc[q].y, (int8_t)type);
             if (type == TMD_DEF_VM) rp.n_vm++;
+            else if (type == TMD_DEF_VX) rp.n_vx++;
             else rp.n_vx2++;
         }
+        free(cs);
+        free(fr32);
+        free(xs);
+        free(ys);
         free(done);
     }
     st = tmd_agree(ctx, comm, st);

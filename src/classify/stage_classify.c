@@ -114,6 +114,19 @@ cleanup:
     return st;
 }
 
+typedef struct {
+    tmd_run *run;
+    const tmd_box *own;
+    const tmd_lattice *lat;
+} measure_user_t;
+
+static tmd_status measure_cb(tmd_ctx *ctx, void *user, int64_t n, const int32_t *frame, const double *x, const double *y,
+                             float *out)
+{
+    measure_user_t *u = user;
+    return measure_contrast(ctx, u->run, u->own, u->lat, n, frame, x, y, out);
+}
+
 tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
 {
     int64_t T = run->info.frames;
@@ -151,6 +164,9 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     tmd_classify_opts o;
     tmd_classify_opts_default(&o);
     o.constraint = run->cfg.constraint;
+    measure_user_t mu = {run, &own, lat};
+    o.measure = measure_cb;
+    o.measure_user = &mu;
     if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration"))
         o.pixel_size = run->pixel_size; /* independent of the lattice: its constant tells S from Se */
     tmd_classify_report rep;
@@ -174,71 +190,14 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
                   (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4], (long long)c[5]);
     }
     float *keep = run->atoms.intensity;
-    int64_t d0 = run->defects.n;
     run->atoms.intensity = contrast;
     st = tmd_classify(ctx, run->comm, &o, T, lat, &own, run->info.height, run->info.width, &run->atoms, &run->ghosts,
                       &run->defects, &rep);
     run->atoms.intensity = keep;
     if (st) goto cleanup;
-    /* an empty site must look empty: the contrast measured at a V_M / V_X2 site without a
-     * column, against the mean contrast of its sublattice's columns (fixed point, exact over
-     * ranks): below vacancy_threshold it is empty; a V_X2 site holding about half a chalcogen
-     * column's contrast is a V_X the atom finder missed; anything brighter is a missed column,
-     * not a vacancy, and is dropped */
-    {
-        int64_t nd = run->defects.n - d0, sums[4] = {0, 0, 0, 0};
-        for (int64_t i = 0; i < run->atoms.n; i++) {
-            int sub = run->atoms.sublattice[i];
-            if (sub != TMD_SUB_A && sub != TMD_SUB_B) continue;
-            sums[2 * (sub - 1)] += (int64_t)llround(fmax(contrast[i], 0.0) * 1048576.0);
-            sums[2 * (sub - 1) + 1]++;
-        }
-        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, sums, 4, MPI_INT64_T, MPI_SUM, run->comm));
-        float *dc = NULL;
-        if (!st && nd > 0) st = tmd_calloc(ctx, (void **)&dc, (size_t)nd, sizeof(float), "vacancy contrast");
-        if (!st && nd > 0)
-            st = measure_contrast(ctx, run, &own, lat, nd, run->defects.frame + d0, run->defects.x + d0,
-                                  run->defects.y + d0, dc);
-        st = tmd_agree(ctx, run->comm, st);
-        if (!st) {
-            double refA = sums[1] ? sums[0] / 1048576.0 / sums[1] : 0, refB = sums[3] ? sums[2] / 1048576.0 / sums[3] : 0;
-            double thr = run->cfg.vacancy_threshold;
-            int64_t w = d0, dropped = 0;
-            for (int64_t k = 0; k < nd; k++) {
-                int64_t q = d0 + k;
-                int ty = run->defects.type[q];
-                double ref = ty == TMD_DEF_VM ? refA : refB, c = dc[k];
-                if (ty != TMD_DEF_VX && ref > 0 && c > thr * ref) {
-                    if (ty == TMD_DEF_VX2 && c < 0.75 * ref) ty = TMD_DEF_VX;
-                    else {
-                        dropped++;
-                        continue;
-                    }
-                }
-                run->defects.frame[w] = run->defects.frame[q];
-                run->defects.x[w] = run->defects.x[q];
-                run->defects.y[w] = run->defects.y[q];
-                run->defects.type[w] = (int8_t)ty;
-                w++;
-            }
-            run->defects.n = w;
-            int64_t dn[1] = {dropped};
-            MPI_Allreduce(MPI_IN_PLACE, dn, 1, MPI_INT64_T, MPI_SUM, run->comm);
-            tmd_debug(ctx, "classify: %lld empty-site candidates dropped (contrast of a column: a missed atom)",
-                      (long long)dn[0]);
-        }
-        free(dc);
-        if (st) goto cleanup;
-    }
-    rep.n_vm = rep.n_vx = rep.n_vx2 = 0;
-    for (int64_t q = d0; q < run->defects.n; q++) {
-        if (run->defects.type[q] == TMD_DEF_VM) rep.n_vm++;
-        else if (run->defects.type[q] == TMD_DEF_VX) rep.n_vx++;
-        else rep.n_vx2++;
-    }
-    run->write_defects = 1;
-    int64_t v[3] = {rep.n_vm, rep.n_vx, rep.n_vx2};
-    MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_SUM, run->comm);
+    int64_t v[4] = {rep.n_vm, rep.n_vx, rep.n_vx2, rep.n_dropped};
+    MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_INT64_T, MPI_SUM, run->comm);
+    tmd_debug(ctx, "classify: %lld proposed empty sites showed a column (missed atoms), dropped", (long long)v[3]);
     tmd_info(ctx, "classify: %lld components; fitted exponent %.2f, composition Mo%.2fW%.2f S%.2fSe%.2f (a = %.3f A); "
              "vacancies V_M %lld, V_X %lld, V_X2 %lld",
              (long long)rep.n_components, rep.n_exponent, 1 - rep.x_w, rep.x_w, 2 * (1 - rep.y_se), 2 * rep.y_se,
