@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nn/nn_internal.h"
 
@@ -44,6 +45,17 @@ static float *net_alloc(tmd_ctx *ctx, tmd_nn_net *net, int64_t n, const char *wh
 
 void tmd_nn_net_free(tmd_nn_net *net)
 {
+    if (net->profile && net->m) {
+        static const char *names[TMD_NN_OP_COUNT] = {"input", "conv", "maxpool", "upsample", "concat",
+                                                     "sum", "dense", "dropout", "reshape", "softmax"};
+        double tot = 0;
+        for (int i = 1; i <= net->until; i++) tot += net->prof_s[i];
+        for (int i = 1; i <= net->until; i++) {
+            const tmd_nn_layer *L = &net->m->layers[i];
+            fprintf(stderr, "nn profile: layer %3d %-8s %4d->%-4d k%d d%d %6.1f%%  %8.2f ms\n", i, names[L->op], L->cin,
+                    L->cout, L->k, L->dil, 100 * net->prof_s[i] / (tot > 0 ? tot : 1), 1e3 * net->prof_s[i]);
+        }
+    }
     for (int i = 0; i < net->n_allocs; i++) free(net->allocs[i]);
     free(net->red);
     if (net->comm != MPI_COMM_NULL) MPI_Comm_free(&net->comm);
@@ -73,6 +85,7 @@ tmd_status tmd_nn_net_init(tmd_ctx *ctx, tmd_nn_net *net, const tmd_nn_model *m,
                         m->input_size, h, w);
     if (tmd_nn_shapes(m, h, w, c, hh, ww, err, sizeof err)) return TMD_FAIL(ctx, TMD_ERR_ARG, "nn plan: %s", err);
     net->m = m, net->batch = batch, net->h = h, net->w = w, net->until = until, net->training = training;
+    net->profile = getenv("TMDFLOW_NN_PROFILE") != NULL;
 
     /* views: concat members live inside the concat; reshape (and dropout at inference)
      * alias their input */
@@ -438,6 +451,13 @@ static float dropout_mask(uint64_t seed, int64_t sample, int64_t j, float p)
     return u < p ? 0.0f : 1.0f / (1.0f - p);
 }
 
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
 static int reduce_sum(tmd_nn_net *net, double *v, int n)
 {
     if (net->comm == MPI_COMM_NULL) return MPI_SUCCESS;
@@ -456,6 +476,7 @@ int tmd_nn_net_forward(tmd_nn_net *net, int n, const float *in)
         const tmd_nn_layer *L = &m->layers[i];
         tmd_nn_tensor *X = &T[L->in[0]], *Y = &T[i];
         int64_t HW = (int64_t)Y->h * Y->w, XN = (int64_t)X->c * X->h * X->w;
+        double t0 = net->profile ? cpu_seconds() : 0;
         switch (L->op) {
         case TMD_NN_OP_CONV: {
             const float *wt = net->wfold[i] ? net->wfold[i] : L->w;
@@ -537,6 +558,7 @@ int tmd_nn_net_forward(tmd_nn_net *net, int n, const float *in)
             break;
         default: break; /* concat, reshape: views */
         }
+        if (net->profile) net->prof_s[i] += cpu_seconds() - t0;
     }
     return MPI_SUCCESS;
 }

@@ -99,6 +99,8 @@ typedef struct tmd_nn_net {
     int64_t bn_count;   /* global samples (training BN) */
     uint64_t seed;      /* dropout */
     int64_t first_index;
+    int profile;        /* $TMDFLOW_NN_PROFILE: per-layer CPU time, printed at destroy */
+    double prof_s[TMD_NN_MAX_LAYERS];
     float *allocs[4 * TMD_NN_MAX_LAYERS];
     int n_allocs;
 } tmd_nn_net;
