@@ -371,6 +371,38 @@ static void test_region_across_ranks(void)
     tmd_site_table_free(&s);
 }
 
+/* Single images (no sites): regions are where the vacancy density reaches twice the image's
+ * mean: a cluster of vacancies over a sparse uniform background is one region, found the
+ * same on any number of ranks. */
+static void test_single_image_vacancy_regions(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    tmd_defect_table d;
+    tmd_defect_table_init(&d);
+    unsigned rng = 3;
+    int64_t counter = 0;
+    for (int k = 0; k < 400; k++) {
+        double x = 500 * tmd_test_randf(&rng), y = 400 * tmd_test_randf(&rng);
+        if (counter++ % tmd_test_size == tmd_test_rank) tmd_defect_table_push(&ctx, &d, 0, x, y, TMD_DEF_VX);
+    }
+    for (int k = 0; k < 150; k++) {
+        double r = 30 * sqrt(tmd_test_randf(&rng)), a = 2 * M_PI * tmd_test_randf(&rng);
+        if (counter++ % tmd_test_size == tmd_test_rank)
+            tmd_defect_table_push(&ctx, &d, 0, 320 + r * cos(a), 150 + r * sin(a), TMD_DEF_VM);
+    }
+    tmd_dyn_params prm = {.bin_px = 10, .sigma_px = 20, .pixel_size = 0.1, .region_threshold = 0.01, .min_region_bins = 4};
+    tmd_dyn_maps m;
+    CU_ASSERT_EQUAL_FATAL(tmd_dynamics_maps(&ctx, tmd_test_comm, &prm, 400, 500, 1, NULL, &d, NULL, &m), TMD_OK);
+    if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG"))
+        for (int64_t r = 0; r < m.regions.n; r++)
+            printf("\nvacancy region at (%.1f, %.1f) area %.0f", m.regions.x[r], m.regions.y[r], m.regions.area_px[r]);
+    CU_ASSERT_EQUAL(m.regions.n, 1);
+    if (m.regions.n == 1) CU_ASSERT(hypot(m.regions.x[0] - 320, m.regions.y[0] - 150) < 10);
+    tmd_dyn_maps_free(&m);
+    tmd_defect_table_free(&d);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "dynamics",
@@ -379,5 +411,6 @@ int main(int argc, char **argv)
                                            {"instability AUC, rank invariance", test_instability_auc_and_rank_invariance},
                                            {"maps and regions", test_maps_and_regions},
                                            {"region across ranks", test_region_across_ranks},
+                                           {"single-image vacancy regions", test_single_image_vacancy_regions},
                                            {0}});
 }

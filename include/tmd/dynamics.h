@@ -24,7 +24,9 @@
  *                 rank deposits its points into the rows it touches; rows are summed by their
  *                 owner (row blocks of the coarse grid) in fixed point: seamless across ranks,
  *                 independent of the rank count.
- *   4. regions    bins above region_threshold, 8-connected components on each owner's rows,
+ *   4. regions    bins above region_threshold (single images, no unstable sites: bins of the
+ *                 total vacancy density above twice its image mean and region_threshold),
+ *                 8-connected components on each owner's rows,
  *                 merged across row-block edges by a union-find over the edge label pairs of all
  *                 ranks; regions smaller than min_bins dropped; id, centroid (mean bin centre),
  *                 area_px, n_sites (unstable sites in it). Ordered by their first bin.

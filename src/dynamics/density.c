@@ -230,6 +230,16 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     }
     /* regions: 8-connected components of the bins above the threshold */
     int64_t qthr = llround(prm->region_threshold * QSCALE);
+    if (!sites) {
+        /* single images: defect-rich = at least twice the image's mean vacancy density (and
+         * above region_threshold), from an exact integer sum over every rank's bins */
+        int64_t sum = 0;
+        for (int64_t i = 0; i < nb; i++) sum += own[L_VM * nb + i] + own[L_VX * nb + i] + own[L_VX2 * nb + i];
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_INT64_T, MPI_SUM, comm));
+        if (st) goto cleanup;
+        int64_t twice_mean = gh * gw > 0 ? 2 * (sum / (gh * gw)) : 0;
+        if (twice_mean > qthr) qthr = twice_mean;
+    }
     for (int64_t i = 0; i < nb; i++) {
         int64_t v = sites ? own[L_UNSTABLE * nb + i] : own[L_VM * nb + i] + own[L_VX * nb + i] + own[L_VX2 * nb + i];
         parent[i] = v > qthr ? i : -1;
