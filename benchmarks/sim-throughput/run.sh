@@ -10,7 +10,10 @@
 # times it (wall clock, includes writing ~5 bytes/px and the truth tables), reads the
 # per-rank peak RSS from the file's `peak_rss_bytes` attribute, then deletes the file.
 # Results are appended to benchmarks/sim-throughput/results/sim-throughput.csv (or $OUT):
-#   size,ranks,frames,wall_s,mpix_s,peak_mib_rank0,peak_mib_max,atoms,load_avg
+#   size,ranks,frames,wall_s,mpix_s,render_cpu_s_max,mpix_per_rank_cpu_s,peak_mib_rank0,peak_mib_max,atoms,load_avg
+# render_cpu_s_max is the largest CPU time any rank spent rendering (the file's
+# `render_cpu_seconds` attribute: not waiting, not writing); size^2 / render_cpu_s_max is the
+# rendering throughput the ranks reach with a core each, whatever else runs on the machine.
 # The load average is recorded because the development machine is shared: other jobs on the
 # same 2 cores lower the Mpix/s figures (peak memory is unaffected).
 set -euo pipefail
@@ -27,7 +30,7 @@ mpiexec=${MPIEXEC:-"mpiexec --oversubscribe --bind-to none"}
 export OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info TMDFLOW_PROGRESS_INTERVAL=60
 mkdir -p "$out" "$work"
 csv=$out/sim-throughput.csv
-[ -f "$csv" ] || echo "size,ranks,frames,wall_s,mpix_s,peak_mib_rank0,peak_mib_max,atoms,load_avg" >"$csv"
+[ -f "$csv" ] || echo "size,ranks,frames,wall_s,mpix_s,render_cpu_s_max,mpix_per_rank_cpu_s,peak_mib_rank0,peak_mib_max,atoms,load_avg" >"$csv"
 for n in $sizes; do
   for r in $ranks; do
     f=$work/sim_${n}_np$r.h5
@@ -40,9 +43,10 @@ for n in $sizes; do
     peaks=$(h5dump -a /peak_rss_bytes "$f" | sed -n 's/.*([0-9]*): *//p' | tr -d ' ' | tr ',' '\n' | grep -v '^$')
     p0=$(echo "$peaks" | head -1)
     pmax=$(echo "$peaks" | sort -n | tail -1)
+    cpu=$(h5dump -a /render_cpu_seconds "$f" | sed -n 's/.*([0-9]*): *//p' | tr -d ' ' | tr ',' '\n' | grep -v '^$' | sort -g | tail -1)
     atoms=$(h5dump -H -d /atoms/x "$f" | sed -n 's/.*SIMPLE { ( \([0-9]*\) ).*/\1/p')
-    awk -v n="$n" -v r="$r" -v fr="$frames" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v pm="$pmax" -v a="$atoms" -v l="$load" \
-      'BEGIN { w = t1 - t0; printf "%d,%d,%d,%.2f,%.2f,%.1f,%.1f,%d,%s\n", n, r, fr, w, n * n * fr / w / 1e6, p0 / 1048576, pm / 1048576, a, l }' \
+    awk -v n="$n" -v r="$r" -v fr="$frames" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v pm="$pmax" -v a="$atoms" -v l="$load" -v c="$cpu" \
+      'BEGIN { w = t1 - t0; printf "%d,%d,%d,%.2f,%.2f,%.2f,%.2f,%.1f,%.1f,%d,%s\n", n, r, fr, w, n * n * fr / w / 1e6, c, n * n * fr / c / 1e6, p0 / 1048576, pm / 1048576, a, l }' \
       | tee -a "$csv"
     rm -f "$f"
   done

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sim_internal.h"
@@ -395,6 +396,7 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         {"/sites/instability", H5T_NATIVE_FLOAT, 1, -1, 0}, {"/sites/unstable", H5T_NATIVE_INT8, 1, -1, 0},
         {"/sites/dynamic", H5T_NATIVE_INT8, 1, -1, 0}, {"/sites/state", H5T_NATIVE_INT8, 1, -1, 0}};
     int64_t atoms_total = 0;
+    double render_cpu = 0;
     char h5path[TMD_PATH_MAX + 16];
     int is_h5 = ends_with(path, ".h5") || ends_with(path, ".hdf5");
     int is_tif = ends_with(path, ".tif") || ends_with(path, ".tiff");
@@ -482,7 +484,11 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
             if (kb0 + k < kb1) {
                 ny = H - y0 < B ? H - y0 : B;
                 memset(cls, 0, (size_t)(ny * W));
+                struct timespec c0, c1;
+                clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
                 lst = sim_render_rows(ctx, &w, t, y0, ny, band, cls, &truth, 1, &scratch);
+                clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+                render_cpu += (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec);
                 if (!lst && p.out_u16)
                     for (int64_t i = 0; i < ny * W; i++) {
                         double v = floor((double)band[i] + 0.5);
@@ -589,6 +595,17 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         if (!st) st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, comm));
         st = tmd_agree(ctx, comm, st);
         if (!st) st = tmd_writer_attr_i64(ctx, wr, "/", "peak_rss_bytes", all, nranks);
+        if (!st) { /* CPU seconds each rank spent rendering (not waiting in collectives or in I/O):
+                    * a throughput that does not depend on other jobs sharing the cores */
+            double cpu = render_cpu;
+            double *cpus = malloc((size_t)nranks * sizeof *cpus);
+            st = cpus ? TMD_OK : TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the CPU time table");
+            st = tmd_agree(ctx, comm, st);
+            if (!st) st = TMD_MPI(ctx, MPI_Allgather(&cpu, 1, MPI_DOUBLE, cpus, 1, MPI_DOUBLE, comm));
+            st = tmd_agree(ctx, comm, st);
+            if (!st) st = tmd_writer_attr_f64(ctx, wr, "/", "render_cpu_seconds", cpus, nranks);
+            free(cpus);
+        }
         if (!st) {
             int64_t mx = 0;
             for (int r = 0; r < nranks; r++) mx = all[r] > mx ? all[r] : mx;
