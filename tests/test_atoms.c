@@ -6,7 +6,8 @@
  * with a halo (ownership by centre) gives exactly — bit for bit — the whole-image atoms, for
  * tile grids that do and do not divide the image and for two nominal/input scales; an empty
  * probability map gives no atoms; peaks of a probability map over an image of pure noise are
- * dropped by the significance test (and kept without it). */
+ * dropped by the significance test (and kept without it); a column too dim to be significant
+ * is kept beside significant neighbours at bond length and dropped when alone. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,6 +279,56 @@ static void test_noise_only(void)
     free(t.x), free(t.y), free(t.cls);
 }
 
+/* A dim column (below the significance threshold on its own) is kept when it sits at bond
+ * length from significant columns, and dropped when it stands alone. */
+static void test_dim_neighbour_rule(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const int64_t H = 120, W = 120;
+    const double b = 15.0; /* bond, px */
+    /* a dim column at (60, 60) with three bright metals at bond length; a dim one alone at (25, 95) */
+    truth_t t = {0, malloc(sizeof(double) * 8), malloc(sizeof(double) * 8), malloc(sizeof(int) * 8)};
+    double ang[3] = {M_PI / 2, M_PI / 2 + 2 * M_PI / 3, M_PI / 2 + 4 * M_PI / 3};
+    for (int k = 0; k < 3; k++) {
+        t.x[t.n] = 60 + b * cos(ang[k]), t.y[t.n] = 60 + b * sin(ang[k]), t.cls[t.n] = 2;
+        t.n++;
+    }
+    t.x[t.n] = 60, t.y[t.n] = 60, t.cls[t.n] = 3, t.n++;
+    t.x[t.n] = 95, t.y[t.n] = 25, t.cls[t.n] = 3, t.n++;
+    float *img = render(&t, H, W, 2.0, 5, 0.0);
+    /* make the dim columns nearly invisible: scale them down under strong noise */
+    unsigned seed = 77;
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            double d1 = hypot(x - 60.0, y - 60.0), d2 = hypot(x - 95.0, y - 25.0);
+            if (d1 < 7 || d2 < 7) img[y * W + x] *= 0.05f;
+            img[y * W + x] += (float)(0.3 * (tmd_test_randf(&seed) - 0.5));
+        }
+    const int64_t M = 10;
+    float *prob = prob_map(&t, M, H + 2 * M, W + 2 * M, 1.0, 2.0);
+    tmd_atoms_params ap = {.threshold = 0.5, .sep = 6, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3, .bond = b};
+    tmd_box all = {{0, 0, 0}, {1, H, W}};
+    tmd_atoms_seg seg = {prob, 6, -M, -M, H + 2 * M, W + 2 * M, 1.0};
+    tmd_atoms_img im = {img, 0, 0, H, W, H, W};
+    tmd_atom_table a;
+    tmd_atom_table_init(&a, 6);
+    CU_ASSERT_EQUAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &a), TMD_OK);
+    int centre = 0, alone = 0, metals = 0;
+    for (int64_t i = 0; i < a.n; i++) {
+        centre += hypot(a.x[i] - 60, a.y[i] - 60) < 2;
+        alone += hypot(a.x[i] - 95, a.y[i] - 25) < 2;
+        metals += a.species[i] == 2;
+    }
+    CU_ASSERT_EQUAL(metals, 3);
+    CU_ASSERT_EQUAL(centre, 1);
+    CU_ASSERT_EQUAL(alone, 0);
+    tmd_atom_table_free(&a);
+    free(img);
+    free(prob);
+    free(t.x), free(t.y), free(t.cls);
+}
+
 static void test_empty(void)
 {
     tmd_ctx ctx;
@@ -307,5 +358,6 @@ int main(int argc, char **argv)
                                            {"noisy, s = 0.7", test_noisy_fine},
                                            {"empty probability map", test_empty},
                                            {"noise only: significance test drops the peaks", test_noise_only},
+                                           {"dim column kept beside significant neighbours only", test_dim_neighbour_rule},
                                            {0}});
 }

@@ -11,8 +11,10 @@
  * Levenberg-Marquardt) where the fit converges and stays within one pixel of the centroid.
  * A column must also be seen in the image: a Gaussian of fixed centre and width (radius/2)
  * plus a constant is fitted by linear least squares over a disc of 1.5 radius, and the
- * amplitude's z-score (amplitude / its standard error from the residuals) must reach min_z;
- * peaks of the column probability in vacuum or amorphous noise have z ~ 0 and are dropped.
+ * amplitude's z-score (amplitude / its standard error from the residuals) must reach min_z,
+ * or the peak must sit at 0.7-1.3 bond lengths from at least two columns that do (a dim
+ * single chalcogen beside its metals); peaks of the column probability in vacuum or
+ * amorphous noise have z ~ 0 and no such neighbours, and are dropped.
  * Each atom gets the mean class probabilities over the disc (nominal grid), the species and
  * sublattice of the most likely non-background class (a first guess that the classification
  * stage replaces), and the integrated intensity sum(N) * pixel area (Angstrom^2) over the
@@ -51,11 +53,12 @@ typedef struct tmd_atoms_params {
     int refine;         /* 1: 2-D Gaussian refinement */
     double px_area;     /* Angstrom^2 per input pixel */
     double min_z;       /* minimum significance of the column in the image (0 = no test) */
+    double bond;        /* metal-chalcogen bond length, input pixels (neighbour rule) */
 } tmd_atoms_params;
 
 /* threshold = atom_threshold, sep = min_atom_separation / nominal_px, radius =
  * 0.7 * min_atom_separation / input_px (at least 1.5), refine = gaussian_refine, min_z =
- * atom_significance. */
+ * atom_significance, bond = 1.859 A / input_px. */
 void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, double input_px);
 
 /* Distance (input pixels) around a column that the finder reads beyond the column centre:

@@ -15,6 +15,8 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
     p->refine = cfg->gaussian_refine;
     p->px_area = input_px * input_px;
     p->min_z = cfg->atom_significance;
+    /* metal-chalcogen bond a / sqrt(3): 1.82-1.90 A over a = 3.15-3.29 A */
+    p->bond = 1.859 / input_px;
 }
 
 /* Significance of a column at (cy, cx): linear least squares v = A g + B over the disc of
@@ -51,7 +53,11 @@ double tmd_atoms_margin(const tmd_atoms_params *p, double s)
 {
     /* peak search (sep + smoothing) on the nominal grid, then up to 2 recentrings of the
      * disc, the fit's one-pixel tolerance and the integration disc */
-    return (p->sep + 2) * s + 3 * p->radius + 4;
+    double m = (p->sep + 2) * s + 3 * p->radius + 4;
+    /* the significance rule looks at neighbours up to 1.3 bonds away, and they need their
+     * own neighbourhoods */
+    if (p->min_z > 0) m += 1.3 * p->bond + 2;
+    return m;
 }
 
 /* Gaussian fit of a disc of pixels: v ~ A exp(-r^2 / (2 sg^2)) + B. Returns 1 if it
@@ -190,6 +196,11 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     const int64_t ph = seg->ph, pw = seg->pw, npx = ph * pw;
     const double s = seg->s;
     float *P = NULL; /* (ph, pw) smoothed column probability */
+    typedef struct {
+        double y, x, z; /* refined centre, significance (-inf: not measurable) */
+    } cand_t;
+    cand_t *cand = NULL; /* (ncand) every peak out to the neighbour ring */
+    int64_t ncand = 0, candcap = 0;
     double *py = NULL, *pxs = NULL, *pv = NULL;
     int cap = (int)((2 * p->radius + 3) * (2 * p->radius + 3)) + 8;
     st = tmd_calloc(ctx, (void **)&P, (size_t)npx, sizeof *P, "column probability");
@@ -208,7 +219,9 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
             P[Y * pw + X] = (float)a;
         }
     const int r = (int)ceil(p->sep);
-    const double reach = p->radius * 3 + 3; /* how far a final centre can be from its peak */
+    /* how far a final centre can be from its peak, plus the neighbour ring of the
+     * significance rule: candidates are measured out to there, kept only inside the core */
+    const double reach = p->radius * 3 + 3 + (p->min_z > 0 ? 1.3 * p->bond + 1 : 0);
     for (int64_t Y = r + 1; Y + r + 1 < ph; Y++) {
         double cyn = (double)(seg->Y0 + Y) * s;
         if (cyn < (double)core->lo[1] - 0.5 - reach || cyn > (double)core->hi[1] - 0.5 + reach) continue;
@@ -265,59 +278,82 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                               cy + p->radius > (double)img->img_h - 0.5 || cx + p->radius > (double)img->img_w - 0.5;
                 if (n > 0 && n <= cap) gauss_fit(py, pxs, pv, n, &cy, &cx, p->radius / 2, clipped ? p->radius : 1.0);
             }
-            /* ownership by centre */
-            int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
-            if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
-            /* image evidence: a column, not a peak of probability over noise */
-            if (p->min_z > 0) {
-                double z = column_z(img, cy, cx, p->radius);
-                if (isnan(z)) {
-                    st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
-                                  "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
+            if (ncand == candcap) {
+                int64_t nc = candcap ? 2 * candcap : 256;
+                cand_t *c2 = realloc(cand, sizeof *cand * (size_t)nc);
+                if (!c2) {
+                    st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "atoms: out of memory for %lld candidates", (long long)nc);
                     goto cleanup;
                 }
-                if (z < p->min_z) continue;
+                cand = c2;
+                candcap = nc;
             }
-            int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
-            if (n < 0 || n > cap) {
+            double z = p->min_z > 0 ? column_z(img, cy, cx, p->radius) : INFINITY;
+            cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z};
+        }
+    }
+    /* keep the candidates whose centre lies in the core and that the image shows: significant
+     * themselves, or sitting at bond length from at least two significant columns (a dim
+     * single chalcogen beside its metals is a column; a peak alone in vacuum is not) */
+    for (int64_t k = 0; k < ncand; k++) {
+        double cy = cand[k].y, cx = cand[k].x;
+        int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
+        if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
+        if (p->min_z > 0 && cand[k].z < p->min_z) {
+            if (column_z(img, cy, cx, p->radius) != column_z(img, cy, cx, p->radius)) { /* NaN: outside the region */
                 st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
                               "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
                 goto cleanup;
             }
-            double sum = 0;
-            for (int i = 0; i < n; i++) sum += pv[i];
-            /* class probabilities: mean over the disc on the nominal grid */
-            double acc[16] = {0};
-            int cnt = 0;
-            double rn = p->radius / s;
-            int64_t Ya = (int64_t)ceil(cy / s - rn), Yb = (int64_t)floor(cy / s + rn);
-            int64_t Xa = (int64_t)ceil(cx / s - rn), Xb = (int64_t)floor(cx / s + rn);
-            for (int64_t YY = Ya; YY <= Yb; YY++)
-                for (int64_t XX = Xa; XX <= Xb; XX++) {
-                    double dy = (double)YY - cy / s, dx = (double)XX - cx / s;
-                    if (dy * dy + dx * dx > rn * rn) continue;
-                    int64_t ly = YY - seg->Y0, lx = XX - seg->X0;
-                    if (ly < 0 || ly >= ph || lx < 0 || lx >= pw) continue;
-                    for (int c = 0; c < seg->nclass && c < 16; c++) acc[c] += seg->prob[c * npx + ly * pw + lx];
-                    cnt++;
-                }
-            int64_t i;
-            if ((st = tmd_atom_table_push(ctx, out, &i))) goto cleanup;
-            out->frame[i] = frame;
-            out->x[i] = cx;
-            out->y[i] = cy;
-            out->intensity[i] = (float)(sum * p->px_area);
-            int best = 1;
-            for (int c = 0; c < seg->nclass; c++) {
-                out->prob[i * out->nprob + c] = cnt ? (float)(acc[c] / cnt) : 0;
-                if (c >= 1 && c < 16 && acc[c] > acc[best]) best = c;
+            int nb = 0;
+            double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond;
+            for (int64_t j = 0; j < ncand && nb < 2; j++) {
+                if (j == k || cand[j].z < p->min_z) continue;
+                double dy = cand[j].y - cy, dx = cand[j].x - cx, d2 = dy * dy + dx * dx;
+                nb += d2 >= lo2 && d2 <= hi2;
             }
-            /* classes 1..5 are species codes 1..5; 1, 2 metal (A), 3..5 chalcogen (B) */
-            out->species[i] = (int8_t)(best <= 5 ? best : 0);
-            out->sublattice[i] = (int8_t)(best <= 2 ? TMD_SUB_A : (best <= 5 ? TMD_SUB_B : TMD_SUB_UNKNOWN));
+            if (nb < 2) continue;
         }
+        int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
+        if (n < 0 || n > cap) {
+            st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
+                          "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
+            goto cleanup;
+        }
+        double sum = 0;
+        for (int i = 0; i < n; i++) sum += pv[i];
+        /* class probabilities: mean over the disc on the nominal grid */
+        double acc[16] = {0};
+        int cnt = 0;
+        double rn = p->radius / s;
+        int64_t Ya = (int64_t)ceil(cy / s - rn), Yb = (int64_t)floor(cy / s + rn);
+        int64_t Xa = (int64_t)ceil(cx / s - rn), Xb = (int64_t)floor(cx / s + rn);
+        for (int64_t YY = Ya; YY <= Yb; YY++)
+            for (int64_t XX = Xa; XX <= Xb; XX++) {
+                double dy = (double)YY - cy / s, dx = (double)XX - cx / s;
+                if (dy * dy + dx * dx > rn * rn) continue;
+                int64_t ly = YY - seg->Y0, lx = XX - seg->X0;
+                if (ly < 0 || ly >= ph || lx < 0 || lx >= pw) continue;
+                for (int c = 0; c < seg->nclass && c < 16; c++) acc[c] += seg->prob[c * npx + ly * pw + lx];
+                cnt++;
+            }
+        int64_t i;
+        if ((st = tmd_atom_table_push(ctx, out, &i))) goto cleanup;
+        out->frame[i] = frame;
+        out->x[i] = cx;
+        out->y[i] = cy;
+        out->intensity[i] = (float)(sum * p->px_area);
+        int best = 1;
+        for (int c = 0; c < seg->nclass; c++) {
+            out->prob[i * out->nprob + c] = cnt ? (float)(acc[c] / cnt) : 0;
+            if (c >= 1 && c < 16 && acc[c] > acc[best]) best = c;
+        }
+        /* classes 1..5 are species codes 1..5; 1, 2 metal (A), 3..5 chalcogen (B) */
+        out->species[i] = (int8_t)(best <= 5 ? best : 0);
+        out->sublattice[i] = (int8_t)(best <= 2 ? TMD_SUB_A : (best <= 5 ? TMD_SUB_B : TMD_SUB_UNKNOWN));
     }
 cleanup:
+    free(cand);
     free(P);
     free(py);
     free(pxs);
