@@ -31,7 +31,7 @@ echo "ok: score X.h5 X.h5 gives F1 1.0"
 cmp "$work/t.tif" "$work/t2.tif" || fail "TIFF differs between 1 and 2 ranks"
 echo "ok: TIFF + truth.h5, identical on 1 and 2 ranks"
 
-"${mpiexec[@]}" -n 2 "$bin" simulate -o "$work/st.h5" --size 160 --frames 5 --seed 9 region_prob=1 region_spacing=20
+"${mpiexec[@]}" -n 2 "$bin" simulate -o "$work/st.h5" --size 160 --frames 5 --seed 9 --pixel-size 0.1 region_prob=1 region_spacing=20 region_radius=8 p_sputter=0.2 p_heal=0.2
 h5dump -H -d /drift "$work/st.h5" | grep -q "( 5, 2 )" || fail "stack /drift is not 5 x 2"
 h5dump -H -d /image "$work/st.h5" | grep -q "( 5, 160, 160 )" || fail "stack /image is not 5 x 160 x 160"
 h5dump -H -d /sites/dynamic "$work/st.h5" >/dev/null || fail "no /sites/dynamic"
