@@ -104,7 +104,7 @@ typedef struct tmd_dyn_params {
     double region_threshold;/* unstable-site density per nm^2 of a defect-rich bin */
     int min_region_bins;    /* smallest region kept */
     double tol;             /* max distance to a site, in bonds (0.45) */
-    double fov_margin_px;   /* a site counts in a frame only this far inside the frame */
+    double fov_margin_px;   /* a site counts in a frame only this far inside the frame (< 0: 0.2 bond) */
     double w_feature, w_occupancy, w_species, w_position, w_intensity; /* component weights */
 } tmd_dyn_params;
 

@@ -16,7 +16,7 @@ void tmd_dyn_params_from_config(tmd_dyn_params *p, const tmd_config *cfg, double
     p->region_threshold = cfg->region_threshold;
     p->min_region_bins = cfg->min_region_bins;
     p->tol = 0.45;
-    p->fov_margin_px = -1; /* auto: one bond */
+    p->fov_margin_px = -1; /* auto: 0.2 bond (columns at the very edge are still found) */
     /* occupancy is the most reliable signal; the species labels of single frames are the
      * noisiest (a chalcogen S/S2/SSe call flickers even on static sites), so they count
      * little (tuned on held-out simulated stacks, docs/accuracy.md) */
@@ -310,7 +310,7 @@ agree_fail:
     int M = D > NSPECIES_STATES ? D : NSPECIES_STATES;
     if (!st) st = tmd_calloc(ctx, (void **)&seq, (size_t)T * M, sizeof(double), "site sequence");
     if (!st) st = tmd_calloc(ctx, (void **)&scr, (size_t)2 * M, sizeof(double), "site scratch");
-    double margin = prm->fov_margin_px >= 0 ? prm->fov_margin_px : b->bond;
+    double margin = prm->fov_margin_px >= 0 ? prm->fov_margin_px : 0.2 * b->bond;
     for (int64_t k = 0, s = 0; !st && k < nrecv; s++) {
         const rec_hdr *h0 = (const rec_hdr *)(recv + (size_t)k * RS);
         int64_t id = h0->site, e = k;
