@@ -300,7 +300,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
         int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
         if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
         if (p->min_z > 0 && cand[k].z < p->min_z) {
-            if (column_z(img, cy, cx, p->radius) != column_z(img, cy, cx, p->radius)) { /* NaN: outside the region */
+            if (cand[k].z == -INFINITY) { /* its disc was not inside the region read */
                 st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
                               "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
                 goto cleanup;
