@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves the stack path end to end on the command line: a simulated 6-frame stack is run at
-# 1 and 2 ranks (the dynamics stages write /drift, /sites, /maps, /regions and the two runs
-# agree on them), then `tmdflow sweep` over 3 x 2 settings writes one table row and one
+# 1, 2 and 4 ranks (the dynamics stages write /drift, /sites, /maps, /regions and the runs
+# agree on them exactly), then `tmdflow sweep` over 3 x 2 settings writes one table row and one
 # region list per setting, and the same sweep at 2 ranks gives the same file contents; a
 # parameter that acts before the cached stages is refused with a message naming it.
 # TMD_TEST_TIMEOUT: 600
@@ -16,9 +16,11 @@ cd "$work"
     region_radius=6 > sim.log 2>&1 || { cat sim.log; fail "simulate"; }
 "$bin" run stack.h5:/image -o r1.h5 --pixel-size 0.1 > run1.log 2>&1 || { cat run1.log; fail "run at 1 rank"; }
 "${mpiexec[@]}" -n 2 "$bin" run stack.h5:/image -o r2.h5 --pixel-size 0.1 > run2.log 2>&1 || { cat run2.log; fail "run at 2 ranks"; }
-for d in /drift /sites/id /sites/instability /sites/unstable /maps/unstable_density /maps/vacancy_density /regions/area_px; do
+"${mpiexec[@]}" -n 4 "$bin" run stack.h5:/image -o r4.h5 --pixel-size 0.1 > run4.log 2>&1 || { cat run4.log; fail "run at 4 ranks"; }
+for d in /drift /atoms/site /sites/id /sites/instability /sites/unstable /maps/unstable_density /maps/vacancy_density /regions/area_px; do
     h5ls "r1.h5$d" > /dev/null 2>&1 || fail "r1.h5 has no $d"
     h5diff -q r1.h5 r2.h5 "$d" "$d" || fail "$d differs between 1 and 2 ranks"
+    h5diff -q r1.h5 r4.h5 "$d" "$d" || fail "$d differs between 1 and 4 ranks"
 done
 "$bin" sweep r1.h5 --param instability_threshold=0.5,1,2 --param region_threshold=0.05,0.5 -o s1.h5 > sweep1.log 2>&1 ||
     { cat sweep1.log; fail "sweep"; }
