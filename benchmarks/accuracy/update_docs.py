@@ -45,8 +45,8 @@ def main():
             continue
         txt = open(p).read()
         for k, v in gen.items():
-            txt = re.sub(r"(<!-- BEGIN gen:%s -->\n).*?(\n<!-- END gen:%s -->)" % (k, k),
-                         lambda m: m.group(1) + v + m.group(2), txt, flags=re.S)
+            txt = re.sub(r"(<!-- BEGIN gen:%s -->\n)(?:.*?\n)?(<!-- END gen:%s -->)" % (k, k),
+                         lambda m: m.group(1) + v + "\n" + m.group(2), txt, flags=re.S)
         open(p, "w").write(txt)
         print("updated", doc)
 
