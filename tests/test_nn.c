@@ -248,6 +248,35 @@ static void test_grad_conv_bn_pool_up(void)
     double e = gradcheck(m, 3, 8, 6, 1, 3);
     printf("\n  conv/bn/pool/up/sum/concat/softmax-CE worst relative error %.3g\n", e);
     CU_ASSERT(e < 0.05);
+    /* im2col panels that split image rows (64 pixels) give the same gradients as
+     * whole-image panels, to rounding */
+    {
+        const int n = 2, H = 16, W = 12;
+        float x[2 * 2 * 16 * 12];
+        uint8_t lab[2 * 16 * 12];
+        for (int i = 0; i < n * 2 * H * W; i++) x[i] = rnd();
+        for (int i = 0; i < n * H * W; i++) lab[i] = (uint8_t)(tmd_test_randf(&rs) * 3);
+        int64_t np;
+        tmd_nn_model_params(m, &np);
+        float *g[2];
+        for (int k = 0; k < 2; k++) {
+            if (k) setenv("TMDFLOW_NN_PANEL_FLOATS", "1025", 1);
+            tmd_nn_trainer *t = NULL;
+            double loss;
+            CU_ASSERT_FATAL(tmd_nn_trainer_create(&ctx, m, MPI_COMM_SELF, n, H, W, NULL, &t) == 0);
+            CU_ASSERT(tmd_nn_trainer_grad(t, n, n, 0, 1, x, lab, NULL, &loss) == 0);
+            g[k] = malloc(sizeof(float) * np);
+            memcpy(g[k], tmd_nn_trainer_grads(t), sizeof(float) * np);
+            tmd_nn_trainer_destroy(&t);
+        }
+        unsetenv("TMDFLOW_NN_PANEL_FLOATS");
+        double gmax = 0, d = 0;
+        for (int64_t i = 0; i < np; i++) gmax = fmax(gmax, fabs(g[0][i])), d = fmax(d, fabs(g[0][i] - g[1][i]));
+        printf("  64-pixel vs whole-image im2col panels: gradient difference %.3g of max %.3g\n", d, gmax);
+        CU_ASSERT(d <= 1e-5 * gmax);
+        free(g[0]);
+        free(g[1]);
+    }
     tmd_nn_model_free(&m);
 }
 

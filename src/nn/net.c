@@ -20,12 +20,14 @@ static int64_t panel_floats(void)
     return v > 1024 ? v : (1 << 17);
 }
 
-static int panel_rows(int K, int H, int W)
+/* Output pixels per im2col panel: the budget over K rows, a multiple of 16 (at least 64),
+ * at most the whole image. Panels need not be whole image rows. */
+static int64_t panel_pixels(int K, int H, int W)
 {
-    int64_t r = panel_floats() / ((int64_t)K * W);
-    if (r < 1) r = 1;
-    if (r > H) r = H;
-    return (int)r;
+    int64_t p = panel_floats() / K / 16 * 16;
+    if (p < 64) p = 64;
+    if (p > (int64_t)H * W) p = (int64_t)H * W;
+    return p;
 }
 
 static float *net_alloc(tmd_ctx *ctx, tmd_nn_net *net, int64_t n, const char *what, tmd_status *st)
@@ -175,8 +177,7 @@ tmd_status tmd_nn_net_init(tmd_ctx *ctx, tmd_nn_net *net, const tmd_nn_model *m,
         if (L->op == TMD_NN_OP_CONV) {
             int K = L->cin * L->k * L->k;
             if (L->k > 1) {
-                int pr = panel_rows(K, hh[a], ww[a]);
-                col_n = MAXF(col_n, (int64_t)K * pr * ww[a]);
+                col_n = MAXF(col_n, (int64_t)K * panel_pixels(K, hh[a], ww[a]));
             }
             net->flops += 2.0 * L->cout * K * HW * batch;
             if (!training && L->bn) {
@@ -219,47 +220,55 @@ cleanup:
 
 /* ---- kernels ------------------------------------------------------------------------- */
 
-/* col (C*9, (y1-y0)*W) <- 3x3 patches (dilation d, zero padding d) of x (C, H, W) for
- * output rows [y0, y1). Row index of col = (c*3 + ky)*3 + kx, matching w (cout, C, 3, 3). */
-static void im2col3(const float *x, int C, int H, int W, int d, int y0, int y1, float *col)
+/* col (C*9, p1-p0) <- 3x3 patches (dilation d, zero padding d) of x (C, H, W) for the
+ * output pixels [p0, p1) in row-major order. Row index of col = (c*3 + ky)*3 + kx,
+ * matching w (cout, C, 3, 3). */
+static void im2col3(const float *x, int C, int H, int W, int d, int64_t p0, int64_t p1, float *col)
 {
-    int64_t P = (int64_t)(y1 - y0) * W;
+    int64_t P = p1 - p0;
+    int ya = (int)(p0 / W), yb = (int)((p1 - 1) / W);
     for (int ch = 0; ch < C; ch++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
                 float *row = col + (((int64_t)ch * 3 + ky) * 3 + kx) * P;
                 int dy = (ky - 1) * d, dx = (kx - 1) * d;
-                int xs = dx < 0 ? -dx : 0, xe = dx > 0 ? W - dx : W;
-                if (xe < xs) xe = xs;
-                for (int yy = y0; yy < y1; yy++) {
-                    float *dst = row + (int64_t)(yy - y0) * W;
+                for (int yy = ya; yy <= yb; yy++) {
+                    int xa = yy == ya ? (int)(p0 % W) : 0, xb = yy == yb ? (int)((p1 - 1) % W) + 1 : W;
+                    float *dst = row + ((int64_t)yy * W - p0); /* dst[x] for x in [xa, xb) */
                     int iy = yy + dy;
+                    int xs = dx < 0 ? -dx : 0, xe = dx > 0 ? W - dx : W; /* valid x: 0 <= x+dx < W */
+                    if (xs < xa) xs = xa;
+                    if (xe > xb) xe = xb;
                     if (iy < 0 || iy >= H || xe <= xs) {
-                        memset(dst, 0, sizeof(float) * W);
+                        memset(dst + xa, 0, sizeof(float) * (xb - xa));
                         continue;
                     }
-                    const float *src = x + ((int64_t)ch * H + iy) * W;
-                    if (xs) memset(dst, 0, sizeof(float) * xs);
-                    memcpy(dst + xs, src + xs + dx, sizeof(float) * (xe - xs));
-                    if (xe < W) memset(dst + xe, 0, sizeof(float) * (W - xe));
+                    const float *src = x + ((int64_t)ch * H + iy) * W + dx;
+                    if (xs > xa) memset(dst + xa, 0, sizeof(float) * (xs - xa));
+                    memcpy(dst + xs, src + xs, sizeof(float) * (xe - xs));
+                    if (xe < xb) memset(dst + xe, 0, sizeof(float) * (xb - xe));
                 }
             }
 }
 
-/* dx (C, H, W) += transpose of im2col3 applied to dcol. */
-static void col2im3(const float *dcol, int C, int H, int W, int d, int y0, int y1, float *dx)
+/* dx (C, H, W) += transpose of im2col3 applied to dcol (pixels [p0, p1)). */
+static void col2im3(const float *dcol, int C, int H, int W, int d, int64_t p0, int64_t p1, float *dx)
 {
-    int64_t P = (int64_t)(y1 - y0) * W;
+    int64_t P = p1 - p0;
+    int ya = (int)(p0 / W), yb = (int)((p1 - 1) / W);
     for (int ch = 0; ch < C; ch++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
                 const float *row = dcol + (((int64_t)ch * 3 + ky) * 3 + kx) * P;
                 int dy = (ky - 1) * d, dxo = (kx - 1) * d;
-                int xs = dxo < 0 ? -dxo : 0, xe = dxo > 0 ? W - dxo : W;
-                for (int yy = y0; yy < y1; yy++) {
+                for (int yy = ya; yy <= yb; yy++) {
                     int iy = yy + dy;
                     if (iy < 0 || iy >= H) continue;
-                    const float *src = row + (int64_t)(yy - y0) * W;
+                    int xa = yy == ya ? (int)(p0 % W) : 0, xb = yy == yb ? (int)((p1 - 1) % W) + 1 : W;
+                    int xs = dxo < 0 ? -dxo : 0, xe = dxo > 0 ? W - dxo : W;
+                    if (xs < xa) xs = xa;
+                    if (xe > xb) xe = xb;
+                    const float *src = row + ((int64_t)yy * W - p0);
                     float *dst = dx + ((int64_t)ch * H + iy) * W + dxo;
                     for (int xx = xs; xx < xe; xx++) dst[xx] += src[xx];
                 }
@@ -276,13 +285,15 @@ static void conv_fwd(tmd_nn_net *net, const tmd_nn_layer *L, const float *wt, co
                     (int)HW, 0.0f, y, (int)HW);
         return;
     }
-    int K = L->cin * 9, pr = panel_rows(K, H, W);
-    for (int y0 = 0; y0 < H; y0 += pr) {
-        int y1 = y0 + pr < H ? y0 + pr : H, P = (y1 - y0) * W;
-        im2col3(x, L->cin, H, W, L->dil, y0, y1, net->col); /* (K, P) */
+    int K = L->cin * 9;
+    int64_t pp = panel_pixels(K, H, W);
+    for (int64_t p0 = 0; p0 < HW; p0 += pp) {
+        int64_t p1 = p0 + pp < HW ? p0 + pp : HW;
+        int P = (int)(p1 - p0);
+        im2col3(x, L->cin, H, W, L->dil, p0, p1, net->col); /* (K, P) */
         /* (cout, P) block of y (ld HW) = (cout, K) x (K, P) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L->cout, P, K, 1.0f, wt, K, net->col, P, 0.0f,
-                    y + (int64_t)y0 * W, (int)HW);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L->cout, P, K, 1.0f, wt, K, net->col, P, 0.0f, y + p0,
+                    (int)HW);
     }
 }
 
@@ -299,18 +310,20 @@ static void conv_bwd(tmd_nn_net *net, const tmd_nn_layer *L, const float *x, con
                         (int)HW, 1.0f, dx, (int)HW);
         return;
     }
-    int K = L->cin * 9, pr = panel_rows(K, H, W);
-    for (int y0 = 0; y0 < H; y0 += pr) {
-        int y1 = y0 + pr < H ? y0 + pr : H, P = (y1 - y0) * W;
-        im2col3(x, L->cin, H, W, L->dil, y0, y1, net->col);
+    int K = L->cin * 9;
+    int64_t pp = panel_pixels(K, H, W);
+    for (int64_t p0 = 0; p0 < HW; p0 += pp) {
+        int64_t p1 = p0 + pp < HW ? p0 + pp : HW;
+        int P = (int)(p1 - p0);
+        im2col3(x, L->cin, H, W, L->dil, p0, p1, net->col);
         /* (cout, K) += (cout, P) x (P, K) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L->cout, K, P, 1.0f, dy + (int64_t)y0 * W, (int)HW,
-                    net->col, P, 1.0f, gw, K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L->cout, K, P, 1.0f, dy + p0, (int)HW, net->col, P, 1.0f,
+                    gw, K);
         if (dx) {
             /* (K, P) = (K, cout) x (cout, P) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, L->cout, 1.0f, L->w, K, dy + (int64_t)y0 * W,
-                        (int)HW, 0.0f, net->dcol, P);
-            col2im3(net->dcol, L->cin, H, W, L->dil, y0, y1, dx);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, L->cout, 1.0f, L->w, K, dy + p0, (int)HW, 0.0f,
+                        net->dcol, P);
+            col2im3(net->dcol, L->cin, H, W, L->dil, p0, p1, dx);
         }
     }
 }
