@@ -13,6 +13,8 @@ PKGS=(build-essential cmake pkg-config
       libpng-dev)
 if [ "${TMDFLOW_WITH_SLURM:-1}" = 1 ]; then PKGS+=(slurm-wlm munge); fi
 if [ "${TMDFLOW_WITH_FUZZ:-0}" = 1 ]; then PKGS+=(clang libclang-rt-14-dev); fi
+# benchmarks/unet-vs-torch compares against PyTorch (large; only on request)
+if [ "${TMDFLOW_WITH_TORCH:-0}" = 1 ]; then PKGS+=(python3-torch); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
