@@ -308,6 +308,77 @@ cleanup:
     return st;
 }
 
+/* The same canonical order for /defects: by the tile holding the position (clamped to the
+ * image for sites just outside it), then by (frame, y, x, type) within a tile. */
+typedef struct {
+    int64_t g;
+    int32_t frame;
+    double y, x;
+    int8_t type;
+} defect_row;
+
+static int cmp_defect(const void *a, const void *b)
+{
+    const defect_row *p = a, *q = b;
+    if (p->g != q->g) return p->g < q->g ? -1 : 1;
+    if (p->frame != q->frame) return p->frame < q->frame ? -1 : 1;
+    if (p->y != q->y) return p->y < q->y ? -1 : 1;
+    if (p->x != q->x) return p->x < q->x ? -1 : 1;
+    return (p->type > q->type) - (p->type < q->type);
+}
+
+static tmd_status canonical_defects(tmd_ctx *ctx, tmd_run *run)
+{
+    const tmd_decomp *d = run->decomp;
+    tmd_defect_table *t = &run->defects;
+    const int P = ctx->nranks;
+    const int64_t G = d->ntiles_total;
+    tmd_status st = TMD_OK;
+    int *sc = NULL, *rc = NULL, *sd = NULL, *rd = NULL, *fill = NULL;
+    defect_row *sbuf = NULL, *rbuf = NULL;
+    MPI_Datatype rowtype = MPI_DATATYPE_NULL;
+    st = tmd_calloc(ctx, (void **)&sc, (size_t)P, sizeof(int), "defect counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rc, (size_t)P, sizeof(int), "defect counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&sd, (size_t)P, sizeof(int), "defect counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rd, (size_t)P, sizeof(int), "defect counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&fill, (size_t)P, sizeof(int), "defect counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&sbuf, (size_t)t->n + 1, sizeof *sbuf, "defect rows");
+    if (!st) st = TMD_MPI(ctx, MPI_Type_contiguous((int)sizeof(defect_row), MPI_BYTE, &rowtype));
+    if (!st) st = TMD_MPI(ctx, MPI_Type_commit(&rowtype));
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < t->n; i++) {
+        int64_t f = t->frame[i] < 0 ? 0 : (t->frame[i] >= d->dims[0] ? d->dims[0] - 1 : t->frame[i]);
+        double y = t->y[i] < 0 ? 0 : (t->y[i] > (double)d->dims[1] - 1 ? (double)d->dims[1] - 1 : t->y[i]);
+        double x = t->x[i] < 0 ? 0 : (t->x[i] > (double)d->dims[2] - 1 ? (double)d->dims[2] - 1 : t->x[i]);
+        int64_t g = tmd_decomp_tile_of(d, f, y, x);
+        if (g < 0) g = 0;
+        sbuf[i] = (defect_row){g, t->frame[i], t->y[i], t->x[i], t->type[i]};
+        sc[(int)(((g + 1) * (int64_t)P - 1) / G)]++;
+    }
+    for (int r = 1; r < P; r++) sd[r] = sd[r - 1] + sc[r - 1];
+    /* group the rows by destination */
+    qsort(sbuf, (size_t)t->n, sizeof *sbuf, cmp_defect); /* tile order is destination order */
+    st = TMD_MPI(ctx, MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, run->comm));
+    int64_t n = 0;
+    for (int r = 0; r < P; r++) rd[r] = (int)n, n += rc[r];
+    if (!st) st = tmd_calloc(ctx, (void **)&rbuf, (size_t)n + 1, sizeof *rbuf, "defect rows");
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    st = TMD_MPI(ctx, MPI_Alltoallv(sbuf, sc, sd, rowtype, rbuf, rc, rd, rowtype, run->comm));
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    qsort(rbuf, (size_t)n, sizeof *rbuf, cmp_defect);
+    tmd_defect_table_free(t);
+    tmd_defect_table_init(t);
+    for (int64_t i = 0; i < n && !st; i++) st = tmd_defect_table_push(ctx, t, rbuf[i].frame, rbuf[i].x, rbuf[i].y, rbuf[i].type);
+    st = tmd_agree(ctx, run->comm, st);
+cleanup:
+    if (rowtype != MPI_DATATYPE_NULL) MPI_Type_free(&rowtype);
+    free(sc), free(rc), free(sd), free(rd), free(fill), free(sbuf), free(rbuf);
+    return st;
+}
+
 tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
 {
     tmd_writer *w = run->writer;
@@ -339,6 +410,7 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
     /* tables of later stages, when they produced something on any rank */
     int64_t counts[2] = {run->defects.n + run->write_defects, run->sites.n + run->write_sites}, g[2];
     TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(counts, g, 2, MPI_INT64_T, MPI_SUM, run->comm)));
+    if (g[0]) TMD_CHECK(canonical_defects(ctx, run)); /* same file on any rank count */
     const tmd_defect_table *df = &run->defects;
     if (g[0]) {
         st = tmd_writer_rows(ctx, w, "/defects/frame", TMD_I32, df->n, 1, df->frame);
