@@ -44,7 +44,9 @@ def main():
     inside_t = (tx >= border) & (ty >= border) & (tx <= W - 1 - border) & (ty <= H - 1 - border)
     inside_f = (fx >= border) & (fy >= border) & (fx <= W - 1 - border) & (fy <= H - 1 - border)
     vx, vy = (t["defects/x"][:], t["defects/y"][:]) if "defects/x" in t else (np.zeros(0), np.zeros(0))
+    vt = t["defects/type"][:] if "defects/type" in t else np.zeros(0, np.int8)
     cats = {"duplicate": 0, "vacancy": 0, "hollow": 0, "edge": 0, "other": 0}
+    at_vac = {"V_M": 0, "V_X": 0, "V_X2": 0}
     matched_f = mf >= 0
     for j in np.where((mf < 0) & inside_f)[0]:
         dm = np.sqrt((fx[matched_f] - fx[j]) ** 2 + (fy[matched_f] - fy[j]) ** 2)
@@ -54,6 +56,8 @@ def main():
             cats["duplicate"] += 1
         elif dv < r:
             cats["vacancy"] += 1
+            k = int(vt[np.argmin((vx - fx[j]) ** 2 + (vy - fy[j]) ** 2)])
+            at_vac[{1: "V_M", 2: "V_X", 3: "V_X2"}.get(k, "V_X")] += 1
         elif 0.8 * bond <= dt <= 1.2 * bond:
             cats["hollow"] += 1
         elif min(fx[j], fy[j], W - 1 - fx[j], H - 1 - fy[j]) < 2 * bond:
@@ -63,7 +67,7 @@ def main():
     miss = (mt < 0) & inside_t
     fn = {"metal": int((miss & (tsub == 1)).sum()), "chalcogen": int((miss & (tsub == 2)).sum()),
           "by_species": {str(k): int((miss & (tsp == k)).sum()) for k in range(8) if (miss & (tsp == k)).any()}}
-    out = {"result": res, "truth": tru, "fp": int(((mf < 0) & inside_f).sum()), "fp_where": cats, "fn": int(miss.sum()),
+    out = {"result": res, "truth": tru, "fp": int(((mf < 0) & inside_f).sum()), "fp_where": cats, "fp_at_vacancy_type": at_vac, "fn": int(miss.sum()),
            "fn_where": fn, "pixel_size_true": px, "pixel_size_result": float(f.attrs.get("pixel_size", float("nan")))}
     if "lattice/a1" in f:
         a1, a2 = f["lattice/a1"][0], f["lattice/a2"][0]

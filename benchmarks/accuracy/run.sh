@@ -77,4 +77,6 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
   done
 done
 echo "total $((SECONDS - t_start)) s"
-$PY "$HERE/summarise.py" "$OUT" "$HERE/results.csv" "$HERE/results.md"
+# A subset (NAME_REGEX) writes its tables beside its runs, not over the committed full tables.
+if [ "$FILTER" = . ]; then DEST=$HERE; else DEST=$OUT; fi
+$PY "$HERE/summarise.py" "$OUT" "$DEST/results.csv" "$DEST/results.md"
