@@ -22,7 +22,8 @@ $PY "$HERE/real.py" degrade "$IMG" "$OUT" "$PX"
 models() {
   local s=""
   for m in unet classifier; do
-    s+="$m:$(h5dump -a provenance "$ROOT/inputs/models/$m.h5" 2>/dev/null | grep -o '"steps_done": [0-9]*' | grep -o '[0-9]*$' | head -1) "
+    s+="$m:$(h5dump -a provenance "$ROOT/inputs/models/$m.h5" 2>/dev/null | grep -o '"steps_done": [0-9]*' | grep -o '[0-9]*$' | head -1)"
+    s+="@$(md5sum "$ROOT/inputs/models/$m.h5" | cut -c1-7) "
   done
   echo "${s% }"
 }

@@ -37,7 +37,8 @@ attr() { h5dump -a "/$1" "$2" 2>/dev/null | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/
 models() { # checkpoint stamp: U-Net and classifier training steps (provenance steps_done)
   local s=""
   for m in unet classifier; do
-    s+="$m:$(h5dump -a provenance "$ROOT/inputs/models/$m.h5" 2>/dev/null | grep -o '"steps_done": [0-9]*' | grep -o '[0-9]*$' | head -1) "
+    s+="$m:$(h5dump -a provenance "$ROOT/inputs/models/$m.h5" 2>/dev/null | grep -o '"steps_done": [0-9]*' | grep -o '[0-9]*$' | head -1)"
+    s+="@$(md5sum "$ROOT/inputs/models/$m.h5" | cut -c1-7) "
   done
   echo "${s% }"
 }
