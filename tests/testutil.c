@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 MPI_Comm tmd_test_comm = MPI_COMM_NULL;
@@ -28,9 +30,56 @@ void tmd_test_ctx(tmd_ctx *ctx)
     if (getenv("TMDFLOW_TEST_DEBUG")) ctx->log_level = TMD_LOG_DEBUG;
 }
 
+/* The command runs through /bin/sh with stdout captured. Its environment is this process's
+ * minus the MPI launcher's variables (OMPI_*, PMIX_*, OPAL_*): a tmdflow started from a test
+ * must start its own MPI world, not try to join the test's (a singleton's child that inherits
+ * them misbehaves, e.g. LeakSanitizer's tracer crashes at its exit). */
+static FILE *spawn_clean_env(const char *cmd, pid_t *pid_out)
+{
+    int fd[2];
+    if (pipe(fd) != 0) return NULL;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]);
+        close(fd[1]);
+        return NULL;
+    }
+    if (pid == 0) {
+        extern char **environ;
+        close(fd[0]);
+        if (fd[1] != STDOUT_FILENO) {
+            dup2(fd[1], STDOUT_FILENO);
+            close(fd[1]);
+        }
+        for (int again = 1; again;) {
+            again = 0;
+            for (char **e = environ; *e; e++) {
+                if (!strncmp(*e, "OMPI_", 5) || !strncmp(*e, "PMIX_", 5) || !strncmp(*e, "OPAL_", 5)) {
+                    char name[256];
+                    size_t n = strcspn(*e, "=");
+                    if (n >= sizeof name) continue;
+                    memcpy(name, *e, n);
+                    name[n] = 0;
+                    /* keep the run-as-root permission the suite relies on */
+                    if (!strcmp(name, "OMPI_ALLOW_RUN_AS_ROOT") || !strcmp(name, "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")) continue;
+                    unsetenv(name);
+                    again = 1;
+                    break;
+                }
+            }
+        }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    *pid_out = pid;
+    return fdopen(fd[0], "r");
+}
+
 int tmd_test_run(const char *cmd, char **out)
 {
-    FILE *p = popen(cmd, "r");
+    pid_t pid = -1;
+    FILE *p = spawn_clean_env(cmd, &pid);
     if (!p) return -1;
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
@@ -43,7 +92,13 @@ int tmd_test_run(const char *cmd, char **out)
         }
     }
     if (buf) buf[len] = 0;
-    int rc = pclose(p);
+    fclose(p);
+    int rc = 0;
+    while (waitpid(pid, &rc, 0) < 0)
+        if (errno != EINTR) {
+            rc = -1;
+            break;
+        }
     if (out) *out = buf;
     else free(buf);
     if (rc == -1) return -1;
