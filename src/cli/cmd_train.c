@@ -268,6 +268,20 @@ typedef struct {
     long conf[8][8];
 } val_result;
 
+/* tmd_agree for the training loop: a stop signal (agreed by every rank, since real errors
+ * win in tmd_agree) is not a failure here but sets *sig, so that the loop finishes the step and
+ * saves its checkpoint before it stops. */
+static tmd_status agree_step(tmd_ctx *ctx, MPI_Comm comm, tmd_status st, int *sig)
+{
+    st = tmd_agree(ctx, comm, st);
+    if (st == TMD_ERR_INTERRUPTED) {
+        tmd_error_clear(ctx);
+        *sig = 1;
+        st = TMD_OK;
+    }
+    return st;
+}
+
 static tmd_status validate(tmd_ctx *ctx, MPI_Comm comm, const train_opts *o, const tmd_nn_model *m, val_result *r)
 {
     tmd_status st = TMD_OK;
@@ -525,7 +539,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
     double ema = -1, t0 = tmd_now();
     val_result vr;
     memset(&vr, 0, sizeof vr);
-    int have_val = 0;
+    int have_val = 0, sig = 0;
     for (long step = start; step < o.steps; step++) {
         /* cosine schedule with a 50-step warm-up */
         double f = (double)step / (double)(o.steps > 1 ? o.steps - 1 : 1);
@@ -540,12 +554,12 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
         if (!st && o.kind == K_CLS)
             for (long j = 0; j < nloc * per; j++) cls[j] = (uint8_t)labels[j];
         if (!st && o.kind == K_AE) memcpy(target, img, sizeof(float) * nloc * per * px_per);
-        st = tmd_agree(ctx, comm, st);
+        st = agree_step(ctx, comm, st, &sig);
         if (st) break;
         double loss = 0;
         st = tmd_nn_trainer_step(t, (int)(nloc * per), (int)(o.batch * per), (int64_t)b0 * per, (uint64_t)step, img,
                                  o.kind == K_AE ? NULL : cls, target, &loss);
-        st = tmd_agree(ctx, comm, st);
+        st = agree_step(ctx, comm, st, &sig);
         if (st) break;
         ema = ema < 0 ? loss : 0.95 * ema + 0.05 * loss;
         long done = step + 1;
@@ -555,9 +569,9 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
             tmd_info(ctx, "step %ld/%ld loss %.4f (avg %.4f) lr %.2e  %.2f steps/s  ETA %.0f s", done, o.steps, loss,
                      ema, lr, rate, (o.steps - done) / rate);
         }
-        int last = done == o.steps, stop = tmd_interrupted(ctx);
+        int last = done == o.steps, stop = sig; /* agreed by every rank in agree_step */
         int pause = o.stop_after > 0 && done == o.stop_after && !last; /* chunked runs (time-limited jobs) */
-        if ((o.val_every && done % o.val_every == 0) || last) {
+        if (((o.val_every && done % o.val_every == 0) || last) && !stop) {
             if ((st = validate(ctx, comm, &o, m, &vr))) break;
             have_val = 1;
             if (o.kind == K_UNET)
@@ -600,7 +614,7 @@ tmd_status tmd_cmd_train(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
                 st = tmd_nn_model_save(ctx, m, o.out, prov);
                 if (!st) st = save_adam(ctx, t, adam_path, done);
             }
-            st = tmd_agree(ctx, comm, st);
+            st = agree_step(ctx, comm, st, &sig);
             if (st) break;
             tmd_info(ctx, "checkpoint at step %ld: %s", done, o.out);
         }
