@@ -74,6 +74,10 @@ typedef struct tmd_classify_opts {
     void *measure_user;
     double a_sd_rel;         /* relative uncertainty of that lattice constant (default 0.02: scan distortion,
                                 calibration) */
+    double local_radius;     /* local noise radius, bonds (default 4: about 20 metal columns): the robust
+                                spread of the metal columns' residuals within it against the fitted Mo / W
+                                levels, beyond what the model expects, is added to every level's variance
+                                there (amorphous contamination is patchy); 0 = off */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);

@@ -25,6 +25,7 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->empty_prob = 0.5;
     o->pixel_size = 0.0;
     o->a_sd_rel = 0.02;
+    o->local_radius = 4.0;
     o->measure = NULL;
     o->measure_user = NULL;
 }
@@ -41,6 +42,7 @@ static const int CHA_SP[6] = {TMD_SP_UNKNOWN, TMD_SP_S, TMD_SP_SE, TMD_SP_S2, TM
 typedef struct {
     double n, s, sa2, rho, x, y, v, em, ex; /* exponent, scale, abs. variance, rel. noise, composition, vacancies */
     int hyp;                                 /* colour that is the metal sublattice */
+    int fixx, fixy;                          /* composition held at its start (a pure end member) */
     double score;
     int ok;
 } model_t;
@@ -197,13 +199,13 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
         }
         m->s = S1 / S2;
         double nm = N[0][0] + N[0][1] + N[0][2];
-        if (N[0][1] + N[0][2] > 0) m->x = clampd(N[0][2] / (N[0][1] + N[0][2]), 1e-3, 1 - 1e-3);
+        if (!m->fixx && N[0][1] + N[0][2] > 0) m->x = clampd(N[0][2] / (N[0][1] + N[0][2]), 1e-3, 1 - 1e-3);
         if (nm > 0) m->em = clampd(N[0][0] / nm, 1e-3, 0.3);
         double nx = 0;
         for (int k = 0; k < 6; k++) nx += N[1][k];
         if (nx > 0) m->ex = clampd(N[1][0] / nx, 1e-3, 0.3);
         double se = N[1][2] + N[1][4] + 2 * N[1][5], sa = N[1][1] + N[1][4] + 2 * N[1][3];
-        if (se + sa > 0) m->y = clampd(se / (se + sa), 1e-3, 1 - 1e-3);
+        if (!m->fixy && se + sa > 0) m->y = clampd(se / (se + sa), 1e-3, 1 - 1e-3);
         double cols = N[1][1] + N[1][2] + N[1][3] + N[1][4] + N[1][5];
         if (cols > 0) m->v = clampd((N[1][1] + N[1][2]) / (2 * cols), 1e-3, 0.3);
     }
@@ -214,7 +216,7 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
  * 0 and 1; vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). */
 static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote, double a_meas)
 {
-    static const double NS[15] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1}, RHO[1] = {0.06}, X0[3] = {0.05, 0.5, 0.95};
+    static const double NS[15] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1}, RHO[1] = {0.06};
     model_t best;
     memset(&best, 0, sizeof best);
     best.score = -1e300;
@@ -226,18 +228,26 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
             cx += hx[b];
         }
         if (cm == 0 || cx == 0) continue;
+        /* compositions: free (three starts) or a pure end member (0 or 1, held); a free
+         * composition costs 0.5 ln(columns) (BIC), so a pure compound is not read as an alloy
+         * whose minority species soaks up noise */
+        static const double C0[5] = {0.05, 0.5, 0.95, 0.0, 1.0};
+        double pen_x = 0.5 * log((double)cm), pen_y = 0.5 * log((double)cx);
         for (int a = 0; a < 15; a++)
             for (int r = 0; r < 1; r++)
-                for (int i = 0; i < 3; i++)
-                    for (int j = 0; j < 3; j++) {
+                for (int i = 0; i < 5; i++)
+                    for (int j = 0; j < 5; j++) {
                         model_t m;
                         memset(&m, 0, sizeof m);
                         m.n = NS[a];
                         m.rho = RHO[r];
-                        m.x = X0[i];
-                        m.y = X0[j];
+                        m.x = C0[i];
+                        m.y = C0[j];
+                        m.fixx = i >= 3;
+                        m.fixy = j >= 3;
                         m.hyp = hyp;
                         double ll = em_fit(&m, hm, hx);
+                        ll -= (m.fixx ? 0 : pen_x) + (m.fixy ? 0 : pen_y);
                         double pr = -0.5 * pow((m.n - o->n_prior) / o->n_prior_sd, 2);
                         m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
                         if (a_meas > 0)
@@ -340,6 +350,54 @@ static int owns(const tmd_box *own, int64_t frame, double x, double y)
            px < own->hi[2];
 }
 
+/* Local noise (amorphous contamination adds scatterers whose signal is noise at the scale of a
+ * column): the robust variance (1.4826 MAD)^2 of the residuals `mres` of the metal columns
+ * within `radius` of (x, y) in frame f (NAN: not a metal; node `skip` left out), minus the
+ * variance the model expects of them (`mvar`); 0 with fewer than 8 of them. Metals are the
+ * reference because Mo and W are far apart, so a metal column's residual against its level is
+ * noise, not a species difference. The extra variance is additive: it applies to every level. */
+static double local_extra_var(const cellent_t *cells, int64_t N, double cell, const double *mres, const double *mvar,
+                              const double *ax, const double *ay, int64_t f, double x, double y, double radius,
+                              int64_t skip)
+{
+    double v[128], ev = 0;
+    int nv = 0, reach = (int)ceil(radius / cell);
+    int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
+    for (int64_t dy = -reach; dy <= reach; dy++)
+        for (int64_t dx = -reach; dx <= reach; dx++) {
+            int64_t key = cell_key(f, ky + dy, kx + dx), lo = 0, hi = N;
+            while (lo < hi) {
+                int64_t mid = (lo + hi) / 2;
+                if (cells[mid].key < key) lo = mid + 1;
+                else hi = mid;
+            }
+            for (int64_t c = lo; c < N && cells[c].key == key && nv < 128; c++) {
+                int64_t j = cells[c].node;
+                if (j == skip || isnan(mres[j]) || hypot(ax[j] - x, ay[j] - y) > radius) continue;
+                v[nv++] = mres[j];
+                ev += mvar[j];
+            }
+        }
+    if (nv < 8) return 0.0;
+    for (int pass = 0; pass < 2; pass++) { /* median, then median absolute deviation */
+        for (int a = 1; a < nv; a++)
+            for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
+                double t = v[b];
+                v[b] = v[b - 1];
+                v[b - 1] = t;
+            }
+        double med = nv % 2 ? v[nv / 2] : 0.5 * (v[nv / 2 - 1] + v[nv / 2]);
+        if (pass == 1) {
+            /* counted only when it stands out of the MAD's own sampling spread (relative sd of a
+             * MAD variance ~ sqrt(5.4 / nv)): a clean region adds nothing */
+            double var = pow(1.4826 * med, 2), e = ev / nv, ksig = 2.0;
+            return var > e * (1 + ksig * sqrt(5.4 / nv)) ? var - e : 0.0;
+        }
+        for (int a = 0; a < nv; a++) v[a] = fabs(v[a] - med);
+    }
+    return 0.0;
+}
+
 /* ---- the stage ------------------------------------------------------------------------- */
 
 tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes,
@@ -368,7 +426,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     int64_t *cross_buf = NULL;
     rec_t *recs = NULL, *allrecs = NULL;
     int *rcounts = NULL, *rdispls = NULL;
-    double *fmax_i = NULL, *vote = NULL;
+    double *fmax_i = NULL, *vote = NULL, *mres = NULL, *axy = NULL, *mvar = NULL;
     model_t *models = NULL, *ref = NULL;
     float *newprob = NULL;
     vcand_t *vc = NULL;
@@ -752,6 +810,40 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         models[sl].ok = 2; /* borrowed */
     }
 
+    /* 6b. local noise: each metal column's residual against the nearer of the frame reference's
+     * Mo / W levels (same model on every rank; ghosts carry the owner's contrast) */
+    st = tmd_calloc(ctx, (void **)&mres, (size_t)(N > 0 ? N : 1), sizeof *mres, "classify residuals");
+    if (!st) st = tmd_calloc(ctx, (void **)&axy, (size_t)(N > 0 ? N : 1) * 2, sizeof *axy, "classify positions");
+    if (!st) st = tmd_calloc(ctx, (void **)&mvar, (size_t)(N > 0 ? N : 1), sizeof *mvar, "classify residuals");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < N; i++) {
+        int64_t f = AF(i);
+        axy[i] = AX(i);
+        axy[N + i] = AY(i);
+        mres[i] = NAN;
+        if (opt->local_radius <= 0 || colour[i] < 0 || !ref[f].ok || !(fmax_i[f] > 0)) continue;
+        int64_t sl = SLOT(comp[i]);
+        if (!models[sl].ok || colour[i] != models[sl].hyp) continue;
+        const model_t *r = &ref[f];
+        double lm[3], lx[6], wm[3], wx[6], In = AI(i) / fmax_i[f];
+        levels(r->n, lm, lx);
+        weights(r, wm, wx);
+        double best = -1, res = 0;
+        for (int k = 1; k < 3; k++) {
+            double mu = r->s * lm[k], p = wm[k] * gauss(In - mu, r->sa2 + r->rho * r->rho * mu * mu);
+            if (p > best) {
+                best = p;
+                res = In - mu;
+            }
+        }
+        mres[i] = res;
+        {
+            double mu = In - res;
+            mvar[i] = r->sa2 + r->rho * r->rho * mu * mu;
+        }
+    }
+
     /* 7. species probabilities of the owned atoms; V_X and "empty" columns */
     st = tmd_calloc(ctx, (void **)&newprob, (size_t)(atoms->cap > 0 ? atoms->cap : 1) * TMD_SP_COUNT, sizeof(float),
                     "classify probabilities");
@@ -760,6 +852,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     for (int64_t i = 0; i < n; i++) {
         int64_t f = atoms->frame[i];
         const model_t *mm = NULL;
+        model_t mloc; /* mm with the local additive noise */
         int sub = TMD_SUB_UNKNOWN;
         if (colour[i] >= 0) {
             int64_t sl = SLOT(comp[i]);
@@ -774,6 +867,11 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         if (mm) {
             double lm[3], lx[6], wm[3], wx[6];
             double In = fmax_i[f] > 0 ? atoms->intensity[i] / fmax_i[f] : 0;
+            mloc = *mm;
+            if (opt->local_radius > 0)
+                mloc.sa2 += local_extra_var(cells, N, cell, mres, mvar, axy, axy + N, f, atoms->x[i], atoms->y[i],
+                                            opt->local_radius * lat[f].period_px / sqrt(3.0), i);
+            mm = &mloc;
             levels(mm->n, lm, lx);
             weights(mm, wm, wx);
             double fa = sub == TMD_SUB_A ? 1.0 : sub == TMD_SUB_B ? 0.0 : 0.5;
@@ -977,9 +1075,13 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         for (int64_t q = 0; !st && q < nacc; q++) {
             int type = vc[q].colour;
             if (cs) {
-                const model_t *mm = &models[vc[q].comp];
+                model_t mloc = models[vc[q].comp];
+                const model_t *mm = &mloc;
                 double lm[3], lx[6], wm[3], wx[6], r[6], w2[6];
                 double In = fmax_i[vc[q].frame] > 0 ? cs[q] / fmax_i[vc[q].frame] : 0;
+                if (opt->local_radius > 0)
+                    mloc.sa2 += local_extra_var(cells, N, cell, mres, mvar, axy, axy + N, vc[q].frame, vc[q].x,
+                                                vc[q].y, opt->local_radius * lat[vc[q].frame].period_px / sqrt(3.0), -1);
                 levels(mm->n, lm, lx);
                 weights(mm, wm, wx);
                 int isA = type == TMD_DEF_VM, nl = isA ? 3 : 6, best = 0;
@@ -1052,6 +1154,9 @@ cleanup:
     free(rdispls);
     free(fmax_i);
     free(vote);
+    free(mres);
+    free(axy);
+    free(mvar);
     free(models);
     free(ref);
     free(newprob);

@@ -154,13 +154,6 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     }
     tmd_box own;
     tmd_decomp_rank_box(run->decomp, run->decomp->rank, &own);
-    st = tmd_ghost_create(ctx, run->comm, &own, gd, &g);
-    if (!st) {
-        run->ghosts.n = 0;
-        st = tmd_ghost_exchange(ctx, g, &run->atoms, &run->ghosts);
-    }
-    tmd_ghost_destroy(&g);
-    if (st) goto cleanup;
     tmd_classify_opts o;
     tmd_classify_opts_default(&o);
     o.constraint = run->cfg.constraint;
@@ -178,6 +171,17 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
         st = measure_contrast(ctx, run, &own, lat, run->atoms.n, run->atoms.frame, run->atoms.x, run->atoms.y, contrast);
     st = tmd_agree(ctx, run->comm, st);
     if (st) goto cleanup;
+    /* ghosts carry the owner's contrast (the local references of tmd_classify read it) */
+    float *keep = run->atoms.intensity;
+    run->atoms.intensity = contrast;
+    st = tmd_ghost_create(ctx, run->comm, &own, gd, &g);
+    if (!st) {
+        run->ghosts.n = 0;
+        st = tmd_ghost_exchange(ctx, g, &run->atoms, &run->ghosts);
+    }
+    tmd_ghost_destroy(&g);
+    run->atoms.intensity = keep;
+    if (st) goto cleanup;
     if (ctx->log_level >= TMD_LOG_DEBUG) {
         int64_t c[TMD_NCLASSES] = {0};
         for (int64_t i = 0; i < run->atoms.n && run->atoms.nprob == TMD_NCLASSES; i++) {
@@ -189,7 +193,6 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
         tmd_debug(ctx, "classify: segmentation's own guess on rank 0: Mo %lld W %lld S2 %lld SSe %lld Se2 %lld",
                   (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4], (long long)c[5]);
     }
-    float *keep = run->atoms.intensity;
     run->atoms.intensity = contrast;
     st = tmd_classify(ctx, run->comm, &o, T, lat, &own, run->info.height, run->info.width, &run->atoms, &run->ghosts,
                       &run->defects, &rep);
