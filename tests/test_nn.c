@@ -405,6 +405,113 @@ static void test_roundtrip_and_malformed(void)
     tmd_nn_model_free(&m);
 }
 
+/* Sets integer attribute `name` of object `obj` in model file `path` (a hostile edit). */
+static void set_int_attr(const char *path, const char *obj, const char *name, int v)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    CU_ASSERT_FATAL(f >= 0);
+    hid_t o = H5Oopen(f, obj, H5P_DEFAULT);
+    CU_ASSERT_FATAL(o >= 0);
+    CU_ASSERT(H5Adelete(o, name) >= 0);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(o, name, H5T_NATIVE_INT, sp, H5P_DEFAULT, H5P_DEFAULT);
+    CU_ASSERT_FATAL(a >= 0);
+    CU_ASSERT(H5Awrite(a, H5T_NATIVE_INT, &v) >= 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Oclose(o);
+    H5Fclose(f);
+}
+
+/* fuzz_model, reproducers huge-cout-43GB-alloc / oom-8GB-alloc: a 4-byte edit of a layer's
+ * `cout` made the loader allocate 8-43 GB (or fail with "out of memory") before it looked at
+ * the weight datasets. Proves: the architecture is bounded (channels <= 4096, parameters
+ * <= 2^28) and a file whose layer is out of bounds is refused as a format error naming the
+ * file, the layer and the bound, before anything is allocated for it. */
+static void test_hostile_layer_sizes_refused(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    if (tmd_test_rank != 0) return;
+    tmd_nn_model *m = NULL, *r = NULL;
+    /* API: absurd conv/dense sizes are refused when the layer is added */
+    CU_ASSERT_FATAL(tmd_nn_model_new(&ctx, "custom", 1, 0, &m) == 0);
+    CU_ASSERT(tmd_nn_add_conv(&ctx, m, 0, 100664064, 3, 1, 1, TMD_NN_ACT_RELU) < 0);
+    CU_ASSERT(strstr(ctx.err_msg, "cout=100664064") != NULL);
+    tmd_error_clear(&ctx);
+    CU_ASSERT(tmd_nn_add_conv(&ctx, m, 0, 8, 3, 1 << 20, 1, TMD_NN_ACT_RELU) < 0); /* dilation */
+    tmd_error_clear(&ctx);
+    int c = tmd_nn_add_conv(&ctx, m, 0, 4096, 3, 1, 0, TMD_NN_ACT_RELU);
+    CU_ASSERT_FATAL(c > 0);
+    /* 4096 x 4096 x 3 x 3 = 151 M parameters; a second one passes 2^28 */
+    c = tmd_nn_add_conv(&ctx, m, c, 4096, 3, 1, 0, TMD_NN_ACT_RELU);
+    CU_ASSERT_FATAL(c > 0);
+    CU_ASSERT(tmd_nn_add_conv(&ctx, m, c, 4096, 3, 1, 0, TMD_NN_ACT_RELU) < 0);
+    CU_ASSERT(strstr(ctx.err_msg, "parameters") != NULL);
+    tmd_error_clear(&ctx);
+    /* concat of a tensor with itself until the channels pass the bound */
+    int x = tmd_nn_add_concat(&ctx, m, c, c);
+    CU_ASSERT(x < 0);
+    tmd_error_clear(&ctx);
+    tmd_nn_model_free(&m);
+
+    /* file: the classifier with layer 005 (conv) edited to cout = 100664064 / 2^31 - 1 */
+    CU_ASSERT_FATAL(tmd_nn_build_classifier(&ctx, 16, 2, 8, 1, &m) == 0);
+    const char *path = tmd_test_path("hostile_cout.h5");
+    const int bad[] = {100664064, 2147483647};
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_FATAL(tmd_nn_model_save(&ctx, m, path, NULL) == 0);
+        set_int_attr(path, "/layers/005", "cout", bad[i]);
+        tmd_error_clear(&ctx);
+        CU_ASSERT_EQUAL(tmd_nn_model_load(&ctx, path, &r), TMD_ERR_FORMAT);
+        CU_ASSERT_PTR_NULL(r);
+        CU_ASSERT(strstr(ctx.err_msg, path) != NULL);
+        CU_ASSERT(strstr(ctx.err_msg, "/layers/005") != NULL);
+        CU_ASSERT(strstr(ctx.err_msg, "cout 1..4096") != NULL);
+    }
+    /* an in-bounds cout that does not match the weights: refused by the shape check that
+     * now runs before the parameters are allocated */
+    CU_ASSERT_FATAL(tmd_nn_model_save(&ctx, m, path, NULL) == 0);
+    set_int_attr(path, "/layers/005", "cout", 4000);
+    tmd_error_clear(&ctx);
+    CU_ASSERT_EQUAL(tmd_nn_model_load(&ctx, path, &r), TMD_ERR_FORMAT);
+    CU_ASSERT(strstr(ctx.err_msg, "/layers/005") != NULL);
+    CU_ASSERT(strstr(ctx.err_msg, "expected 4000") != NULL);
+    CU_ASSERT(tmd_nn_model_param_count(r) == 0);
+    tmd_nn_model_free(&m);
+}
+
+/* fuzz_model, reproducer dense-cin-int-overflow: the dense input length c*h*w was computed in
+ * int and overflowed (UBSan) for a hostile input_size / channel count. Proves: it is computed
+ * in int64 and refused above 2^24 values, through the API and from a file. */
+static void test_dense_input_overflow_refused(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    if (tmd_test_rank != 0) return;
+    tmd_nn_model *m = NULL, *r = NULL;
+    CU_ASSERT_FATAL(tmd_nn_model_new(&ctx, "custom", 4096, 65536, &m) == 0);
+    CU_ASSERT(tmd_nn_add_dense(&ctx, m, 0, 2, TMD_NN_ACT_NONE) < 0); /* 4096*65536^2 = 2^44 */
+    CU_ASSERT(strstr(ctx.err_msg, "17592186044416 values") != NULL);
+    tmd_error_clear(&ctx);
+    tmd_nn_model_free(&m);
+
+    /* classifier file with input_size 65536 and the last conv at 4096 channels:
+     * dense input 4096 * 8192 * 8192 = 2^38 */
+    CU_ASSERT_FATAL(tmd_nn_build_classifier(&ctx, 16, 2, 8, 1, &m) == 0);
+    const char *path = tmd_test_path("hostile_dense.h5");
+    CU_ASSERT_FATAL(tmd_nn_model_save(&ctx, m, path, NULL) == 0);
+    set_int_attr(path, "/", "input_size", 65536);
+    set_int_attr(path, "/layers/005", "cout", 4096);
+    tmd_error_clear(&ctx);
+    CU_ASSERT_EQUAL(tmd_nn_model_load(&ctx, path, &r), TMD_ERR_FORMAT);
+    CU_ASSERT_PTR_NULL(r);
+    CU_ASSERT(strstr(ctx.err_msg, path) != NULL);
+    CU_ASSERT(strstr(ctx.err_msg, "/layers/007") != NULL);
+    CU_ASSERT(strstr(ctx.err_msg, "274877906944 values, at most 16777216") != NULL);
+    tmd_nn_model_free(&m);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "nn",
@@ -414,5 +521,7 @@ int main(int argc, char **argv)
                                            {"gradients: classifier", test_grad_classifier},
                                            {"U-Net shapes, reach, multiple", test_unet_shapes},
                                            {"model file round trip; malformed refused", test_roundtrip_and_malformed},
+                                           {"model file: hostile layer sizes refused before allocation", test_hostile_layer_sizes_refused},
+                                           {"model file: dense input length overflow refused", test_dense_input_overflow_refused},
                                            {0}});
 }

@@ -8,6 +8,18 @@
 
 #include "nn/nn_internal.h"
 
+/* Bounds on an architecture (checked when a layer is added or a model file is read, before
+ * anything is allocated): channels of any tensor, conv dilation, spatial size of any layer
+ * at the reference input, dense input length, and trainable parameters (2^28 floats = 1 GiB). */
+#define TMD_NN_MAX_CHANNELS 4096
+#define TMD_NN_MAX_DILATION 64
+#define TMD_NN_MAX_SPATIAL 65536
+#define TMD_NN_MAX_DENSE_IN (1 << 24)
+#define TMD_NN_MAX_DENSE_OUT (1 << 20)
+#define TMD_NN_MAX_PARAMS ((int64_t)1 << 28)
+/* Any tensor side while computing shapes (keeps c*h*w within int64 and h*2 within int). */
+#define TMD_NN_SHAPE_LIMIT (1 << 24)
+
 static const char *const OP_NAMES[TMD_NN_OP_COUNT] = {"input", "conv", "maxpool", "upsample", "concat",
                                                       "sum", "dense", "dropout", "reshape", "softmax"};
 
@@ -57,7 +69,14 @@ int tmd_nn_shapes(const tmd_nn_model *m, int h, int w, int *c, int *hh, int *ww,
             }
             H /= 2, W /= 2;
             break;
-        case TMD_NN_OP_UPSAMPLE: H *= 2, W *= 2; break;
+        case TMD_NN_OP_UPSAMPLE:
+            if (H > TMD_NN_SHAPE_LIMIT / 2 || W > TMD_NN_SHAPE_LIMIT / 2) {
+                snprintf(err, errlen, "layer %d (upsample): output of %dx%d would exceed %d pixels a side", i, H, W,
+                         TMD_NN_SHAPE_LIMIT);
+                return -1;
+            }
+            H *= 2, W *= 2;
+            break;
         case TMD_NN_OP_CONCAT:
         case TMD_NN_OP_SUM:
             if (hh[b] != H || ww[b] != W || (L->op == TMD_NN_OP_SUM && c[b] != C)) {
@@ -65,17 +84,30 @@ int tmd_nn_shapes(const tmd_nn_model *m, int h, int w, int *c, int *hh, int *ww,
                          OP_NAMES[L->op], C, H, W, c[b], hh[b], ww[b]);
                 return -1;
             }
-            if (L->op == TMD_NN_OP_CONCAT) C += c[b];
+            if (L->op == TMD_NN_OP_CONCAT) {
+                if ((int64_t)C + c[b] > TMD_NN_MAX_CHANNELS) {
+                    snprintf(err, errlen, "layer %d (concat): %d + %d channels, at most %d expected", i, C, c[b],
+                             TMD_NN_MAX_CHANNELS);
+                    return -1;
+                }
+                C += c[b];
+            }
             break;
         case TMD_NN_OP_DENSE:
             if ((int64_t)C * H * W != L->cin) {
-                snprintf(err, errlen, "layer %d (dense): input has %d values, weights expect %d", i, C * H * W,
-                         L->cin);
+                snprintf(err, errlen, "layer %d (dense): input has %lld values, weights expect %d", i,
+                         (long long)C * H * W, L->cin);
                 return -1;
             }
             C = L->cout, H = 1, W = 1;
             break;
         case TMD_NN_OP_RESHAPE:
+            if (L->rc < 1 || L->rc > TMD_NN_MAX_CHANNELS || L->rh < 1 || L->rh > TMD_NN_SHAPE_LIMIT || L->rw < 1 ||
+                L->rw > TMD_NN_SHAPE_LIMIT) {
+                snprintf(err, errlen, "layer %d (reshape): target %dx%dx%d out of range (channels 1..%d, sides 1..%d)",
+                         i, L->rc, L->rh, L->rw, TMD_NN_MAX_CHANNELS, TMD_NN_SHAPE_LIMIT);
+                return -1;
+            }
             if ((int64_t)C * H * W != (int64_t)L->rc * L->rh * L->rw) {
                 snprintf(err, errlen, "layer %d (reshape): %dx%dx%d cannot become %dx%dx%d", i, C, H, W, L->rc,
                          L->rh, L->rw);
@@ -186,6 +218,16 @@ tmd_status tmd_nn_model_new(tmd_ctx *ctx, const char *kind, int in_channels, int
     return TMD_OK;
 }
 
+/* Trainable parameters of one layer (weights, bias, BN affine); 0 for layers without. */
+static int64_t layer_params(const tmd_nn_layer *L)
+{
+    int64_t wn;
+    if (L->op == TMD_NN_OP_CONV) wn = (int64_t)L->cout * L->cin * L->k * L->k;
+    else if (L->op == TMD_NN_OP_DENSE) wn = (int64_t)L->cout * L->cin;
+    else return 0;
+    return wn + L->cout + (L->bn ? 2 * (int64_t)L->cout : 0);
+}
+
 /* Appends a layer after checking the graph with the reference input size. */
 static int add_layer(tmd_ctx *ctx, tmd_nn_model *m, tmd_nn_layer L)
 {
@@ -198,16 +240,32 @@ static int add_layer(tmd_ctx *ctx, tmd_nn_model *m, tmd_nn_layer L)
     if (L.in[0] < 0 || L.in[0] >= i) return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: layer %d: input %d does not exist", i, L.in[0]);
     if (tmd_nn_shapes(m, R, R, c, h, w, err, sizeof err)) return TMD_FAIL(ctx, TMD_ERR_INTERNAL, "nn model: %s", err);
     int a = L.in[0];
+    if ((L.op == TMD_NN_OP_CONCAT || L.op == TMD_NN_OP_SUM) && (L.in[1] < 0 || L.in[1] >= i))
+        return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: layer %d: second input %d does not exist", i, L.in[1]);
     if (L.op == TMD_NN_OP_CONV) L.cin = c[a];
     if (L.op == TMD_NN_OP_DENSE) {
         if (m->input_size <= 0) return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: a dense layer needs a fixed input size");
-        L.cin = c[a] * h[a] * w[a];
+        int64_t cin = (int64_t)c[a] * h[a] * w[a]; /* each factor is bounded by tmd_nn_shapes */
+        if (cin > TMD_NN_MAX_DENSE_IN)
+            return TMD_FAIL(ctx, TMD_ERR_RANGE, "nn model: layer %d (dense): input of %dx%dx%d = %lld values, at most %d expected",
+                            i, c[a], h[a], w[a], (long long)cin, TMD_NN_MAX_DENSE_IN);
+        L.cin = (int)cin;
     }
+    int64_t np = layer_params(&L);
+    for (int j = 1; j < i; j++) np += layer_params(&m->layers[j]);
+    if (np > TMD_NN_MAX_PARAMS)
+        return TMD_FAIL(ctx, TMD_ERR_RANGE, "nn model: layer %d (%s) brings the model to %lld parameters, at most %lld expected",
+                        i, OP_NAMES[L.op], (long long)np, (long long)TMD_NN_MAX_PARAMS);
     m->layers[i] = L;
     m->n_layers++;
     if (tmd_nn_shapes(m, R, R, c, h, w, err, sizeof err)) {
         m->n_layers--;
         return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: %s", err);
+    }
+    if (h[i] > TMD_NN_MAX_SPATIAL || w[i] > TMD_NN_MAX_SPATIAL) {
+        m->n_layers--;
+        return TMD_FAIL(ctx, TMD_ERR_RANGE, "nn model: layer %d (%s): output %dx%d at input %d exceeds %d pixels a side",
+                        i, OP_NAMES[L.op], h[i], w[i], R, TMD_NN_MAX_SPATIAL);
     }
     return i;
 }
@@ -222,8 +280,12 @@ static tmd_nn_layer layer0(int op, int a, int b)
 
 int tmd_nn_add_conv(tmd_ctx *ctx, tmd_nn_model *m, int in, int cout, int k, int dilation, int batchnorm, int act)
 {
-    if ((k != 1 && k != 3) || cout < 1 || dilation < 1 || act < 0 || act > 2)
-        return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: conv k=%d cout=%d dilation=%d act=%d not supported", k, cout, dilation, act);
+    if ((k != 1 && k != 3) || cout < 1 || cout > TMD_NN_MAX_CHANNELS || dilation < 1 || dilation > TMD_NN_MAX_DILATION ||
+        act < 0 || act > 2 || batchnorm < 0 || batchnorm > 1)
+        return TMD_FAIL(ctx, TMD_ERR_ARG,
+                        "nn model: conv k=%d cout=%d dilation=%d batchnorm=%d act=%d not supported (expected k 1 or 3, "
+                        "cout 1..%d, dilation 1..%d, batchnorm 0/1, act 0..2)",
+                        k, cout, dilation, batchnorm, act, TMD_NN_MAX_CHANNELS, TMD_NN_MAX_DILATION);
     tmd_nn_layer L = layer0(TMD_NN_OP_CONV, in, -1);
     L.cout = cout, L.k = k, L.dil = dilation, L.bn = batchnorm ? 1 : 0, L.act = act;
     return add_layer(ctx, m, L);
@@ -235,7 +297,9 @@ int tmd_nn_add_sum(tmd_ctx *ctx, tmd_nn_model *m, int a, int b) { return add_lay
 int tmd_nn_add_softmax(tmd_ctx *ctx, tmd_nn_model *m, int in) { return add_layer(ctx, m, layer0(TMD_NN_OP_SOFTMAX, in, -1)); }
 int tmd_nn_add_dense(tmd_ctx *ctx, tmd_nn_model *m, int in, int cout, int act)
 {
-    if (cout < 1 || act < 0 || act > 2) return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: dense cout=%d act=%d", cout, act);
+    if (cout < 1 || cout > TMD_NN_MAX_DENSE_OUT || act < 0 || act > 2)
+        return TMD_FAIL(ctx, TMD_ERR_ARG, "nn model: dense cout=%d act=%d not supported (expected cout 1..%d, act 0..2)",
+                        cout, act, TMD_NN_MAX_DENSE_OUT);
     tmd_nn_layer L = layer0(TMD_NN_OP_DENSE, in, -1);
     L.cout = cout, L.act = act;
     return add_layer(ctx, m, L);
@@ -269,9 +333,12 @@ tmd_status tmd_nn_model_alloc_params(tmd_ctx *ctx, tmd_nn_model *m)
         if (L->op == TMD_NN_OP_CONV) L->w_n = (int64_t)L->cout * L->cin * L->k * L->k;
         else if (L->op == TMD_NN_OP_DENSE) L->w_n = (int64_t)L->cout * L->cin;
         else continue;
-        np += L->w_n + L->cout + (L->bn ? 2 * L->cout : 0);
-        ns += L->bn ? 2 * L->cout : 0;
+        np += L->w_n + L->cout + (L->bn ? 2 * (int64_t)L->cout : 0);
+        ns += L->bn ? 2 * (int64_t)L->cout : 0;
     }
+    if (np > TMD_NN_MAX_PARAMS)
+        return TMD_FAIL(ctx, TMD_ERR_RANGE, "nn model: %lld parameters, at most %lld expected", (long long)np,
+                        (long long)TMD_NN_MAX_PARAMS);
     free(m->params);
     free(m->stats);
     m->params = m->stats = NULL;
@@ -610,7 +677,7 @@ cleanup:
     return st;
 }
 
-/* Reads dataset `name` of group g into dst, checking its shape equals dims. */
+/* Reads dataset `name` of group g into dst (NULL: only checks), checking its shape equals dims. */
 static tmd_status dset_read(tmd_ctx *ctx, const char *path, const char *lname, hid_t g, const char *name, int rank,
                             const hsize_t *dims, float *dst)
 {
@@ -632,7 +699,7 @@ static tmd_status dset_read(tmd_ctx *ctx, const char *path, const char *lname, h
                               lname, name, i, (unsigned long long)got[i], (unsigned long long)dims[i]);
                 break;
             }
-        if (!st && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
+        if (!st && dst && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
             st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: layer %s: reading '%s' failed", path, lname, name);
     }
     if (sp >= 0) H5Sclose(sp);
@@ -732,11 +799,37 @@ tmd_status tmd_nn_model_load(tmd_ctx *ctx, const char *path, tmd_nn_model **out)
             H5Gclose(g);
             g = H5I_INVALID_HID;
         }
-        if (lat >= m->n_layers) {
+        if (lat < -1 || lat >= m->n_layers) {
             st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: latent layer %d does not exist", path, lat);
             goto cleanup;
         }
         m->latent = lat;
+        /* Every weight dataset must have the shape the architecture implies before anything
+         * is allocated for it (a 4-byte edit of `cout` must not cost gigabytes). */
+        for (int i = 1; i < m->n_layers; i++) {
+            const tmd_nn_layer *L = &m->layers[i];
+            if (L->op != TMD_NN_OP_CONV && L->op != TMD_NN_OP_DENSE) continue;
+            char name[32], lname[64];
+            snprintf(name, sizeof name, "%03d", i);
+            snprintf(lname, sizeof lname, "/layers/%s (%s)", name, OP_NAMES[L->op]);
+            g = H5Gopen2(lg, name, H5P_DEFAULT);
+            if (g < 0) {
+                st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: layer %s cannot be opened", path, lname);
+                goto cleanup;
+            }
+            hsize_t wd[4] = {(hsize_t)L->cout, (hsize_t)L->cin, (hsize_t)L->k, (hsize_t)L->k};
+            hsize_t cd[1] = {(hsize_t)L->cout};
+            if ((st = dset_read(ctx, path, lname, g, "w", L->op == TMD_NN_OP_CONV ? 4 : 2, wd, NULL)) ||
+                (st = dset_read(ctx, path, lname, g, "b", 1, cd, NULL)))
+                goto cleanup;
+            if (L->bn && ((st = dset_read(ctx, path, lname, g, "gamma", 1, cd, NULL)) ||
+                          (st = dset_read(ctx, path, lname, g, "beta", 1, cd, NULL)) ||
+                          (st = dset_read(ctx, path, lname, g, "running_mean", 1, cd, NULL)) ||
+                          (st = dset_read(ctx, path, lname, g, "running_var", 1, cd, NULL))))
+                goto cleanup;
+            H5Gclose(g);
+            g = H5I_INVALID_HID;
+        }
         if ((st = tmd_nn_model_alloc_params(ctx, m))) goto cleanup;
         for (int i = 1; i < m->n_layers; i++) {
             tmd_nn_layer *L = &m->layers[i];
@@ -744,6 +837,10 @@ tmd_status tmd_nn_model_load(tmd_ctx *ctx, const char *path, tmd_nn_model **out)
             char name[32];
             snprintf(name, sizeof name, "%03d", i);
             g = H5Gopen2(lg, name, H5P_DEFAULT);
+            if (g < 0) {
+                st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: layer /layers/%s cannot be opened", path, name);
+                goto cleanup;
+            }
             hsize_t wd[4] = {(hsize_t)L->cout, (hsize_t)L->cin, (hsize_t)L->k, (hsize_t)L->k};
             hsize_t cd[1] = {(hsize_t)L->cout};
             char lname[64];
