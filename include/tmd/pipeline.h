@@ -30,7 +30,14 @@
  * write stage writes every non-empty table (atoms, defects, sites, drift, lattice) and
  * stages that want other datasets write them through run->writer themselves (collective).
  * Checkpoint/resume (issue 9): tile stages are pure functions of (tile, configuration,
- * normalisation), so per-tile results can be kept and skipped on --resume.
+ * normalisation), so per-tile results are kept and skipped on --resume. Every completed
+ * tile's rows (all atom columns incl. latent features, and its class-map rectangle when
+ * save_maps=1) are written, as the tile completes, to OUT.ckpt/tile-<global index>.bin
+ * (written as .tmp, renamed: a killed rank never leaves a torn file); OUT.ckpt/manifest
+ * (rank 0, before the pass) holds the input fingerprint (path, size, mtime), the tile grid
+ * and the effective configuration. With run->resume the manifest must match (else refused,
+ * naming the difference) and each rank loads the tiles it holds, on any rank count. The
+ * directory is removed after a successful run and kept on any failure or signal.
  *
  * At the end a table of stages (time, share, throughput, per-rank peak memory) is logged
  * and stored as the root attribute `stage_table`; per-rank peak RSS as `peak_rss_bytes`.
@@ -100,6 +107,7 @@ struct tmd_run {
     int force;                       /* overwrite an existing result */
     double pixel_size_arg;           /* --pixel-size, 0 = not given */
     int pdims[3];                    /* process grid (t, y, x); zeros = automatic */
+    int resume;                      /* 1: load completed tiles from the checkpoint OUT.ckpt/ */
 
     /* ---- filled by the stages ---- */
     MPI_Comm comm;                   /* duplicate of the caller's communicator */
@@ -140,6 +148,8 @@ struct tmd_run {
     /* accounting */
     tmd_stage_stat stat[TMD_RUN_MAX_STAGES];
     int64_t tiles_done;              /* this rank's tiles completed in the tile pass */
+    int64_t tiles_loaded;            /* of those, loaded from the checkpoint (--resume) */
+    char ckpt[TMD_PATH_MAX];         /* checkpoint directory OUT.ckpt (set by the driver) */
     double t_begin;
 };
 

@@ -10,7 +10,7 @@
 static void run_usage(FILE *f)
 {
     fprintf(f,
-            "usage: tmdflow run INPUT -o RESULT.h5 [--pixel-size A] [--config FILE] [--force] [key=value ...]\n"
+            "usage: tmdflow run INPUT -o RESULT.h5 [--pixel-size A] [--config FILE] [--force] [--resume] [key=value ...]\n"
             "\n"
             "Finds every atomic column of INPUT (TIFF/BigTIFF, multi-page stack, or FILE.h5:/dataset) and writes\n"
             "RESULT.h5 (written as RESULT.h5.tmp, renamed only on success). Run under mpiexec/srun for many ranks.\n"
@@ -19,7 +19,8 @@ static void run_usage(FILE *f)
             "  --pixel-size A       Angstrom per input pixel (same as pixel_size=A)\n"
             "  --config FILE        INI configuration; key=value arguments override it\n"
             "  --force              overwrite an existing result\n"
-            "  --resume             continue an interrupted run (not available yet)\n"
+            "  --resume             continue an interrupted run from its checkpoint RESULT.h5.ckpt/ (same input\n"
+            "                       and configuration; any rank count)\n"
             "  --list-keys          print every configuration key (Markdown) and exit\n"
             "  key=value            any configuration key (docs/configuration.md)\n");
 }
@@ -65,10 +66,9 @@ tmd_status tmd_cmd_run(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
     }
     if (!st && !input) st = TMD_FAIL(ctx, TMD_ERR_ARG, "run: no input given (usage: tmdflow run INPUT -o RESULT.h5 ...)");
     if (!st && !output) st = TMD_FAIL(ctx, TMD_ERR_ARG, "run: no result file given (-o RESULT.h5)");
-    if (!st && resume)
-        st = TMD_FAIL(ctx, TMD_ERR_ARG,
-                      "run: --resume is not available in this build (checkpoints are not written yet); run again "
-                      "with --force");
+    if (!st && resume && run.force)
+        st = TMD_FAIL(ctx, TMD_ERR_ARG, "run: --resume and --force contradict each other (--force discards a checkpoint)");
+    run.resume = resume;
     if (!st && (strlen(input) >= sizeof run.input || strlen(output) >= sizeof run.output))
         st = TMD_FAIL(ctx, TMD_ERR_ARG, "run: path too long (at most %d characters)", TMD_PATH_MAX - 1);
     if (!st && config_file) st = tmd_config_load_file(ctx, &run.cfg, config_file);

@@ -141,29 +141,77 @@ static tmd_status stage_table(tmd_ctx *ctx, tmd_run *run, char **out, int64_t **
 
 /* ---- the driver ----------------------------------------------------------------------- */
 
+/* Appends rows [from, to) of src to dst (same columns). */
+static tmd_status copy_rows(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t from, int64_t to)
+{
+    const int np = src->nprob, nl = src->nlatent;
+    for (int64_t k = from; k < to; k++) {
+        int64_t i;
+        TMD_CHECK(tmd_atom_table_push(ctx, dst, &i));
+        dst->frame[i] = src->frame[k], dst->x[i] = src->x[k], dst->y[i] = src->y[k];
+        dst->sublattice[i] = src->sublattice[k], dst->species[i] = src->species[k];
+        dst->intensity[i] = src->intensity[k], dst->site[i] = src->site[k];
+        memcpy(dst->prob + i * np, src->prob + k * np, sizeof(float) * (size_t)np);
+        if (nl) memcpy(dst->latent + i * nl, src->latent + k * nl, sizeof(float) * (size_t)nl);
+    }
+    return TMD_OK;
+}
+
 /* The tile pass over stages [first, last]: every local tile goes through each tile stage in
- * order. Not collective inside; the caller agrees afterwards. */
+ * order, or (--resume) is loaded from the checkpoint; each computed tile is checkpointed as
+ * it completes. Rows end in local tile order either way, so the global stages see the same
+ * table as in an uninterrupted run. Not collective inside; the caller agrees afterwards.
+ *
+ * Test hook: TMDFLOW_STOP_AFTER_TILES=N sets the stop flag (as SIGUSR1 would) once this rank
+ * has computed N tiles. */
 static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
 {
     tmd_status st = TMD_OK;
     const tmd_decomp *d = run->decomp;
     tmd_tile tile;
     memset(&tile, 0, sizeof tile);
+    tmd_atom_table loaded, merged;
+    tmd_atom_table_init(&loaded, run->atoms.nprob);
+    tmd_atom_table_init(&merged, run->atoms.nprob);
+    int64_t *r0 = NULL, *r1 = NULL, computed = 0, stop_after = -1;
+    char *from_ckpt = NULL;
+    const char *hook = getenv("TMDFLOW_STOP_AFTER_TILES");
+    if (hook && *hook) stop_after = atoll(hook);
     st = tmd_tile_buffers(ctx, run, &tile);
+    if (!st) st = tmd_calloc(ctx, (void **)&r0, (size_t)d->nlocal + 1, sizeof *r0, "tile rows");
+    if (!st) st = tmd_calloc(ctx, (void **)&r1, (size_t)d->nlocal + 1, sizeof *r1, "tile rows");
+    if (!st) st = tmd_calloc(ctx, (void **)&from_ckpt, (size_t)d->nlocal + 1, 1, "tile sources");
+    if (!st && run->atoms.nlatent) st = tmd_atom_table_set_latent(ctx, &loaded, run->atoms.nlatent);
     tmd_progress prog;
     tmd_progress_begin(&prog, ctx, "tiles", (double)d->ntiles_total, "tiles");
-    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+    int64_t i = 0;
+    for (; i < d->nlocal && !st; i++) {
         if (tmd_interrupted(ctx)) {
-            st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "stopped by a signal after %lld of %lld tiles on rank %d",
-                          (long long)i, (long long)d->nlocal, ctx->rank);
+            st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED,
+                          "stopped by a signal after %lld of %lld tiles on rank %d; the completed tiles are kept in %s: "
+                          "continue with the same command and --resume",
+                          (long long)i, (long long)d->nlocal, ctx->rank, run->ckpt);
             break;
         }
         tile.local = i;
         tile.index = tmd_decomp_local_tile(d, i);
-        for (int s = first; s <= last && !st; s++) {
-            double t0 = tmd_now();
-            st = STAGES[s].tile(ctx, run, &tile);
-            run->stat[s].seconds += tmd_now() - t0;
+        if (tmd_ckpt_has(run, tile.index)) {
+            from_ckpt[i] = 1;
+            r0[i] = loaded.n;
+            st = tmd_ckpt_load(ctx, run, tile.index, &loaded);
+            r1[i] = loaded.n;
+            run->tiles_loaded++;
+        } else {
+            r0[i] = run->atoms.n;
+            for (int s = first; s <= last && !st; s++) {
+                double t0 = tmd_now();
+                st = STAGES[s].tile(ctx, run, &tile);
+                run->stat[s].seconds += tmd_now() - t0;
+            }
+            r1[i] = run->atoms.n;
+            if (!st) st = tmd_ckpt_save(ctx, run, &tile, r0[i]);
+            computed++;
+            if (stop_after >= 0 && computed >= stop_after && ctx->stop_flag) *ctx->stop_flag = 1;
         }
         run->tiles_done = i + 1;
         /* rank 0's share of the work, scaled to the whole grid */
@@ -171,6 +219,22 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
         tmd_progress_update(&prog, frac * (double)d->ntiles_total);
     }
     if (!st) tmd_progress_end(&prog);
+    if (!st && run->tiles_loaded) {
+        /* rows in local tile order, as an uninterrupted run has them */
+        if (run->atoms.nlatent) st = tmd_atom_table_set_latent(ctx, &merged, run->atoms.nlatent);
+        for (int64_t k = 0; k < d->nlocal && !st; k++)
+            st = copy_rows(ctx, &merged, from_ckpt[k] ? &loaded : &run->atoms, r0[k], r1[k]);
+        if (!st) {
+            tmd_atom_table_free(&run->atoms);
+            run->atoms = merged;
+            tmd_atom_table_init(&merged, run->atoms.nprob);
+        }
+    }
+    tmd_atom_table_free(&loaded);
+    tmd_atom_table_free(&merged);
+    free(r0);
+    free(r1);
+    free(from_ckpt);
     tmd_tile_buffers_free(&tile);
     return st;
 }
@@ -181,6 +245,7 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
     char *table = NULL;
     int64_t *peaks = NULL;
     run->t_begin = tmd_now();
+    snprintf(run->ckpt, sizeof run->ckpt, "%.*s.ckpt", TMD_PATH_MAX - 8, run->output);
     st = TMD_MPI(ctx, MPI_Comm_dup(comm, &run->comm));
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
@@ -205,6 +270,9 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
             st = tmd_agree(ctx, run->comm, st);
             run->stat[s].seconds += tmd_now() - t0;
             if (!st) begun = s + 1;
+        }
+        if (!st) {
+            st = tmd_ckpt_prepare(ctx, run); /* collective; after the configuration is final */
         }
         if (!st) {
             tmd_info(ctx, "tile pass (%s) over %lld tiles on %d ranks", STAGES[i].name, (long long)run->decomp->ntiles_total,
@@ -240,6 +308,13 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
         if (!st) st = e;
     }
     st = tmd_agree(ctx, run->comm, st);
+    if (!st) st = tmd_ckpt_finish(ctx, run); /* the result is published: the checkpoint is no longer needed */
+    if (!st && run->tiles_loaded >= 0) {
+        int64_t l = run->tiles_loaded, g = 0;
+        MPI_Allreduce(&l, &g, 1, MPI_INT64_T, MPI_SUM, run->comm);
+        if (g) tmd_info(ctx, "resumed: %lld of %lld tiles loaded from the checkpoint", (long long)g,
+                        (long long)run->decomp->ntiles_total);
+    }
     if (!st) tmd_info(ctx, "result: %s (%lld atoms, %.1f s)", run->output, (long long)tmd_run_total_atoms(run),
                       tmd_now() - run->t_begin);
     free(table);

@@ -1,7 +1,9 @@
 /* Overlap-tile U-Net inference and atom finding per tile (see tmd/pipeline.h). */
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "pipeline_internal.h"
 #include "tmd/nn.h"
@@ -23,10 +25,30 @@ tmd_status tmd_unet_begin(tmd_ctx *ctx, tmd_run *run)
     st = tmd_agree(ctx, run->comm, st);
     if (st || !run->cfg.save_maps) return st;
     /* (T, H, W) uint8, one chunk per tile (frames_per_tile, tile, tile), so every chunk has
-     * one writer. Space is allocated at creation; each rank then writes its tiles'
+     * one writer. Space is allocated at creation (parallel HDF5 needs early allocation for
+     * independent writes to chunked datasets) but never filled (H5D_FILL_TIME_NEVER: no data
+     * written by the collective create, so nothing there can fail on one rank only; every
+     * pixel is written by its tile anyway); each rank then writes its tiles'
      * rectangles independently as they complete. The chunk-index lookups of those writes are
      * metadata reads outside any collective, so collective metadata reads are switched off
      * for this dataset (its access property list). */
+    /* Free space first, agreed: a full disk must fail here, on every rank, and not inside a
+     * later independent write while another rank waits in a collective call. */
+    {
+        const double need = (double)d->dims[0] * (double)d->dims[1] * (double)d->dims[2] * 1.05 + 1048576.0;
+        char dir[TMD_PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", run->output);
+        char *slash = strrchr(dir, '/');
+        if (slash) slash[slash == dir ? 1 : 0] = 0;
+        else snprintf(dir, sizeof dir, ".");
+        struct statvfs sv;
+        if (ctx->rank == 0 && statvfs(dir, &sv) == 0 && (double)sv.f_bavail * (double)sv.f_frsize < need)
+            st = TMD_FAIL(ctx, TMD_ERR_IO,
+                          "%s: not enough space for /segmentation/classes (save_maps=1): %.1f MB needed, %.1f MB free in %s",
+                          run->output, need / 1e6, (double)sv.f_bavail * (double)sv.f_frsize / 1e6, dir);
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) return st;
+    }
     hid_t file = tmd_writer_file(run->writer), lcpl = H5I_INVALID_HID, space = H5I_INVALID_HID;
     hid_t dcpl = H5I_INVALID_HID, dapl = H5I_INVALID_HID;
     hsize_t dims[3] = {(hsize_t)d->dims[0], (hsize_t)d->dims[1], (hsize_t)d->dims[2]};
@@ -38,7 +60,7 @@ tmd_status tmd_unet_begin(tmd_ctx *ctx, tmd_run *run)
     uint8_t zero = 0;
     if (lcpl < 0 || space < 0 || dcpl < 0 || dapl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
         H5Pset_chunk(dcpl, 3, chunk) < 0 || H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
-        H5Pset_fill_value(dcpl, H5T_NATIVE_UINT8, &zero) < 0 || H5Pset_all_coll_metadata_ops(dapl, 0) < 0)
+        H5Pset_fill_value(dcpl, H5T_NATIVE_UINT8, &zero) < 0 || H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0 || H5Pset_all_coll_metadata_ops(dapl, 0) < 0)
         st = TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot prepare /segmentation/classes", run->output);
     if (!st) {
         run->seg_dset = H5Dcreate2(file, "/segmentation/classes", H5T_NATIVE_UINT8, space, lcpl, dcpl, dapl);
@@ -90,6 +112,14 @@ static tmd_status write_classes(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile
             }
         }
     }
+    return tmd_unet_write_seg(ctx, run, c, tile->index);
+}
+
+/* The class map of one tile core (in run->seg_buf) to its rectangle of /segmentation/classes
+ * (independent write; also used for tiles loaded from a checkpoint). */
+tmd_status tmd_unet_write_seg(tmd_ctx *ctx, tmd_run *run, const tmd_box *c, int64_t index)
+{
+    int64_t h = c->hi[1] - c->lo[1], w = c->hi[2] - c->lo[2];
     hsize_t start[3] = {(hsize_t)c->lo[0], (hsize_t)c->lo[1], (hsize_t)c->lo[2]};
     hsize_t count[3] = {(hsize_t)(c->hi[0] - c->lo[0]), (hsize_t)h, (hsize_t)w};
     hid_t fs = H5Dget_space(run->seg_dset), ms = H5Screate_simple(3, count, NULL);
@@ -98,7 +128,7 @@ static tmd_status write_classes(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile
         e = H5Dwrite(run->seg_dset, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, run->seg_buf);
     if (fs >= 0) H5Sclose(fs);
     if (ms >= 0) H5Sclose(ms);
-    if (e < 0) return TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot write the class map of tile %lld", run->output, (long long)tile->index);
+    if (e < 0) return TMD_FAIL(ctx, TMD_ERR_IO, "%s: cannot write the class map of tile %lld", run->output, (long long)index);
     return TMD_OK;
 }
 

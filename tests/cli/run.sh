@@ -6,7 +6,7 @@
 #   - logs the stage table (time, share, throughput, per-rank peak memory) and stores it;
 #   - leaves no RESULT.h5.tmp behind;
 #   - refuses to overwrite a result without --force (the file is left untouched), refuses
-#     --resume (no checkpoints yet) and an unknown key (suggesting the closest), each with
+#     --resume without a checkpoint (tests/cli/resume.sh covers resuming) and an unknown key (suggesting the closest), each with
 #     one message and a non-zero exit.
 # Skipped (77) while no trained U-Net is in inputs/models/.
 # TMD_TEST_TIMEOUT: 600
