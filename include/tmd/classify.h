@@ -12,10 +12,12 @@
  * intensity histograms under a physical Z^n contrast model — metal levels {Mo, W}, chalcogen
  * levels {S2, SSe, Se2, S, Se} of a random alloy Mo(1-x)W(x)S(2(1-y))Se(2y) with single-chalcogen
  * vacancies, a common scale and exponent n (1.4-2.1, prior 1.6 +- 0.2; Krivanek et al.
- * 2010 measured 1.64 at 60 kV), fitted by EM, with the
+ * 2010 measured 1.64 at 60 kV), fitted by EM (each composition free at a BIC cost of
+ * 0.5 ln(columns), or held at a pure end member), with the
  * lattice constant through Vegard's law when the pixel size is known — plus the vote
  * of the segmentation/classifier probabilities when present, (4) gives every atom species
- * probabilities (intensity posterior x classifier probabilities^0.5 when present), masks the
+ * probabilities (intensity posterior x classifier probabilities^0.5 when present; the level
+ * variances widened by the local excess noise of the nearby metal columns), masks the
  * species its sublattice forbids when `constraint` is on and renormalises, (5) finds
  * vacancies: V_X = a B-site column classified S or Se, V_M / V_X2 = an A / B site of the
  * locally fitted lattice with no column (or with a column whose intensity fits "empty").
