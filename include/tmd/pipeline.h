@@ -37,7 +37,8 @@
  * (rank 0, before the pass) holds the input fingerprint (path, size, mtime), the tile grid
  * and the effective configuration. With run->resume the manifest must match (else refused,
  * naming the difference) and each rank loads the tiles it holds, on any rank count. The
- * directory is removed after a successful run and kept on any failure or signal.
+ * directory is removed after a successful run and after a failure other than a stop by a
+ * signal (such errors repeat); it is kept after a signal (and whatever a killed job left).
  *
  * At the end a table of stages (time, share, throughput, per-rank peak memory) is logged
  * and stored as the root attribute `stage_table`; per-rank peak RSS as `peak_rss_bytes`.
@@ -150,6 +151,8 @@ struct tmd_run {
     int64_t tiles_done;              /* this rank's tiles completed in the tile pass */
     int64_t tiles_loaded;            /* of those, loaded from the checkpoint (--resume) */
     char ckpt[TMD_PATH_MAX];         /* checkpoint directory OUT.ckpt (set by the driver) */
+    int ckpt_made;                   /* 1: this run created or took over the checkpoint */
+    int ckpt_off;                    /* 1: checkpoint could not be written here (warned; run goes on) */
     double t_begin;
 };
 

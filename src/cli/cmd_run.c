@@ -3,6 +3,7 @@
  * Parses the command line into a tmd_run and calls the pipeline (tmd/pipeline.h). */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "tmd/pipeline.h"
@@ -82,6 +83,18 @@ tmd_status tmd_cmd_run(tmd_ctx *ctx, MPI_Comm comm, int argc, char **argv)
     }
     /* every rank parsed the same arguments; agree anyway before the collective run */
     st = tmd_agree(ctx, comm, st);
+    if (!st && resume) {
+        /* a resubmitted job whose previous attempt finished: nothing to do */
+        char ck[TMD_PATH_MAX + 8];
+        snprintf(ck, sizeof ck, "%s.ckpt", output);
+        int done = ctx->rank == 0 && access(output, F_OK) == 0 && access(ck, F_OK) != 0;
+        MPI_Bcast(&done, 1, MPI_INT, 0, comm);
+        if (done) {
+            tmd_info(ctx, "run --resume: %s is already complete (no checkpoint %s); nothing to do", output, ck);
+            tmd_run_free(&run);
+            return TMD_OK;
+        }
+    }
     if (!st) {
         snprintf(run.input, sizeof run.input, "%s", input);
         snprintf(run.output, sizeof run.output, "%s", output);

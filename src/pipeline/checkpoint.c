@@ -140,8 +140,16 @@ tmd_status tmd_ckpt_prepare(tmd_ctx *ctx, tmd_run *run)
         if (!st && run->resume) {
             old = read_all(mpath);
             if (!old) {
-                st = TMD_FAIL(ctx, TMD_ERR_ARG, "run --resume: no checkpoint %s (nothing to resume; run without --resume)",
-                              mpath);
+                /* stopped before the tile pass began (or never run): start from the beginning, so
+                 * that a requeued job with --resume always works */
+                tmd_info(ctx, "run --resume: no checkpoint %s; starting from the first tile", mpath);
+                if (exists) remove_dir(run->ckpt);
+                if (mkdir(run->ckpt, 0777) != 0 || write_file_atomic(mpath, text, strlen(text)) != 0) {
+                    tmd_info(ctx, "warning: cannot write the checkpoint %s (%s): this run goes on without one",
+                             run->ckpt, strerror(errno));
+                    remove_dir(run->ckpt);
+                    run->ckpt_off = 1;
+                }
             } else if (strcmp(old, text)) {
                 char diff[800];
                 first_difference(old, text, diff, sizeof diff);
@@ -157,15 +165,19 @@ tmd_status tmd_ckpt_prepare(tmd_ctx *ctx, tmd_run *run)
                               "with --force)",
                               run->ckpt);
             if (!st && exists) remove_dir(run->ckpt);
-            if (!st && mkdir(run->ckpt, 0777) != 0)
-                st = TMD_FAIL(ctx, TMD_ERR_IO, "cannot create the checkpoint directory %s: %s", run->ckpt, strerror(errno));
-            if (!st && write_file_atomic(mpath, text, strlen(text)) != 0)
-                st = TMD_FAIL(ctx, TMD_ERR_IO, "cannot write the checkpoint manifest %s: %s", mpath, strerror(errno));
+            if (!st && (mkdir(run->ckpt, 0777) != 0 || write_file_atomic(mpath, text, strlen(text)) != 0)) {
+                tmd_info(ctx, "warning: cannot write the checkpoint %s (%s): this run goes on without one",
+                         run->ckpt, strerror(errno));
+                remove_dir(run->ckpt);
+                run->ckpt_off = 1;
+            }
         }
     }
     free(text);
     free(old);
-    return tmd_agree(ctx, run->comm, st);
+    st = tmd_agree(ctx, run->comm, st);
+    if (!st) MPI_Bcast(&run->ckpt_off, 1, MPI_INT, 0, run->comm);
+    return st;
 }
 
 int tmd_ckpt_has(const tmd_run *run, int64_t index)
@@ -184,6 +196,7 @@ static size_t seg_bytes(const tmd_run *run, const tmd_box *c)
 
 tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64_t row0)
 {
+    if (run->ckpt_off) return TMD_OK;
     const tmd_atom_table *a = &run->atoms;
     int64_t n = a->n - row0;
     int32_t np = a->nprob, nl = a->nlatent;
@@ -214,7 +227,11 @@ tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64
     tile_path(run, tile->index, path, sizeof path);
     int e = write_file_atomic(path, buf, total);
     free(buf);
-    if (e) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot write the checkpoint %s on rank %d: %s", path, ctx->rank, strerror(errno));
+    if (e) { /* best effort: the run itself goes on (a full disk fails later, in the writer, on every rank) */
+        tmd_info(ctx, "warning: cannot write the checkpoint %s on rank %d (%s): no more checkpoints from this rank",
+                 path, ctx->rank, strerror(errno));
+        run->ckpt_off = 1;
+    }
     return TMD_OK;
 }
 
@@ -272,6 +289,6 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
 
 tmd_status tmd_ckpt_finish(tmd_ctx *ctx, tmd_run *run)
 {
-    if (ctx->rank == 0) remove_dir(run->ckpt);
+    if (ctx->rank == 0 && run->ckpt[0]) remove_dir(run->ckpt);
     return TMD_OK;
 }

@@ -273,6 +273,7 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
         }
         if (!st) {
             st = tmd_ckpt_prepare(ctx, run); /* collective; after the configuration is final */
+            if (!st) run->ckpt_made = 1;
         }
         if (!st) {
             tmd_info(ctx, "tile pass (%s) over %lld tiles on %d ranks", STAGES[i].name, (long long)run->decomp->ntiles_total,
@@ -308,7 +309,9 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
         if (!st) st = e;
     }
     st = tmd_agree(ctx, run->comm, st);
-    if (!st) st = tmd_ckpt_finish(ctx, run); /* the result is published: the checkpoint is no longer needed */
+    /* the result is published: the checkpoint is no longer needed. It is kept after a stop by a
+     * signal (and a killed job leaves it); any other failure removes it (such errors repeat) */
+    if (!st || (st != TMD_ERR_INTERRUPTED && run->ckpt_made)) tmd_ckpt_finish(ctx, run);
     if (!st && run->tiles_loaded >= 0) {
         int64_t l = run->tiles_loaded, g = 0;
         MPI_Allreduce(&l, &g, 1, MPI_INT64_T, MPI_SUM, run->comm);

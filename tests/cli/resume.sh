@@ -9,7 +9,9 @@
 #     result whose every dataset equals an uninterrupted run's (h5diff), incl.
 #     /segmentation/classes; the checkpoint is removed after success;
 #   - a resume with another configuration key (tile=256) is refused naming the key, and a new run
-#     over an existing checkpoint without --resume/--force is refused.
+#     over an existing checkpoint without --resume/--force is refused;
+#   - --resume without a checkpoint starts from the first tile with a note; --resume of a
+#     finished result (no checkpoint left) succeeds without touching it.
 # Skipped (77) while no trained U-Net is in inputs/models/.
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
@@ -77,7 +79,7 @@ same "$work/ref.h5" "$work/b.h5"
 
 # a real signal: SIGUSR1 to mpiexec (forwarded to the ranks) once the tile pass has started
 set +e
-TMDFLOW_LOG=debug $mpiexec -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" 2>"$work/c.log" &
+$mpiexec -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" 2>"$work/c.log" &
 pid=$!
 for _ in $(seq 1 300); do
     [ "$(ls "$work/c.h5.ckpt" 2>/dev/null | grep -c '^tile-.*\.bin$')" -ge 2 ] && break
@@ -90,4 +92,12 @@ set -e
 [ ! -e "$work/c.h5" ] && [ ! -e "$work/c.h5.tmp" ] && [ -f "$work/c.h5.ckpt/manifest" ] || fail "SIGUSR1: wrong files left"
 $mpiexec -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" --resume 2>"$work/c2.log" || { cat "$work/c2.log"; fail "resume after SIGUSR1"; }
 same "$work/ref.h5" "$work/c.h5"
+# --resume with no checkpoint starts from the first tile (a requeued job stopped before the tile
+# pass); --resume of a finished result does nothing and succeeds
+"$bin" run "$in" -o "$work/d.h5" "${opts[@]}" --resume 2>"$work/d.log" || { cat "$work/d.log"; fail "--resume without a checkpoint"; }
+grep -q "starting from the first tile" "$work/d.log" || { cat "$work/d.log"; fail "no note for --resume without a checkpoint"; }
+same "$work/ref.h5" "$work/d.h5"
+sum=$(md5sum <"$work/d.h5")
+"$bin" run "$in" -o "$work/d.h5" "${opts[@]}" --resume 2>"$work/d2.log" || { cat "$work/d2.log"; fail "--resume of a finished result"; }
+grep -q "already complete" "$work/d2.log" && [ "$(md5sum <"$work/d.h5")" = "$sum" ] || fail "--resume of a finished result changed it"
 echo "ok"

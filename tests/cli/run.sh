@@ -6,7 +6,7 @@
 #   - logs the stage table (time, share, throughput, per-rank peak memory) and stores it;
 #   - leaves no RESULT.h5.tmp behind;
 #   - refuses to overwrite a result without --force (the file is left untouched), refuses
-#     --resume without a checkpoint (tests/cli/resume.sh covers resuming) and an unknown key (suggesting the closest), each with
+#     --resume together with --force (tests/cli/resume.sh covers resuming) and an unknown key (suggesting the closest), each with
 #     one message and a non-zero exit.
 # Skipped (77) while no trained U-Net is in inputs/models/.
 # TMD_TEST_TIMEOUT: 600
@@ -57,9 +57,9 @@ set -e
 [ "$(md5sum <"$work/r1.h5")" = "$sum" ] || fail "the existing result was changed"
 [ "$(grep -c 'tmdflow: error' <<<"$out")" = 1 ] || { echo "$out"; fail "exists: not exactly one error message"; }
 set +e
-out=$($mpiexec -n 2 "$bin" run "$work/sim.tif" -o "$work/r3.h5" --resume 2>&1); rc=$?
+out=$($mpiexec -n 2 "$bin" run "$work/sim.tif" -o "$work/r3.h5" --resume --force 2>&1); rc=$?
 set -e
-[ $rc -ne 0 ] && grep -q -- "--resume" <<<"$out" || { echo "$out"; fail "--resume not refused clearly"; }
+[ $rc -ne 0 ] && grep -q -- "--resume" <<<"$out" || { echo "$out"; fail "--resume --force not refused clearly"; }
 set +e
 out=$("$bin" run "$work/sim.tif" -o "$work/r3.h5" tyle=128 2>&1); rc=$?
 set -e
