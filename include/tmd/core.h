@@ -122,6 +122,12 @@ tmd_status tmd_calloc(tmd_ctx *ctx, void **out, size_t count, size_t size, const
 /* count*size with overflow check: returns TMD_ERR_RANGE (recorded) if it overflows size_t. */
 tmd_status tmd_mul_size(tmd_ctx *ctx, size_t a, size_t b, size_t *out, const char *what);
 
+/* Union-find over int64 indices, for merging components (atom graphs, density regions).
+ * parent[i] == i marks a root; the smaller index always becomes the root, so the labels do
+ * not depend on the order of the unions (and so not on the rank count). Path halving. */
+int64_t tmd_uf_find(int64_t *parent, int64_t i);
+void tmd_uf_union(int64_t *parent, int64_t a, int64_t b);
+
 /* ---- logging ---------------------------------------------------------------------- */
 
 /* printf-style line to stderr with elapsed time "[  12.3s] ", if level <= ctx->log_level and

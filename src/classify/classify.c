@@ -278,24 +278,6 @@ static int64_t cell_key(int64_t frame, int64_t cy, int64_t cx)
     return ((frame * (1LL << 21)) + (cy + (1LL << 20))) * (1LL << 21) + (cx + (1LL << 20));
 }
 
-static int64_t uf_find(int64_t *p, int64_t i)
-{
-    while (p[i] != i) {
-        p[i] = p[p[i]];
-        i = p[i];
-    }
-    return i;
-}
-
-static void uf_union(int64_t *p, int64_t a, int64_t b)
-{
-    a = uf_find(p, a);
-    b = uf_find(p, b);
-    if (a == b) return;
-    if (a < b) p[b] = a;
-    else p[a] = b;
-}
-
 typedef struct {
     int64_t frame, xb, yb, gid; /* position bits and global component id (rank << 40 | comp) */
 } rec_t;
@@ -542,7 +524,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
             int64_t j = adj[i * MAXNB + k];
             int s = sgn[i * MAXNB + k] > 0 ? 1 : -1;
             int ok = colour[i] >= 0 && colour[j] >= 0 && colour[i] != colour[j] && (s > 0) == (colour[i] == 0);
-            if (ok) uf_union(uf, i, j);
+            if (ok) tmd_uf_union(uf, i, j);
             else if (i < j && i < n) rp.n_conflicts++;
         }
     if (ctx->log_level >= TMD_LOG_DEBUG) {
@@ -558,7 +540,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     }
     for (int64_t i = 0; i < N; i++) comp[i] = -1;
     for (int64_t i = 0; i < N; i++) {
-        int64_t r = uf_find(uf, i);
+        int64_t r = tmd_uf_find(uf, i);
         if (comp[r] < 0) comp[r] = ncomp++;
         comp[i] = comp[r];
     }
@@ -612,14 +594,14 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         for (int64_t i = 1; i < nall; i++)
             if (allrecs[i].frame == allrecs[i - 1].frame && allrecs[i].xb == allrecs[i - 1].xb &&
                 allrecs[i].yb == allrecs[i - 1].yb)
-                uf_union(guf, find_sorted(recgid, nuniq, allrecs[i - 1].gid), find_sorted(recgid, nuniq, allrecs[i].gid));
+                tmd_uf_union(guf, find_sorted(recgid, nuniq, allrecs[i - 1].gid), find_sorted(recgid, nuniq, allrecs[i].gid));
         /* cross components: roots whose set has more than one member */
         st = tmd_calloc(ctx, (void **)&cross, (size_t)(nuniq > 0 ? nuniq : 1), sizeof *cross, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&gcomp, (size_t)(ncomp > 0 ? ncomp : 1), sizeof *gcomp, "classify");
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
         for (int64_t i = 0; i < nuniq; i++)
-            if (uf_find(guf, i) != i) cross[ncross++] = recgid[uf_find(guf, i)];
+            if (tmd_uf_find(guf, i) != i) cross[ncross++] = recgid[tmd_uf_find(guf, i)];
         qsort(cross, (size_t)ncross, sizeof *cross, cmp_i64);
         int64_t k = 0;
         for (int64_t i = 0; i < ncross; i++)
@@ -628,7 +610,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         /* global id of each local component */
         for (int64_t c = 0; c < ncomp; c++) {
             int64_t g = ((int64_t)rank << 40) | c, u = find_sorted(recgid, nuniq, g);
-            gcomp[c] = u >= 0 ? recgid[uf_find(guf, u)] : g;
+            gcomp[c] = u >= 0 ? recgid[tmd_uf_find(guf, u)] : g;
         }
     }
 

@@ -168,6 +168,24 @@ tmd_status tmd_calloc(tmd_ctx *ctx, void **out, size_t count, size_t size, const
     return TMD_OK;
 }
 
+int64_t tmd_uf_find(int64_t *parent, int64_t i)
+{
+    while (parent[i] != i) {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+    }
+    return i;
+}
+
+void tmd_uf_union(int64_t *parent, int64_t a, int64_t b)
+{
+    a = tmd_uf_find(parent, a);
+    b = tmd_uf_find(parent, b);
+    if (a == b) return;
+    if (a < b) parent[b] = a;
+    else parent[a] = b;
+}
+
 /* ---- logging ---------------------------------------------------------------------- */
 
 static int logs_here(const tmd_ctx *ctx) { return ctx->rank == 0 || ctx->log_all_ranks; }

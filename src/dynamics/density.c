@@ -41,23 +41,6 @@ typedef struct {
     int layer;
 } point;
 
-/* union-find over int64 indices */
-static int64_t uf_find(int64_t *parent, int64_t a)
-{
-    while (parent[a] != a) {
-        parent[a] = parent[parent[a]];
-        a = parent[a];
-    }
-    return a;
-}
-static void uf_union(int64_t *parent, int64_t a, int64_t b)
-{
-    a = uf_find(parent, a);
-    b = uf_find(parent, b);
-    if (a == b) return;
-    if (a < b) parent[b] = a;
-    else parent[a] = b;
-}
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -248,17 +231,17 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
         for (int64_t c = 0; c < gw; c++) {
             int64_t i = r * gw + c;
             if (parent[i] < 0) continue;
-            if (c > 0 && parent[i - 1] >= 0) uf_union(parent, i, i - 1);
+            if (c > 0 && parent[i - 1] >= 0) tmd_uf_union(parent, i, i - 1);
             if (r > 0) {
                 for (int64_t dc = -1; dc <= 1; dc++) {
                     int64_t cc = c + dc;
-                    if (cc >= 0 && cc < gw && parent[i - gw + dc] >= 0) uf_union(parent, i, i - gw + dc);
+                    if (cc >= 0 && cc < gw && parent[i - gw + dc] >= 0) tmd_uf_union(parent, i, i - gw + dc);
                 }
             }
         }
     /* provisional label: global index of the component's first bin (its root is its minimum) */
     int64_t base = maps->row0 * gw;
-    for (int64_t i = 0; i < nb; i++) lab[i] = parent[i] >= 0 ? base + uf_find(parent, i) : -1;
+    for (int64_t i = 0; i < nb; i++) lab[i] = parent[i] >= 0 ? base + tmd_uf_find(parent, i) : -1;
     /* edge rows of every rank: (first row, last row) labels */
     st = tmd_calloc(ctx, (void **)&edges, (size_t)2 * gw + 1, sizeof(int64_t), "edge labels");
     if (!st) st = tmd_calloc(ctx, (void **)&all_edges, (size_t)2 * gw * nranks + 1, sizeof(int64_t), "edge labels");
@@ -305,11 +288,11 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
         if (nu == 0 || uniq[nu - 1] != uniq[i]) uniq[nu++] = uniq[i];
     for (int64_t i = 0; i < nu; i++) uparent[i] = i;
     for (int64_t k = 0; k < npairs; k++)
-        uf_union(uparent, find_sorted(uniq, nu, pairs[2 * k]), find_sorted(uniq, nu, pairs[2 * k + 1]));
+        tmd_uf_union(uparent, find_sorted(uniq, nu, pairs[2 * k]), find_sorted(uniq, nu, pairs[2 * k + 1]));
     for (int64_t i = 0; i < nb; i++) {
         if (lab[i] < 0) continue;
         int64_t u = find_sorted(uniq, nu, lab[i]);
-        if (u >= 0) lab[i] = uniq[uf_find(uparent, u)]; /* sorted: the root is the smallest label */
+        if (u >= 0) lab[i] = uniq[tmd_uf_find(uparent, u)]; /* sorted: the root is the smallest label */
     }
     /* per local piece: (label, bins, sum gx, sum gy, sites) -> all ranks */
     int64_t npiece = 0;
