@@ -128,6 +128,11 @@ tmd_status tmd_mul_size(tmd_ctx *ctx, size_t a, size_t b, size_t *out, const cha
 int64_t tmd_uf_find(int64_t *parent, int64_t i);
 void tmd_uf_union(int64_t *parent, int64_t a, int64_t b);
 
+/* qsort comparator for int64_t, and the index of `key` in a sorted array of n values (-1 if
+ * absent): the sort-unique-search idiom that maps global labels to local indices. */
+int tmd_i64_compare(const void *a, const void *b);
+int64_t tmd_i64_find_sorted(const int64_t *sorted, int64_t n, int64_t key);
+
 /* ---- logging ---------------------------------------------------------------------- */
 
 /* printf-style line to stderr with elapsed time "[  12.3s] ", if level <= ctx->log_level and

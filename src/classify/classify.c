@@ -291,24 +291,6 @@ static int cmp_rec(const void *a, const void *b)
     return (p->gid > q->gid) - (p->gid < q->gid);
 }
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int64_t find_sorted(const int64_t *v, int64_t n, int64_t key)
-{
-    int64_t lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int64_t mid = (lo + hi) / 2;
-        if (v[mid] == key) return mid;
-        if (v[mid] < key) lo = mid + 1;
-        else hi = mid - 1;
-    }
-    return -1;
-}
-
 typedef struct {
     int64_t frame;
     double x, y;
@@ -587,14 +569,14 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         if (st) goto cleanup;
         qsort(allrecs, (size_t)nall, sizeof *allrecs, cmp_rec);
         for (int64_t i = 0; i < nall; i++) recgid[i] = allrecs[i].gid;
-        qsort(recgid, (size_t)nall, sizeof *recgid, cmp_i64);
+        qsort(recgid, (size_t)nall, sizeof *recgid, tmd_i64_compare);
         for (int64_t i = 0; i < nall; i++)
             if (nuniq == 0 || recgid[nuniq - 1] != recgid[i]) recgid[nuniq++] = recgid[i];
         for (int64_t i = 0; i < nuniq; i++) guf[i] = i;
         for (int64_t i = 1; i < nall; i++)
             if (allrecs[i].frame == allrecs[i - 1].frame && allrecs[i].xb == allrecs[i - 1].xb &&
                 allrecs[i].yb == allrecs[i - 1].yb)
-                tmd_uf_union(guf, find_sorted(recgid, nuniq, allrecs[i - 1].gid), find_sorted(recgid, nuniq, allrecs[i].gid));
+                tmd_uf_union(guf, tmd_i64_find_sorted(recgid, nuniq, allrecs[i - 1].gid), tmd_i64_find_sorted(recgid, nuniq, allrecs[i].gid));
         /* cross components: roots whose set has more than one member */
         st = tmd_calloc(ctx, (void **)&cross, (size_t)(nuniq > 0 ? nuniq : 1), sizeof *cross, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&gcomp, (size_t)(ncomp > 0 ? ncomp : 1), sizeof *gcomp, "classify");
@@ -602,14 +584,14 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         if (st) goto cleanup;
         for (int64_t i = 0; i < nuniq; i++)
             if (tmd_uf_find(guf, i) != i) cross[ncross++] = recgid[tmd_uf_find(guf, i)];
-        qsort(cross, (size_t)ncross, sizeof *cross, cmp_i64);
+        qsort(cross, (size_t)ncross, sizeof *cross, tmd_i64_compare);
         int64_t k = 0;
         for (int64_t i = 0; i < ncross; i++)
             if (k == 0 || cross[k - 1] != cross[i]) cross[k++] = cross[i];
         ncross = k;
         /* global id of each local component */
         for (int64_t c = 0; c < ncomp; c++) {
-            int64_t g = ((int64_t)rank << 40) | c, u = find_sorted(recgid, nuniq, g);
+            int64_t g = ((int64_t)rank << 40) | c, u = tmd_i64_find_sorted(recgid, nuniq, g);
             gcomp[c] = u >= 0 ? recgid[tmd_uf_find(guf, u)] : g;
         }
     }
@@ -630,7 +612,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     if (!st) st = tmd_calloc(ctx, (void **)&cross_buf, (size_t)(ncross > 0 ? ncross : 1) * (size_t)W, sizeof *cross_buf, "classify");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-#define SLOT(c) (find_sorted(cross, ncross, gcomp[c]) >= 0 ? ncomp + find_sorted(cross, ncross, gcomp[c]) : (c))
+#define SLOT(c) (tmd_i64_find_sorted(cross, ncross, gcomp[c]) >= 0 ? ncomp + tmd_i64_find_sorted(cross, ncross, gcomp[c]) : (c))
     int np = atoms->nprob;
     for (int64_t i = 0; i < n; i++) {
         if (colour[i] < 0) continue;

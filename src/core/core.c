@@ -186,6 +186,24 @@ void tmd_uf_union(int64_t *parent, int64_t a, int64_t b)
     else parent[a] = b;
 }
 
+int tmd_i64_compare(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t tmd_i64_find_sorted(const int64_t *sorted, int64_t n, int64_t key)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (sorted[mid] == key) return mid;
+        if (sorted[mid] < key) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
 /* ---- logging ---------------------------------------------------------------------- */
 
 static int logs_here(const tmd_ctx *ctx) { return ctx->rank == 0 || ctx->log_all_ranks; }

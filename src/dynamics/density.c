@@ -42,25 +42,6 @@ typedef struct {
 } point;
 
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* index of v in sorted unique array u (n), -1 if absent */
-static int64_t find_sorted(const int64_t *u, int64_t n, int64_t v)
-{
-    int64_t lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int64_t mid = (lo + hi) / 2;
-        if (u[mid] == v) return mid;
-        if (u[mid] < v) lo = mid + 1;
-        else hi = mid - 1;
-    }
-    return -1;
-}
-
 tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *prm, int64_t H, int64_t W, int64_t T,
                              const tmd_site_table *sites, const tmd_defect_table *defects, const double *drift,
                              tmd_dyn_maps *maps)
@@ -282,16 +263,16 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     memcpy(uniq, pairs, (size_t)2 * npairs * sizeof(int64_t));
-    qsort(uniq, (size_t)2 * npairs, sizeof(int64_t), cmp_i64);
+    qsort(uniq, (size_t)2 * npairs, sizeof(int64_t), tmd_i64_compare);
     int64_t nu = 0;
     for (int64_t i = 0; i < 2 * npairs; i++)
         if (nu == 0 || uniq[nu - 1] != uniq[i]) uniq[nu++] = uniq[i];
     for (int64_t i = 0; i < nu; i++) uparent[i] = i;
     for (int64_t k = 0; k < npairs; k++)
-        tmd_uf_union(uparent, find_sorted(uniq, nu, pairs[2 * k]), find_sorted(uniq, nu, pairs[2 * k + 1]));
+        tmd_uf_union(uparent, tmd_i64_find_sorted(uniq, nu, pairs[2 * k]), tmd_i64_find_sorted(uniq, nu, pairs[2 * k + 1]));
     for (int64_t i = 0; i < nb; i++) {
         if (lab[i] < 0) continue;
-        int64_t u = find_sorted(uniq, nu, lab[i]);
+        int64_t u = tmd_i64_find_sorted(uniq, nu, lab[i]);
         if (u >= 0) lab[i] = uniq[tmd_uf_find(uparent, u)]; /* sorted: the root is the smallest label */
     }
     /* per local piece: (label, bins, sum gx, sum gy, sites) -> all ranks */
@@ -303,7 +284,7 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     /* the distinct labels of this block, sorted; one piece per label */
     for (int64_t i = 0; i < nb; i++)
         if (lab[i] >= 0) stats[npiece++] = lab[i];
-    qsort(stats, (size_t)npiece, sizeof(int64_t), cmp_i64);
+    qsort(stats, (size_t)npiece, sizeof(int64_t), tmd_i64_compare);
     {
         int64_t nl = 0;
         for (int64_t k = 0; k < npiece; k++)
@@ -347,7 +328,7 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
         st = tmd_calloc(ctx, (void **)&idx, (size_t)nall + 1, sizeof(int64_t) * 2, "region sort");
         if (st) goto cleanup;
         for (int64_t k = 0; k < nall; k++) { idx[2 * k] = all_stats[5 * k]; idx[2 * k + 1] = k; }
-        qsort(idx, (size_t)nall, 2 * sizeof(int64_t), cmp_i64); /* compares the label (first int64) */
+        qsort(idx, (size_t)nall, 2 * sizeof(int64_t), tmd_i64_compare); /* compares the label (first int64) */
         tmd_dyn_region_list *R = &maps->regions;
         R->id = calloc((size_t)nall + 1, sizeof(int64_t));
         R->x = calloc((size_t)nall + 1, sizeof(double));
