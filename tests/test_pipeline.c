@@ -9,11 +9,13 @@
  * table) and /segmentation/classes (one chunk per tile, written independently by the tiles'
  * owners) when save_maps=1; a truncated input and a missing model fail
  * on every rank with one message and leave no result file; an existing result is not
- * overwritten without --force.
+ * overwritten without --force; a run stopped after its first tiles resumes (run->resume)
+ * to the same /atoms and /features/latent on a stack.
  * The model has random weights (a trained U-Net is not needed to test the machinery: every
  * quantity is a deterministic function of the tile), and its atoms are many and dense, which
  * stresses tile and rank edges. Detection accuracy is measured by `tmdflow score`, not here. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,6 +362,73 @@ static void test_failures(void)
     fclose(f);
 }
 
+/* Reads /features/latent (malloc'd) or returns 0. */
+static int read_latent(const char *path, int64_t *n, int64_t *k, float **lat)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    ctx.log_level = TMD_LOG_QUIET;
+    hid_t f = H5I_INVALID_HID;
+    if (tmd_h5_open_read(&ctx, path, &f)) return 0;
+    int ok = !tmd_h5_read_rows(&ctx, f, "/features/latent", TMD_F32, n, k, (void **)lat);
+    H5Fclose(f);
+    return ok;
+}
+
+/* Checkpoint/resume on a 3-frame stack (the features tile stage fills latent columns): a run
+ * stopped after 1 computed tile per rank (test hook TMDFLOW_STOP_AFTER_TILES) returns
+ * TMD_ERR_INTERRUPTED with no result and a checkpoint; run->resume gives /atoms and
+ * /features/latent identical to an uninterrupted run; the checkpoint is then removed. */
+static void test_resume_stack(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    volatile sig_atomic_t flag = 0;
+    ctx.stop_flag = &flag;
+    const char *ref = tmd_test_path("resume_ref.h5"), *out = tmd_test_path("resume_out.h5");
+    char ck[1100];
+    snprintf(ck, sizeof ck, "%s.ckpt", out);
+    static tmd_run run;
+    base_run(&run, stack_path, ref);
+    tmd_status st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+    tmd_run_free(&run);
+    CU_ASSERT_EQUAL_FATAL(st, TMD_OK);
+    setenv("TMDFLOW_STOP_AFTER_TILES", "1", 1);
+    base_run(&run, stack_path, out);
+    st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+    tmd_run_free(&run);
+    unsetenv("TMDFLOW_STOP_AFTER_TILES");
+    flag = 0;
+    CU_ASSERT_EQUAL_FATAL(st, TMD_ERR_INTERRUPTED);
+    MPI_Barrier(tmd_test_comm);
+    CU_ASSERT(access(out, F_OK) != 0);
+    char man[1200];
+    snprintf(man, sizeof man, "%s/manifest", ck);
+    CU_ASSERT(access(man, F_OK) == 0);
+    base_run(&run, stack_path, out);
+    run.force = 0;
+    run.resume = 1;
+    st = tmd_run_execute(&ctx, tmd_test_comm, &run);
+    int64_t loaded = run.tiles_loaded, total_loaded = 0;
+    tmd_run_free(&run);
+    CU_ASSERT_EQUAL_FATAL(st, TMD_OK);
+    MPI_Allreduce(&loaded, &total_loaded, 1, MPI_INT64_T, MPI_SUM, tmd_test_comm);
+    CU_ASSERT(total_loaded >= 1);
+    MPI_Barrier(tmd_test_comm);
+    CU_ASSERT(access(ck, F_OK) != 0);
+    if (tmd_test_rank == 0) {
+        atoms_t a = {0}, b = {0};
+        CU_ASSERT_FATAL(read_atoms(ref, &a) && read_atoms(out, &b));
+        CU_ASSERT(a.n == b.n && a.n > 0 && memcmp(a.rows, b.rows, sizeof(double) * 11 * (size_t)a.n) == 0);
+        int64_t na = 0, ka = 0, nb = 0, kb = 0;
+        float *la = NULL, *lb = NULL;
+        int ha = read_latent(ref, &na, &ka, &la), hb = read_latent(out, &nb, &kb, &lb);
+        CU_ASSERT(ha && hb); /* a stack has features */
+        if (ha && hb) CU_ASSERT(na == nb && ka == kb && !memcmp(la, lb, sizeof(float) * (size_t)(na * ka)));
+        free(la), free(lb), free(a.rows), free(b.rows);
+    }
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "pipeline",
@@ -368,5 +437,6 @@ int main(int argc, char **argv)
                                            {"tile size does not change atoms (halo = reach)", test_tile_size_invariance},
                                            {"result file attributes and class map", test_result_file},
                                            {"bad input, missing model, existing result", test_failures},
+                                           {"checkpoint and resume (stack, features)", test_resume_stack},
                                            {0}});
 }
