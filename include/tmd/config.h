@@ -52,7 +52,6 @@ typedef struct tmd_config {
     double atom_significance; /* minimum z-score of a column's amplitude over the local noise; 0 = off */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
-    double vacancy_threshold; /* fraction of the local reference intensity below which a site is empty */
     /* dynamics */
     double instability_threshold; /* z-score above which a site is unstable */
     int density_bin_px;       /* coarse-map bin, input pixels */

@@ -59,8 +59,6 @@ static const key_desc KEYS[] = {
      "Minimum significance (z-score) of a column's fitted amplitude against the local noise in the image; peaks of the column probability without image evidence (vacuum, amorphous noise) are dropped. 0 = off."},
     {"constraint", "classify", KEY_BOOL, OFF(constraint), 0, 1, "1",
      "Sublattice constraint: metals only on A sites, chalcogens only on B sites."},
-    {"vacancy_threshold", "classify", KEY_DOUBLE, OFF(vacancy_threshold), 0, 1, "0.35",
-     "A lattice site whose intensity is below this fraction of its sublattice's local reference is empty."},
     {"instability_threshold", "dynamics", KEY_DOUBLE, OFF(instability_threshold), -100, 100, "2.0",
      "Instability z-score above which a site is unstable."},
     {"density_bin_px", "dynamics", KEY_INT, OFF(density_bin_px), 1, 4096, "16",
