@@ -156,9 +156,11 @@ rm -f "$work/probe.h5"
 jid=$(sbatch --parsable -n 2 --chdir="$work" --export=ALL,TMDFLOW_PROGRESS_INTERVAL=1 "$src/jobs/run.sbatch" \
     "$work/big.h5:/image" "$work/big-out.h5" tile=128)
 log="$work/tmdflow-run_$jid.out"
-for _ in $(seq 1 240); do
-    grep -q "tiles" "$log" 2>/dev/null && break
-    sleep 0.5
+# Signal once the first tiles are in the checkpoint: a stop before the tile pass keeps nothing
+# to resume from (and the resubmission would rightly start over without --resume).
+for _ in $(seq 1 480); do
+    compgen -G "$work/big-out.h5.ckpt/tile-*.bin" >/dev/null && break
+    sleep 0.25
 done
 scancel --signal=USR1 --batch "$jid"
 st=$(wait_job "$jid" 120) || fail "interrupted job did not end within 120 s of the signal"
