@@ -30,6 +30,17 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
     /* single images: 3 x 3 tiles of 512 with the precise refinement; stacks: one tile per frame */
     int tiles = T == 1 ? 9 : T <= 16 ? 4 : 1;
     o.refine_dtft = T <= 16;
+    double given_px = run->pixel_size_arg > 0 ? run->pixel_size_arg : run->cfg.pixel_size;
+    if (given_px > 0) {
+        /* A known pixel size fixes the period to a = 3.15-3.29 A (WS2 .. MoSe2), give or take
+         * strain and scan distortion. Searching only there keeps the search off the {110}
+         * reflections (period a/sqrt(3)) and off half periods, which can be the stronger peaks
+         * at small pixel sizes or when the two sublattices look alike. */
+        double lo = 0.85 * TMD_A_WS2 / given_px, hi = 1.15 * TMD_A_MOSE2 / given_px;
+        if (lo > o.min_period_px) o.min_period_px = lo;
+        if (hi < 512.0 / 4) o.max_period_px = hi; /* at least four periods in a 512 px tile */
+        else o.max_period_px = 512.0 / 4;
+    }
     st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &o, lat);
     if (st) {
         /* with a pixel size given, a missing lattice is not fatal for detection: classification
