@@ -194,6 +194,14 @@ static size_t seg_bytes(const tmd_run *run, const tmd_box *c)
     return (size_t)((c->hi[0] - c->lo[0]) * (c->hi[1] - c->lo[1]) * (c->hi[2] - c->lo[2]));
 }
 
+
+/* Bytes per atom row in a tile file: frame, x, y, sublattice, species, prob[np], intensity,
+ * site, latent[nl]; save and load must agree, so both take it from here. */
+static size_t ckpt_row_bytes(int32_t np, int32_t nl)
+{
+    return 4 + 8 + 8 + 1 + 1 + 4 * (size_t)np + 4 + 8 + 4 * (size_t)nl;
+}
+
 tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64_t row0)
 {
     if (run->ckpt_off) return TMD_OK;
@@ -201,7 +209,7 @@ tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64
     int64_t n = a->n - row0;
     int32_t np = a->nprob, nl = a->nlatent;
     int64_t sb = (int64_t)seg_bytes(run, &tile->core);
-    size_t row = 4 + 8 + 8 + 1 + 1 + 4 * (size_t)np + 4 + 8 + 4 * (size_t)nl;
+    size_t row = ckpt_row_bytes(np, nl);
     size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * row + (size_t)sb;
     char *buf = malloc(total), *p = buf;
     if (!buf) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the checkpoint of tile %lld", (long long)tile->index);
@@ -257,7 +265,7 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
                       "%lld, %d, %d and %lld",
                       path, (long long)g, np, nl, (long long)sb, (long long)index, out->nprob, out->nlatent,
                       (long long)seg_bytes(run, &core));
-    size_t row = 4 + 8 + 8 + 1 + 1 + 4 * (size_t)np + 4 + 8 + 4 * (size_t)nl;
+    size_t row = ckpt_row_bytes(np, nl);
     size_t body = st ? 0 : (size_t)n * row + (size_t)sb;
     if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, "checkpoint tile");
     if (!st && fread(buf, 1, body, f) != body) st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: truncated", path);
