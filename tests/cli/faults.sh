@@ -30,6 +30,7 @@ ok() { echo "ok: $*"; }
 # Inputs: a simulated 1024x1024 image, and the same with one NaN near the bottom-right
 # corner (row 1019, column 1019), which only the last rank's tiles cover at tile=128.
 "$bin" simulate -o s.h5 --size 1024 --seed 3 > sim.log 2>&1 || { cat sim.log; fail "simulate"; }
+"$bin" simulate -o big.h5 --size 2048 --seed 4 > sim.log 2>&1 || { cat sim.log; fail "simulate 2048"; }
 h5dump -d /image -y -w 0 -o img.txt s.h5 > /dev/null
 [ "$(grep -c . img.txt)" = 1024 ] || fail "h5dump gave $(grep -c . img.txt) rows, expected 1024"
 awk 'NF == 0 { next } { gsub(/,/, " "); row++ } row == 1020 { $1020 = "nan" } { print }' img.txt > bad.txt
@@ -49,8 +50,10 @@ for n in 2 4; do
     [ ! -e r1.h5 ] && [ ! -e r1.h5.tmp ] || fail "$n ranks: a failed run left r1.h5 or r1.h5.tmp"
     ok "$n ranks: rank $((n - 1)) fails -> all ranks exit (status $rc), its message printed once, no result"
 
-    # 2. one rank killed outright in the middle of the tile pass
-    TMDFLOW_PROGRESS_INTERVAL=1 timeout 300 "${mpiexec[@]}" -n "$n" "$bin" run s.h5:/image -o r2.h5 --pixel-size 0.17 \
+    # 2. one rank killed outright in the middle of the tile pass. The 2048^2 input keeps the
+    # tile pass busy for several seconds even at 4 ranks, so the kill lands inside it; every
+    # step that can miss (the job already gone, no rank found) fails with a message.
+    TMDFLOW_PROGRESS_INTERVAL=1 timeout 300 "${mpiexec[@]}" -n "$n" "$bin" run big.h5:/image -o r2.h5 --pixel-size 0.17 \
         tile=128 > out2.txt 2>&1 &
     tpid=$!
     for _ in $(seq 1 600); do
@@ -59,10 +62,13 @@ for n in 2 4; do
         sleep 0.1
     done
     grep -q "tiles" out2.txt || { cat out2.txt; fail "$n ranks: the run never reached the tile pass"; }
-    mpid=$(pgrep -P "$tpid" | head -n1)
-    victim=$(pgrep -P "$mpid" | tail -n1)
-    [ -n "$victim" ] || fail "$n ranks: no rank process found under mpiexec $mpid"
-    kill -9 "$victim"
+    mpid=$(pgrep -P "$tpid" || true)
+    mpid=${mpid%%$'\n'*}
+    [ -n "$mpid" ] || { cat out2.txt; fail "$n ranks: mpiexec had already exited before a rank could be killed"; }
+    victim=$(pgrep -P "$mpid" -x tmdflow || true)
+    victim=${victim##*$'\n'}
+    [ -n "$victim" ] || { cat out2.txt; fail "$n ranks: no tmdflow rank process found under mpiexec $mpid"; }
+    kill -9 "$victim" || fail "$n ranks: rank pid $victim was gone before it could be killed"
     rc=0
     wait "$tpid" || rc=$?
     [ "$rc" != 124 ] || fail "$n ranks: after kill -9 of one rank the job hung"
