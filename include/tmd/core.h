@@ -157,6 +157,7 @@ typedef struct tmd_progress {
 void tmd_progress_begin(tmd_progress *p, const tmd_ctx *ctx, const char *label, double total, const char *unit);
 /* done = units completed so far (as this rank estimates the global count). */
 void tmd_progress_update(tmd_progress *p, double done);
+/* Prints the final line with the count last given to tmd_progress_update. */
 void tmd_progress_end(tmd_progress *p);
 
 /* Wall time in seconds (MPI_Wtime). */

@@ -287,6 +287,6 @@ void tmd_progress_update(tmd_progress *p, double done)
 void tmd_progress_end(tmd_progress *p)
 {
     if (!p->ctx || p->ctx->log_level < TMD_LOG_INFO || !logs_here(p->ctx)) return;
-    p->done = p->total;
+    /* the count as last updated: a run stopped early must not claim 100% */
     progress_print(p, 1);
 }
