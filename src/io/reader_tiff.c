@@ -194,6 +194,13 @@ static tmd_status check_blocks(tmd_ctx *ctx, tmd_reader *r, int64_t page, const 
         if (counts[b] == 0)
             return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page %lld, %s %u has no data (byte count 0)", r->path,
                             (long long)page, kind, b);
+        /* an offset inside the header (0 = "not written") would read the header as pixels */
+        uint64_t header = TIFFIsBigTIFF(t) ? 16 : 8;
+        if (offs[b] < header)
+            return TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                            "%s: page %lld, %s %u starts at offset %llu, inside the %llu-byte TIFF header (not written "
+                            "or corrupt)",
+                            r->path, (long long)page, kind, b, (unsigned long long)offs[b], (unsigned long long)header);
         if (offs[b] > (uint64_t)fsize || counts[b] > (uint64_t)fsize - offs[b])
             return TMD_FAIL(ctx, TMD_ERR_FORMAT,
                             "%s: page %lld, %s %u promises %llu bytes at offset %llu but the file holds only %lld bytes "
@@ -304,9 +311,12 @@ tmd_status tmd_io_tiff_open(tmd_ctx *ctx, tmd_reader *r)
     TIFFOpenOptionsFree(opts);
     if (!r->tif) {
         uint64_t w = 0, h = 0;
-        if (raw_first_dims(r->path, &w, &h) && (w == 0 || h == 0))
-            return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: page 0 has an unusable size %llu x %llu (width x height)%s",
-                            r->path, (unsigned long long)w, (unsigned long long)h, tmsg(r, mb, sizeof mb));
+        if (raw_first_dims(r->path, &w, &h) &&
+            (w == 0 || h == 0 || w > (uint64_t)TMD_IO_MAX_SIDE || h > (uint64_t)TMD_IO_MAX_SIDE))
+            return TMD_FAIL(ctx, TMD_ERR_FORMAT,
+                            "%s: page 0 has an unusable size %llu x %llu (width x height; expected 1 to %lld)%s",
+                            r->path, (unsigned long long)w, (unsigned long long)h, (long long)TMD_IO_MAX_SIDE,
+                            tmsg(r, mb, sizeof mb));
         return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: cannot read the TIFF header; the file is truncated or damaged%s",
                         r->path, tmsg(r, mb, sizeof mb));
     }
