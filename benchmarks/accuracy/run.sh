@@ -10,7 +10,8 @@
 # summarise.py, benchmarks/accuracy/results.csv (one row per image and mode) and results.md
 # (per condition and per axis, worst case). RESUME=1 keeps finished runs of OUT_DIR.
 # Everything runs under `nice -n 10` with OPENBLAS_NUM_THREADS=1 (shared 2-core machine);
-# about 10-15 minutes for the whole list. RANKS=1 runs without mpiexec.
+# about 10-15 minutes for the whole list. RANKS=1 runs without mpiexec; MODES=given runs only the
+# given-pixel-size mode (quick iterations).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -56,7 +57,7 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
   if [ $ext = tif ]; then truth=$sim.truth.h5; input=$sim; else truth=$sim; input=$sim:/image; fi
   [ -f "$truth" ] || nice -n 10 "$BIN" simulate -o "$sim" --size "$size" --seed "$seed" --force "${extra[@]}" < /dev/null > /dev/null
   px=$(attr pixel_size "$truth")
-  for mode in given auto; do
+  for mode in ${MODES:-given auto}; do
     js=$OUT/${name}_$mode.json
     [ -f "$js" ] && continue
     args=(); [ $mode = given ] && args=(--pixel-size "$px")

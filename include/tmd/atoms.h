@@ -46,6 +46,10 @@
 extern "C" {
 #endif
 
+/* Candidates closer than this many bonds are one column seen twice (columns of the honeycomb
+ * are at least ~0.75 bond apart even under strong strain). */
+#define TMD_ATOMS_MERGE 0.5
+
 typedef struct tmd_atoms_params {
     double threshold;   /* minimum P at a peak */
     double sep;         /* peaks closer than this (nominal pixels) are one column */
@@ -53,6 +57,7 @@ typedef struct tmd_atoms_params {
     int refine;         /* 1: 2-D Gaussian refinement */
     double px_area;     /* Angstrom^2 per input pixel */
     double min_z;       /* minimum significance of the column in the image (0 = no test) */
+    double min_z_weak;  /* a column below min_z kept for its neighbours must still reach this */
     double bond;        /* metal-chalcogen bond length, input pixels (neighbour rule) */
 } tmd_atoms_params;
 

@@ -50,6 +50,7 @@ typedef struct tmd_config {
     double min_atom_separation; /* Angstrom; peaks closer than this are merged */
     int gaussian_refine;      /* 1: refine centres by a 2-D Gaussian fit */
     double atom_significance; /* minimum z-score of a column's amplitude over the local noise; 0 = off */
+    double atom_weak_significance; /* minimum z-score of a column kept for its neighbours */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
     /* dynamics */

@@ -15,9 +15,14 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
     p->refine = cfg->gaussian_refine;
     p->px_area = input_px * input_px;
     p->min_z = cfg->atom_significance;
+    p->min_z_weak = cfg->atom_weak_significance;
     /* metal-chalcogen bond a / sqrt(3): 1.82-1.90 A over a = 3.15-3.29 A */
     p->bond = 1.859 / input_px;
 }
+
+#ifndef MERGE_KEY
+#define MERGE_KEY(c) ((c).pk)
+#endif
 
 /* Significance of a column at (cy, cx): linear least squares v = A g + B over the disc of
  * radius 1.5 rad (clipped to the frame), g a Gaussian of width rad/2 at the centre; returns
@@ -57,6 +62,7 @@ double tmd_atoms_margin(const tmd_atoms_params *p, double s)
     /* the significance rule looks at neighbours up to 1.3 bonds away, and they need their
      * own neighbourhoods */
     if (p->min_z > 0) m += 1.3 * p->bond + 2;
+    else m += TMD_ATOMS_MERGE * p->bond + 2; /* the duplicate rule's partners */
     return m;
 }
 
@@ -198,6 +204,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     float *P = NULL; /* (ph, pw) smoothed column probability */
     typedef struct {
         double y, x, z; /* refined centre, significance (-inf: not measurable) */
+        double pk;      /* column probability at the peak */
     } cand_t;
     cand_t *cand = NULL; /* (ncand) every peak out to the neighbour ring */
     int64_t ncand = 0, candcap = 0;
@@ -221,7 +228,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     const int r = (int)ceil(p->sep);
     /* how far a final centre can be from its peak, plus the neighbour ring of the
      * significance rule: candidates are measured out to there, kept only inside the core */
-    const double reach = p->radius * 3 + 3 + (p->min_z > 0 ? 1.3 * p->bond + 1 : 0);
+    const double reach = p->radius * 3 + 3 + (p->min_z > 0 ? 1.3 * p->bond + 1 : TMD_ATOMS_MERGE * p->bond + 1);
     for (int64_t Y = r + 1; Y + r + 1 < ph; Y++) {
         double cyn = (double)(seg->Y0 + Y) * s;
         if (cyn < (double)core->lo[1] - 0.5 - reach || cyn > (double)core->hi[1] - 0.5 + reach) continue;
@@ -289,7 +296,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                 candcap = nc;
             }
             double z = p->min_z > 0 ? column_z(img, cy, cx, p->radius) : INFINITY;
-            cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z};
+            cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z, (double)v};
         }
     }
     /* keep the candidates whose centre lies in the core and that the image shows: significant
@@ -305,6 +312,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                               "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
                 goto cleanup;
             }
+            if (cand[k].z < p->min_z_weak) continue; /* a dip or flat: an empty site, not a dim column */
             int nb = 0;
             double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond;
             for (int64_t j = 0; j < ncand && nb < 2; j++) {
@@ -314,6 +322,20 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
             }
             if (nb < 2) continue;
         }
+        /* one column seen as two peaks: of candidates closer than TMD_ATOMS_MERGE bonds, only
+         * the most significant is kept (ties: the upper centre, then the left one) */
+        int dup = 0;
+        double m2 = TMD_ATOMS_MERGE * p->bond * TMD_ATOMS_MERGE * p->bond;
+        for (int64_t j = 0; j < ncand && !dup; j++) {
+            if (j == k) continue;
+            double dy = cand[j].y - cy, dx = cand[j].x - cx;
+            if (dy * dy + dx * dx >= m2) continue;
+            double zj = MERGE_KEY(cand[j]), zk = MERGE_KEY(cand[k]);
+            /* an exact tie (the same peak reached twice, e.g. through the reflection at the
+             * image edge) keeps the first: both would give the same atom */
+            dup = zj > zk || (zj == zk && (cand[j].y < cy || (cand[j].y == cy && (cand[j].x < cx || (cand[j].x == cx && j < k)))));
+        }
+        if (dup) continue;
         int n = disc(img, cy, cx, p->radius, py, pxs, pv, cap);
         if (n < 0 || n > cap) {
             st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,

@@ -57,6 +57,8 @@ static const key_desc KEYS[] = {
      "Refine column centres by a 2-D Gaussian fit where it converges."},
     {"atom_significance", "atoms", KEY_DOUBLE, OFF(atom_significance), 0, 100, "3",
      "Minimum significance (z-score) of a column's fitted amplitude against the local noise in the image; peaks of the column probability without image evidence (vacuum, amorphous noise) are dropped. 0 = off."},
+    {"atom_weak_significance", "atoms", KEY_DOUBLE, OFF(atom_weak_significance), -100, 100, "-2",
+     "Minimum z-score of a column below atom_significance that is kept because it sits at bond length from two significant columns (a dim single chalcogen at low dose): an empty site there (a vacancy) is a dip, since the probe tails of its neighbours raise the ring around it, so its z is clearly negative at any useful dose."},
     {"constraint", "classify", KEY_BOOL, OFF(constraint), 0, 1, "1",
      "Sublattice constraint: metals only on A sites, chalcogens only on B sites."},
     {"instability_threshold", "dynamics", KEY_DOUBLE, OFF(instability_threshold), -100, 100, "2.0",
