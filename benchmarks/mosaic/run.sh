@@ -14,6 +14,8 @@
 # Wall time includes reading, normalisation, U-Net, atoms, classification and writing, not the
 # simulation. Peak memory per rank comes from the result file's `peak_rss_bytes` attribute.
 # The machine's load average is recorded because other jobs on the same cores distort times.
+# KEEP=1 keeps the result files in $WORK (to compare /atoms between rank counts with h5diff);
+# by default each is deleted once its row is written.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../../build}
@@ -52,7 +54,7 @@ for n in $sizes; do
         atoms=$("$bin" info "$res" | awk '$1 == "/atoms/x" {gsub(",", "", $3); print $3}')
         mpix=$(echo "$n * $n / 1000000 / $wall" | bc -l)
         printf "%d,%d,%.1f,%.4f,%d,%d,%s,%s\n" "$n" "$r" "$wall" "$mpix" "$p0" "$pmax" "$atoms" "$load" | tee -a "$csv"
-        rm -f "$res"
+        [ "${KEEP:-0}" = 1 ] || rm -f "$res"
     done
 done
 

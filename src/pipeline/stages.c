@@ -211,7 +211,12 @@ int64_t tmd_run_total_atoms(tmd_run *run)
 
 /* Canonical row order: the atoms are moved (MPI_Alltoallv) so that rank r holds the tiles
  * [r*G/P, (r+1)*G/P) of the global tile order, sorted by tile and, within a tile, in the
- * order the tile found them. /atoms is then the same file on any rank count and layout. */
+ * order the tile found them. /atoms is then the same file on any rank count and layout.
+ *
+ * Memory: the table is moved one column at a time (each column's send and receive buffers
+ * live only while it moves, and the old column is freed as soon as it has been sent), so the
+ * stage needs the table plus about 90 bytes per atom (the widest column twice, the row keys
+ * and the send permutation) rather than a second and third copy of every row. */
 typedef struct {
     int64_t g, seq;
 } row_key;
@@ -223,26 +228,62 @@ static int cmp_key(const void *a, const void *b)
     return p->seq < q->seq ? -1 : (p->seq > q->seq);
 }
 
+/* Collective. Moves one column of `esize` bytes per row: row perm[k] of *col is sent in
+ * position k (rows grouped by destination), the received rows are placed in the order of
+ * keys; the old column is freed and *col replaced by the new one (n rows, at least 1). */
+static tmd_status move_column(tmd_ctx *ctx, MPI_Comm comm, void **col, size_t esize, int64_t nloc, const int64_t *perm,
+                              const int *sc, const int *sd, const int *rc, const int *rd, int64_t n, const row_key *keys,
+                              const char *what)
+{
+    char *sbuf = NULL, *rbuf = NULL, *out = NULL;
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&sbuf, (size_t)(nloc > 0 ? nloc : 1), esize, what);
+    if (!st) st = tmd_calloc(ctx, (void **)&rbuf, (size_t)(n > 0 ? n : 1), esize, what);
+    if (!st && esize > 2147483647u) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "%s: %zu bytes per row", what, esize);
+    if (!st) st = TMD_MPI(ctx, MPI_Type_contiguous((int)esize, MPI_BYTE, &row));
+    if (!st) st = TMD_MPI(ctx, MPI_Type_commit(&row));
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    const char *src = *col;
+    for (int64_t k = 0; k < nloc; k++) memcpy(sbuf + (size_t)k * esize, src + (size_t)perm[k] * esize, esize);
+    free(*col);
+    *col = NULL;
+    st = TMD_MPI(ctx, MPI_Alltoallv(sbuf, sc, sd, row, rbuf, rc, rd, row, comm));
+    free(sbuf);
+    sbuf = NULL;
+    if (!st) st = tmd_calloc(ctx, (void **)&out, (size_t)(n > 0 ? n : 1), esize, what);
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t k = 0; k < n; k++) memcpy(out + (size_t)k * esize, rbuf + (size_t)keys[k].seq * esize, esize);
+    *col = out;
+    out = NULL;
+cleanup:
+    if (row != MPI_DATATYPE_NULL) MPI_Type_free(&row);
+    free(sbuf);
+    free(rbuf);
+    free(out);
+    return st;
+}
+
 static tmd_status canonical_atoms(tmd_ctx *ctx, tmd_run *run)
 {
     const tmd_decomp *d = run->decomp;
-    tmd_atom_table *a = &run->atoms, b;
-    const int P = ctx->nranks, np = a->nprob, nl = a->nlatent, rec = 9 + np + nl;
-    const int64_t G = d->ntiles_total;
+    tmd_atom_table *a = &run->atoms;
+    const int P = ctx->nranks, np = a->nprob, nl = a->nlatent;
+    const int64_t G = d->ntiles_total, nloc = a->n;
     tmd_status st = TMD_OK;
-    int *scount = NULL, *rcount = NULL, *sdisp = NULL, *rdisp = NULL, *fill = NULL;
-    double *sbuf = NULL, *rbuf = NULL;
+    int *sc = NULL, *rc = NULL, *sd = NULL, *rd = NULL, *fill = NULL;
+    int64_t *gof = NULL, *perm = NULL, *gsend = NULL, *grecv = NULL, n = 0;
     row_key *keys = NULL;
-    int64_t *gof = NULL;
-    tmd_atom_table_init(&b, np);
-    st = tmd_calloc(ctx, (void **)&scount, (size_t)P, sizeof(int), "row counts");
-    if (!st) st = tmd_calloc(ctx, (void **)&rcount, (size_t)P, sizeof(int), "row counts");
-    if (!st) st = tmd_calloc(ctx, (void **)&sdisp, (size_t)P, sizeof(int), "row counts");
-    if (!st) st = tmd_calloc(ctx, (void **)&rdisp, (size_t)P, sizeof(int), "row counts");
+    MPI_Comm comm = run->comm;
+    st = tmd_calloc(ctx, (void **)&sc, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rc, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&sd, (size_t)P, sizeof(int), "row counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&rd, (size_t)P, sizeof(int), "row counts");
     if (!st) st = tmd_calloc(ctx, (void **)&fill, (size_t)P, sizeof(int), "row counts");
-    if (!st) st = tmd_calloc(ctx, (void **)&gof, (size_t)a->n + 1, sizeof(int64_t), "row tiles");
-    if (!st) st = tmd_calloc(ctx, (void **)&sbuf, (size_t)(a->n * rec + 1), sizeof(double), "row send buffer");
-    for (int64_t i = 0; i < a->n && !st; i++) {
+    if (!st) st = tmd_calloc(ctx, (void **)&gof, (size_t)nloc + 1, sizeof(int64_t), "row tiles");
+    if (!st) st = tmd_calloc(ctx, (void **)&perm, (size_t)nloc + 1, sizeof(int64_t), "row permutation");
+    for (int64_t i = 0; i < nloc && !st; i++) {
         gof[i] = tmd_decomp_tile_of(d, a->frame[i], a->y[i], a->x[i]);
         if (gof[i] < 0) {
             st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "atom at (%g, %g) frame %d lies outside the image", a->x[i], a->y[i],
@@ -250,61 +291,64 @@ static tmd_status canonical_atoms(tmd_ctx *ctx, tmd_run *run)
             break;
         }
         int dest = (int)(((gof[i] + 1) * (int64_t)P - 1) / G);
-        if ((int64_t)scount[dest] + rec > 2147483647LL)
+        if (sc[dest] == 2147483647)
             st = TMD_FAIL(ctx, TMD_ERR_RANGE, "too many atoms for one message on rank %d", ctx->rank);
-        scount[dest] += rec;
+        else sc[dest]++;
     }
-    st = tmd_agree(ctx, run->comm, st);
+    st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    for (int r = 1; r < P; r++) sdisp[r] = sdisp[r - 1] + scount[r - 1];
-    memcpy(fill, sdisp, sizeof(int) * (size_t)P);
-    for (int64_t i = 0; i < a->n; i++) {
-        int dest = (int)(((gof[i] + 1) * (int64_t)P - 1) / G);
-        double *r = sbuf + fill[dest];
-        fill[dest] += rec;
-        r[0] = (double)gof[i], r[1] = (double)i, r[2] = a->frame[i], r[3] = a->x[i], r[4] = a->y[i];
-        r[5] = a->sublattice[i], r[6] = a->species[i], r[7] = a->intensity[i], r[8] = (double)a->site[i];
-        for (int c = 0; c < np; c++) r[9 + c] = a->prob[i * np + c];
-        for (int c = 0; c < nl; c++) r[9 + np + c] = a->latent[i * nl + c];
+    /* rows grouped by destination, in table order within a destination */
+    for (int r = 1; r < P; r++) sd[r] = sd[r - 1] + sc[r - 1];
+    memcpy(fill, sd, sizeof(int) * (size_t)P);
+    for (int64_t i = 0; i < nloc; i++) perm[fill[(int)(((gof[i] + 1) * (int64_t)P - 1) / G)]++] = i;
+    st = TMD_MPI(ctx, MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, comm));
+    for (int r = 0; r < P && !st; r++) {
+        if (n > 2147483647LL - rc[r]) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "too many atoms for one rank's message");
+        else rd[r] = (int)n, n += rc[r];
     }
-    st = TMD_MPI(ctx, MPI_Alltoall(scount, 1, MPI_INT, rcount, 1, MPI_INT, run->comm));
-    int64_t total = 0;
-    for (int r = 0; r < P; r++) {
-        rdisp[r] = (int)total;
-        total += rcount[r];
-    }
-    if (!st && total > 2147483647LL) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "too many atoms for one rank's message");
-    int64_t n = total / rec;
-    if (!st) st = tmd_calloc(ctx, (void **)&rbuf, (size_t)total + 1, sizeof(double), "row receive buffer");
+    /* the tile of every received row: rows of one tile all come from its owner, in its
+     * order, so (tile, arrival) is the canonical order */
+    if (!st) st = tmd_calloc(ctx, (void **)&gsend, (size_t)nloc + 1, sizeof(int64_t), "row tiles");
+    if (!st) st = tmd_calloc(ctx, (void **)&grecv, (size_t)n + 1, sizeof(int64_t), "row tiles");
     if (!st) st = tmd_calloc(ctx, (void **)&keys, (size_t)n + 1, sizeof(row_key), "row keys");
-    if (!st) st = tmd_atom_table_reserve(ctx, &b, n ? n : 1);
-    if (!st && nl) st = tmd_atom_table_set_latent(ctx, &b, nl);
-    st = tmd_agree(ctx, run->comm, st);
+    st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    st = TMD_MPI(ctx, MPI_Alltoallv(sbuf, scount, sdisp, MPI_DOUBLE, rbuf, rcount, rdisp, MPI_DOUBLE, run->comm));
-    st = tmd_agree(ctx, run->comm, st);
+    for (int64_t k = 0; k < nloc; k++) gsend[k] = gof[perm[k]];
+    free(gof);
+    gof = NULL;
+    st = TMD_MPI(ctx, MPI_Alltoallv(gsend, sc, sd, MPI_INT64_T, grecv, rc, rd, MPI_INT64_T, comm));
+    st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    /* rows of one tile all come from its owner, in its order: sort by (tile, arrival) */
-    for (int64_t k = 0; k < n; k++) keys[k] = (row_key){(int64_t)rbuf[k * rec], k};
+    free(gsend);
+    gsend = NULL;
+    for (int64_t k = 0; k < n; k++) keys[k] = (row_key){grecv[k], k};
+    free(grecv);
+    grecv = NULL;
     qsort(keys, (size_t)n, sizeof *keys, cmp_key);
-    for (int64_t k = 0; k < n && !st; k++) {
-        const double *r = rbuf + keys[k].seq * rec;
-        int64_t i;
-        if ((st = tmd_atom_table_push(ctx, &b, &i))) break;
-        b.frame[i] = (int32_t)r[2], b.x[i] = r[3], b.y[i] = r[4], b.sublattice[i] = (int8_t)r[5];
-        b.species[i] = (int8_t)r[6], b.intensity[i] = (float)r[7], b.site[i] = (int64_t)r[8];
-        for (int c = 0; c < np; c++) b.prob[i * np + c] = (float)r[9 + c];
-        for (int c = 0; c < nl; c++) b.latent[i * nl + c] = (float)r[9 + np + c];
-    }
-    st = tmd_agree(ctx, run->comm, st);
-    if (!st) {
+    /* column by column; on failure the table is left freed (the run fails anyway) */
+    struct {
+        void **col;
+        size_t esize;
+    } cols[] = {{(void **)&a->frame, sizeof *a->frame},
+                {(void **)&a->x, sizeof *a->x},
+                {(void **)&a->y, sizeof *a->y},
+                {(void **)&a->sublattice, sizeof *a->sublattice},
+                {(void **)&a->species, sizeof *a->species},
+                {(void **)&a->prob, sizeof *a->prob * (size_t)(np ? np : 1)},
+                {(void **)&a->intensity, sizeof *a->intensity},
+                {(void **)&a->site, sizeof *a->site},
+                {(void **)&a->latent, sizeof *a->latent * (size_t)(nl ? nl : 1)}};
+    const int ncols = nl ? 9 : 8;
+    for (int c = 0; c < ncols && !st; c++)
+        st = move_column(ctx, comm, cols[c].col, cols[c].esize, nloc, perm, sc, sd, rc, rd, n, keys, "atom rows");
+    if (st) {
         tmd_atom_table_free(a);
-        *a = b;
-        tmd_atom_table_init(&b, np);
+        goto cleanup;
     }
+    a->n = n;
+    a->cap = n > 0 ? n : 1;
 cleanup:
-    tmd_atom_table_free(&b);
-    free(scount), free(rcount), free(sdisp), free(rdisp), free(fill), free(gof), free(sbuf), free(rbuf), free(keys);
+    free(sc), free(rc), free(sd), free(rd), free(fill), free(gof), free(perm), free(gsend), free(grecv), free(keys);
     return st;
 }
 
