@@ -4,12 +4,14 @@
  * power spectrum P, radial background = median of P over rings of equal |f|, S = P / background.
  * Candidates are local maxima of S within the searched frequency band. A candidate c is a
  * hexagon hypothesis {c, R60 c, R120 c}; its strength is the weakest of the three peaks (each
- * searched near its predicted place, so scan distortion is tolerated). The first-order
- * hexagon is the valid hypothesis of smallest |g|; a valid hexagon whose sub-harmonic
- * {(g1 + g2) / 3, ...} is also present (weaker threshold) is a {110} set and is replaced by
- * its fundamental. Peaks are refined (Gaussian interpolation on the grid, then maximisation
- * of the DTFT magnitude at continuous frequency), second-order {110} peaks are added where
- * they are visible, and g1, g2 come from a least-squares fit of all peaks to their indices.
+ * searched near its predicted place, so scan distortion is tolerated); hypotheses whose three
+ * lengths differ by more than 20 % (a mix of orders) are dropped. The strongest hypothesis is
+ * some order of the lattice ({100}, {110}, {200}, {300}, ...): it is walked down to the
+ * fundamental by testing its sub-harmonic places (|g| / sqrt 7, / 2, / sqrt 3), which hold
+ * peaks exactly when the set is a higher order. Peaks are refined (Gaussian interpolation on
+ * the grid, then maximisation of the DTFT magnitude at continuous frequency), second-order
+ * {110} peaks are added where they are visible, and g1, g2 come from a least-squares fit of
+ * all peaks to their indices.
  */
 #include "tmd/lattice.h"
 
@@ -228,9 +230,8 @@ static double dtft_power(tmd_lattice_plan *p, const double f[2])
     return creal(acc) * creal(acc) + cimag(acc) * cimag(acc);
 }
 
-/* Sub-bin peak position near integer bin (bx, by): Gaussian interpolation on log P, then
- * (optionally) coordinate-wise parabolic maximisation of the DTFT power. Writes f. */
-static void refine_peak(tmd_lattice_plan *p, int bx, int by, double f[2])
+/* Sub-bin position (bins) of the peak at integer bin (bx, by): Gaussian interpolation on log P. */
+static void interp_peak(const tmd_lattice_plan *p, int bx, int by, double b[2])
 {
     double l0 = log(at(p, p->pw, bx, by) + 1e-30);
     double lxm = log(at(p, p->pw, bx - 1, by) + 1e-30), lxp = log(at(p, p->pw, bx + 1, by) + 1e-30);
@@ -244,7 +245,16 @@ static void refine_peak(tmd_lattice_plan *p, int bx, int by, double f[2])
     if (dx < -0.5) dx = -0.5;
     if (dy > 0.5) dy = 0.5;
     if (dy < -0.5) dy = -0.5;
-    double b[2] = {bx + dx, by + dy};
+    b[0] = bx + dx;
+    b[1] = by + dy;
+}
+
+/* Sub-bin peak position near integer bin (bx, by): Gaussian interpolation on log P, then
+ * (optionally) coordinate-wise parabolic maximisation of the DTFT power. Writes f. */
+static void refine_peak(tmd_lattice_plan *p, int bx, int by, double f[2])
+{
+    double b[2];
+    interp_peak(p, bx, by, b);
     if (p->opt.refine_dtft) {
         static const double steps[3] = {0.25, 0.08, 0.025};
         for (int it = 0; it < 3; it++) {
@@ -424,6 +434,41 @@ static double angle_between(const double u[2], const double v[2])
     return acos(c) * DEG;
 }
 
+/* S (power over the radial background) at a continuous frequency f, from the DTFT. */
+static double dtft_snr(tmd_lattice_plan *p, const double f[2])
+{
+    int n = p->h > p->w ? p->h : p->w;
+    int r = (int)lround(norm2(f) * n);
+    if (r >= p->nring) r = p->nring - 1;
+    return dtft_power(p, f) / ((double)p->bg[r] + 1e-30);
+}
+
+/* Mean S over the bins within r bins of bin position b (a broad peak: a film edge or a
+ * strain field in the tile spreads a reflection over several bins). */
+static double disc_snr(const tmd_lattice_plan *p, const double f[2], double r)
+{
+    double b[2] = {f[0] * p->w, f[1] * p->h}, sum = 0.0;
+    int n = 0;
+    for (int y = (int)floor(b[1] - r); y <= (int)ceil(b[1] + r); y++)
+        for (int x = (int)floor(b[0] - r); x <= (int)ceil(b[0] + r); x++) {
+            if ((x - b[0]) * (x - b[0]) + (y - b[1]) * (y - b[1]) > r * r) continue;
+            if (abs(x) > p->w / 2 || abs(y) > p->h / 2 - 1) continue;
+            sum += at(p, p->snr, x, y);
+            n++;
+        }
+    return n ? sum / n : 0.0;
+}
+
+/* How far a hexagon hypothesis (c1, c2, c2 - c1) is from regular: max | |v| / mean - 1 |. */
+static double triple_irregularity(const double c1[2], const double c2[2])
+{
+    double d[2] = {c2[0] - c1[0], c2[1] - c1[1]};
+    double l[3] = {norm2(c1), norm2(c2), norm2(d)}, m = (l[0] + l[1] + l[2]) / 3.0, r = 0.0;
+    for (int k = 0; k < 3; k++)
+        if (fabs(l[k] / m - 1.0) > r) r = fabs(l[k] / m - 1.0);
+    return r;
+}
+
 tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *tile, int64_t stride, tmd_lattice *out)
 {
     memset(out, 0, sizeof *out);
@@ -498,9 +543,12 @@ tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *t
     qsort(cand, (size_t)nc, sizeof cand[0], cmp_cand);
 
     /* lattice hypotheses: pairs (c_i, +-c_j) of similar length at 60 +- 22 degrees whose
-     * difference is a peak too (lattice algebra, so any affine scan distortion is tolerated).
-     * The strongest hypothesis is the first-order {100} set or, when the two sublattices look
-     * alike, the {110} set (|F110|^2 is at most ~4x |F100|^2 and the probe damps it more); the sub-harmonic check below tells them apart. Weak spurious triples never win
+     * difference is a peak too (lattice algebra, so any affine scan distortion is tolerated),
+     * with the three lengths |c1|, |c2|, |c2 - c1| within 20 % of their mean (a triple that
+     * mixes orders, e.g. {110}, {200} and {210}, is not a lattice basis). The strongest
+     * hypothesis is a set of equivalent reflections of some order: {100}, or {110} when the
+     * two sublattices look alike (|F110|^2 up to ~4x |F100|^2), or {200} when the probe is
+     * sharp; the descent below finds its fundamental. Weak spurious triples never win
      * against the real reflections this way. */
     int found = 0;
     float best_s = 0.0f, strongest = 0.0f;
@@ -514,6 +562,7 @@ tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *t
                 double c1[2] = {cand[i].f[0], cand[i].f[1]}, c2[2] = {sg * cand[j].f[0], sg * cand[j].f[1]};
                 double ratio = norm2(c2) / norm2(c1), ang = angle_between(c1, c2);
                 if (ratio < 0.75 || ratio > 1.333 || ang < 38.0 || ang > 82.0) continue;
+                if (triple_irregularity(c1, c2) > 0.2) continue;
                 int bx[3], by[3];
                 float sv = triple_strength(p, c1, c2, 1.5, bx, by);
                 if (sv > strongest) strongest = sv;
@@ -536,19 +585,61 @@ tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *t
                         "or a period outside %.1f-%.1f px)",
                         w, h, strongest, p->opt.min_strength, p->opt.min_period_px, p->opt.max_period_px);
 
-    /* sub-harmonic check: is this set the {110} family of a weaker fundamental?
-     * If c1 = f1 + f2 and c2 = 2 f2 - f1 then f2 = (c1 + c2) / 3, f1 = (2 c1 - c2) / 3. */
+    /* Descent to the fundamental. A honeycomb's {100} reflections never vanish (|F100|^2 =
+     * fA^2 + fB^2 - fA fB >= fA fB), so a set whose sub-harmonic positions hold a hexagon of
+     * peaks is a higher order of it: with (c1, c2) the set's pair at 60 degrees and (f1, f2)
+     * the fundamental's, {110} = {f1 + f2, ...} gives f1, f2 = (2 c1 - c2) / 3, (c1 + c2) / 3
+     * (|g| / sqrt 3, turned 30 degrees); {200} gives c1 / 2, c2 / 2; the two {210} hexagons
+     * give (3 c1 - c2) / 7, (c1 + 2 c2) / 7 or (3 c1 - 2 c2) / 7, (2 c1 + c2) / 7 (|g| / sqrt 7).
+     * Every one of these is exact under an affine scan distortion. c1, c2 are refined first, so
+     * the sub-harmonic places are known to ~0.01 bin, and S is read there two ways: from the
+     * DTFT at the place itself (a sharp peak; no maximum over bins, which would inflate the
+     * noise) and as the mean S over a disc of 1.6 bins (a peak spread by a film edge or a
+     * strain field in the tile). At a place that is not a lattice point S is background
+     * noise, exponential with P(S > t) = 2^-t, and the disc mean of ~9 bins rarely exceeds 2;
+     * a sub-harmonic counts when either reading is >= 5 in all three directions. Measured on
+     * 108 held-out simulations and 20 independent-simulator images (1008 checks): places that
+     * are not lattice points reach at most 3.6 (point) and 3.1 (disc); the weakest real {100}
+     * sets read 6.0 / 3.4 (MoSe2, heavy contamination) and 2.4 / 7.4 (a film edge in the
+     * tile). The smallest passing sub-harmonic is taken and the step repeated ({300} and {220}
+     * descend twice). With a pixel size given, the band excludes every sub-harmonic. */
     {
-        double f1[2] = {(2 * bg1[0] - bg2[0]) / 3.0, (2 * bg1[1] - bg2[1]) / 3.0};
-        double f2[2] = {(bg1[0] + bg2[0]) / 3.0, (bg1[1] + bg2[1]) / 3.0};
-        if (norm2(f1) >= fmin * 0.999 && norm2(f2) >= fmin * 0.999) {
-            int sx[3], sy[3];
-            float sv = triple_strength(p, f1, f2, 1.5, sx, sy);
-            if (sv >= (float)fmax(6.0, p->opt.min_strength / 2.0)) {
-                best_s = sv;
-                memcpy(hx, sx, sizeof hx);
-                memcpy(hy, sy, sizeof hy);
+        static const double SUB[4][5] = {{3, -1, 1, 2, 7}, {3, -2, 2, 1, 7}, {1, 0, 0, 1, 2}, {2, -1, 1, 1, 3}};
+        const double t_sub = 5.0;
+        refine_peak(p, hx[0], hy[0], bg1);
+        refine_peak(p, hx[1], hy[1], bg2);
+        for (int it = 0; it < 4; it++) {
+            int take = -1;
+            double t1[2] = {0, 0}, t2[2] = {0, 0};
+            double v[4], vd[4] = {-1, -1, -1, -1};
+            for (int k = 0; k < 4; k++) {
+                const double *m = SUB[k];
+                double s1[2] = {(m[0] * bg1[0] + m[1] * bg2[0]) / m[4], (m[0] * bg1[1] + m[1] * bg2[1]) / m[4]};
+                double s2[2] = {(m[2] * bg1[0] + m[3] * bg2[0]) / m[4], (m[2] * bg1[1] + m[3] * bg2[1]) / m[4]};
+                double s3[2] = {s2[0] - s1[0], s2[1] - s1[1]};
+                v[k] = -1.0;
+                if (norm2(s1) < fmin * 0.97 || norm2(s2) < fmin * 0.97 || norm2(s3) < fmin * 0.97) continue;
+                double pt = 1e30, dm = 1e30;
+                const double *sv3[3] = {s1, s2, s3};
+                for (int q = 0; q < 3; q++) {
+                    double a = dtft_snr(p, sv3[q]), d = disc_snr(p, sv3[q], 1.6);
+                    if (a < pt) pt = a;
+                    if (d < dm) dm = d;
+                }
+                v[k] = pt;
+                vd[k] = dm;
+                if ((v[k] >= t_sub || vd[k] >= t_sub) && take < 0) { /* SUB is ordered by |g|, smallest first */
+                    take = k;
+                    memcpy(t1, s1, sizeof t1);
+                    memcpy(t2, s2, sizeof t2);
+                }
             }
+            tmd_debug(ctx, "lattice: set at |g| %.2f bins (%.1f x background): sub-harmonics /sqrt7 %.1f %.1f, /2 %.1f, "
+                      "/sqrt3 %.1f; disc /sqrt7 %.2f %.2f, /2 %.2f, /sqrt3 %.2f", norm2(bg1) * (w > h ? w : h), best_s, v[0], v[1], v[2], v[3], vd[0], vd[1], vd[2], vd[3]);
+            if (take < 0) break;
+            memcpy(bg1, t1, sizeof bg1);
+            memcpy(bg2, t2, sizeof bg2);
+            best_s = triple_strength(p, bg1, bg2, 1.0, hx, hy);
         }
     }
     /* refine the three first-order peaks: q0 = g1, q1 = g2, q2 = g2 - g1 */
@@ -594,6 +685,15 @@ tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *t
     }
     /* (g1, g2) at 60 degrees; the real basis dual to it is at 120 degrees; canonicalise */
     tmd_lattice_from_reciprocal(out, g1, g2);
+    if (out->distortion > 0.25) {
+        /* far from hexagonal: not a TMD lattice seen along [001] (or peaks of different
+         * orders); never returned as a measurement */
+        double d = out->distortion;
+        memset(out, 0, sizeof *out);
+        return TMD_FAIL(ctx, TMD_ERR_NOLATTICE,
+                        "no hexagonal lattice in this %d x %d tile: the best set of Bragg peaks gives a lattice "
+                        "whose vector lengths differ by %.0f %% (25 %% allowed)", w, h, 100 * d);
+    }
     out->strength = best_s;
     out->n_peaks = npk;
     return TMD_OK;
