@@ -101,6 +101,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    /* Keep HDF5's large per-file blocks (metadata cache) on its free lists instead of handing
+     * them back to malloc at every H5Fclose (under ASan each is a fresh mmap, faulted in and
+     * zeroed again per input; see fuzz_h5input.c). HDF5-internal memory only. */
+    H5set_free_list_limits(-1, -1, -1, -1, -1, -1);
     build_templates();
     atexit(cleanup_files);
     return 0;
