@@ -8,12 +8,18 @@
 # other condition drawn from the seed; the same file for every rank count), then
 # `tmdflow run` processes it at each rank count with the default configuration. Written to
 # benchmarks/mosaic/results/ (or $OUT):
-#   mosaic.csv   size, ranks, wall_s, mpix_s, peak_mib_rank0, peak_mib_max, atoms, load_avg
+#   mosaic.csv   size, ranks, wall_s, mpix_s, peak_mib_rank0, peak_mib_max, atoms, load_avg,
+#                cpu_s, mpix_per_cpu_s
 #   mosaic.svg   Mpix/s and per-rank peak memory against image size (one line per rank count)
 #   logs/        the stage table of every run
 # Wall time includes reading, normalisation, U-Net, atoms, classification and writing, not the
 # simulation. Peak memory per rank comes from the result file's `peak_rss_bytes` attribute.
-# The machine's load average is recorded because other jobs on the same cores distort times.
+# The machine's load average is recorded because other jobs on the same cores distort times;
+# cpu_s is the user + system CPU time of all ranks together (GNU time on mpiexec, whose
+# children the ranks are), so mpix_per_cpu_s is the throughput per core whatever the load:
+# with R free cores the wall time would be about cpu_s / R.
+# ARGS="key=value ..." passes configuration keys to every run (e.g. ARGS=tile=768 with a
+# separate OUT= and WORK= for a comparison; the default configuration otherwise).
 # KEEP=1 keeps the result files in $WORK (to compare /atoms between rank counts with h5diff);
 # by default each is deleted once its row is written.
 set -euo pipefail
@@ -29,7 +35,7 @@ mpiexec=${MPIEXEC:-"mpiexec --oversubscribe --bind-to none"}
 export OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info TMDFLOW_PROGRESS_INTERVAL=60
 mkdir -p "$out/logs" "$work"
 csv=$out/mosaic.csv
-[ -f "$csv" ] || echo "size,ranks,wall_s,mpix_s,peak_mib_rank0,peak_mib_max,atoms,load_avg" >"$csv"
+[ -f "$csv" ] || echo "size,ranks,wall_s,mpix_s,peak_mib_rank0,peak_mib_max,atoms,load_avg,cpu_s,mpix_per_cpu_s" >"$csv"
 
 for n in $sizes; do
     img=$work/mosaic_$n.tif
@@ -43,7 +49,8 @@ for n in $sizes; do
         log=$out/logs/run_${n}_np$r.log
         load=$(cut -d' ' -f1 /proc/loadavg)
         t0=$(date +%s.%N)
-        $mpiexec -n "$r" "$bin" run "$img" -o "$res" --pixel-size 0.12 --force 2>"$log"
+        /usr/bin/time -f "%U %S" -o "$work/time_${n}_$r" \
+            $mpiexec -n "$r" "$bin" run "$img" -o "$res" --pixel-size 0.12 --force ${ARGS:-} 2>"$log"
         t1=$(date +%s.%N)
         wall=$(echo "$t1 - $t0" | bc -l)
         peaks=$(h5dump -a /peak_rss_bytes "$res" | sed -n 's/.*([0-9]*): *//p' | tr -d ',' | tr '\n' ' ')
@@ -53,7 +60,10 @@ for n in $sizes; do
         for p in "${pk[@]}"; do v=$(echo "$p / 1048576" | bc); [ "$v" -gt "$pmax" ] && pmax=$v; done
         atoms=$("$bin" info "$res" | awk '$1 == "/atoms/x" {gsub(",", "", $3); print $3}')
         mpix=$(echo "$n * $n / 1000000 / $wall" | bc -l)
-        printf "%d,%d,%.1f,%.4f,%d,%d,%s,%s\n" "$n" "$r" "$wall" "$mpix" "$p0" "$pmax" "$atoms" "$load" | tee -a "$csv"
+        cpu=$(awk 'END { print $1 + $2 }' "$work/time_${n}_$r")
+        mpc=$(echo "$n * $n / 1000000 / $cpu" | bc -l)
+        printf "%d,%d,%.1f,%.4f,%d,%d,%s,%s,%.1f,%.4f\n" "$n" "$r" "$wall" "$mpix" "$p0" "$pmax" "$atoms" "$load" "$cpu" "$mpc" \
+            | tee -a "$csv"
         [ "${KEEP:-0}" = 1 ] || rm -f "$res"
     done
 done
