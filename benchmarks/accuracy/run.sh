@@ -11,7 +11,7 @@
 # (per condition and per axis, worst case). RESUME=1 keeps finished runs of OUT_DIR.
 # Everything runs under `nice -n 10` with OPENBLAS_NUM_THREADS=1 (shared 2-core machine);
 # about 10-15 minutes for the whole list. RANKS=1 runs without mpiexec; MODES=given runs only the
-# given-pixel-size mode (quick iterations).
+# given-pixel-size mode (quick iterations); RUN_ARGS="key=value ..." is passed to every tmdflow run.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -60,7 +60,7 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
   for mode in ${MODES:-given auto}; do
     js=$OUT/${name}_$mode.json
     [ -f "$js" ] && continue
-    args=(); [ $mode = given ] && args=(--pixel-size "$px")
+    args=(${RUN_ARGS:-}); [ $mode = given ] && args+=(--pixel-size "$px")
     res=$OUT/res_${name}_$mode.h5
     t0=$(date +%s.%N)
     ok=1

@@ -7,9 +7,13 @@
  * where
  *   - B is a smooth background: the frame's Gaussian blur at background_sigma (Angstrom),
  *     computed on a coarse grid of cells (about sigma/2 wide; cells are aligned with the
- *     tile grid, so each cell lies in one tile), blurred by a normalised (edge-correct)
- *     separable Gaussian over cells, and interpolated bilinearly between cell centres.
- *     background_sigma = 0 switches it off (B = 0).
+ *     tile grid, so each cell lies in one tile, and B depends on the tile size), smoothed
+ *     separably over cells by a Gaussian-weighted least-squares line per axis (in the
+ *     interior the normalised Gaussian average; at the image edges it follows a slope
+ *     instead of flattening it), and interpolated bilinearly between cell centres,
+ *     extrapolated linearly beyond the outermost centres: a plane (a linear ramp) is
+ *     removed exactly everywhere. background_sigma = 0 switches it off (B = 0); the
+ *     default (10 A) makes images that are not background-subtracted look like ones that are.
  *   - lo, hi are the clip_low and clip_high percentiles of I - B over the whole image or
  *     stack, from a global histogram (65536 bins between the global min and max, counts
  *     reduced with MPI_Allreduce) of the pixels whose row and column are multiples of a
@@ -17,7 +21,8 @@
  * The network input is clamp(N, 0, 1) (tmd_normalise_clamp) — with background_sigma = 0 and
  * the default clip_low/clip_high this is the robust 0.5/99.9-percentile mapping of
  * tmd_sim_normalise that the shipped models are trained on (up to the histogram's bin width,
- * range/65536). Measurements (column intensities) use the unclamped N, so the brightest
+ * range/65536); on images with a smooth background (the simulator's) the default removal
+ * changes it little (docs/accuracy.md). Measurements (column intensities) use the unclamped N, so the brightest
  * columns keep their contrast above 1.
  * Every quantity is computed in a fixed order per tile and combined exactly (integer counts,
  * sums that have one non-zero contributor), so the result is bit-identical on any number

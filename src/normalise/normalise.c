@@ -18,8 +18,8 @@ typedef struct {
     int64_t ncell;
     int64_t *edge;    /* (ncell + 1) */
     int32_t *cell_of; /* (n) pixel -> cell */
-    int32_t *c0;      /* (n) interpolation: lower cell (c0 + 1 is the upper one when w > 0) */
-    float *w;         /* (n) weight of the upper cell */
+    int32_t *c0;      /* (n) interpolation: lower cell (c0 + 1 is the upper one when w != 0) */
+    float *w;         /* (n) weight of the upper cell (< 0 or > 1: extrapolated at the edges) */
 } axis_cells;
 
 struct tmd_normalise {
@@ -78,12 +78,16 @@ static tmd_status axis_build(tmd_ctx *ctx, axis_cells *a, int64_t n, int64_t te,
         int64_t c = a->cell_of[p];
         double cc = 0.5 * (double)(a->edge[c] + a->edge[c + 1] - 1);
         if ((double)p < cc && c > 0) c--;
-        double lo = 0.5 * (double)(a->edge[c] + a->edge[c + 1] - 1);
-        if (c + 1 >= nc || (double)p < lo) {
+        if (nc < 2) {
             a->c0[p] = (int32_t)c;
             a->w[p] = 0;
             continue;
         }
+        /* before the first cell centre and beyond the last, the line through the two
+         * outermost centres is extrapolated (w < 0 or > 1), so a background ramp is followed
+         * up to the image edge */
+        if (c + 1 >= nc) c = nc - 2;
+        double lo = 0.5 * (double)(a->edge[c] + a->edge[c + 1] - 1);
         double hi = 0.5 * (double)(a->edge[c + 1] + a->edge[c + 2] - 1);
         a->c0[p] = (int32_t)c;
         a->w[p] = (float)(((double)p - lo) / (hi - lo));
@@ -273,53 +277,83 @@ tmd_status tmd_normalise_accumulate(tmd_ctx *ctx, tmd_normalise *n, const tmd_bo
     return accumulate_strided(ctx, n, core, pix, w, w * h);
 }
 
-/* Blurs the accumulated sums and counts (normalised convolution) into n->bg. */
+/* Intercept at u = 0 of the weighted least-squares line through values with weights
+ * (sums S = sum w, Sv = sum w v, Su = sum w u, Suu = sum w u^2, Suv = sum w u v); the
+ * weighted mean where the line is not determined (one cell, or a degenerate spread). */
+static double local_line(double S, double Sv, double Su, double Suu, double Suv)
+{
+    if (!(S > 0)) return 0;
+    double det = S * Suu - Su * Su;
+    if (!(det > 1e-6 * S * Suu)) return Sv / S;
+    return (Sv * Suu - Su * Suv) / det;
+}
+
+/* Blurs the accumulated sums and counts into n->bg: per axis, a Gaussian-weighted
+ * least-squares line through the cell means (weights: Gaussian x pixel count), evaluated at
+ * the cell centre. In the interior the weights are symmetric and this is the normalised
+ * Gaussian average; at the image edges, where the window is one-sided, the line removes the
+ * bias a plain average has on a slope (a linear background ramp is removed exactly up to the
+ * edge). Positions are cell centres in pixels / the blur's sigma. */
 static tmd_status blur(tmd_ctx *ctx, tmd_normalise *n)
 {
     const tmd_box *L = &n->loc_c, *B = &n->bg_c;
     if (!tmd_box_volume(B)) return TMD_OK;
     int64_t R1 = n->R[1], R2 = n->R[2];
+    const axis_cells *ay = &n->ax[1], *ax = &n->ax[2];
     double *wy = NULL, *wx = NULL, *tmp = NULL;
     tmd_status st = tmd_calloc(ctx, (void **)&wy, (size_t)R1 + 1, sizeof *wy, "blur weights");
     if (!st) st = tmd_calloc(ctx, (void **)&wx, (size_t)R2 + 1, sizeof *wx, "blur weights");
-    /* tmp: rows of L (all), columns of B; 2 channels */
+    /* tmp: rows of L (all), columns of B; 2 channels (value, weight) */
     int64_t ly = L->hi[1] - L->lo[1], bx = B->hi[2] - B->lo[2];
     if (!st) st = tmd_calloc(ctx, (void **)&tmp, (size_t)(ly * bx * 2), sizeof *tmp, "blur buffer");
     if (st) goto cleanup;
     for (int64_t i = 0; i <= R1; i++) wy[i] = exp(-(double)(i * i) / (2 * n->sigma_c[1] * n->sigma_c[1]));
     for (int64_t i = 0; i <= R2; i++) wx[i] = exp(-(double)(i * i) / (2 * n->sigma_c[2] * n->sigma_c[2]));
+    /* cell centres in units of the cell width x sigma (well scaled for the sums) */
+    double uy = (double)ay->te / (double)ay->k * (n->sigma_c[1] > 0 ? n->sigma_c[1] : 1);
+    double ux = (double)ax->te / (double)ax->k * (n->sigma_c[2] > 0 ? n->sigma_c[2] : 1);
+#define CENTRE(a, c) (0.5 * (double)((a)->edge[c] + (a)->edge[(c) + 1] - 1))
     for (int64_t t = B->lo[0]; t < B->hi[0]; t++) {
         /* along x: every row of L, the columns of B */
         for (int64_t y = L->lo[1]; y < L->hi[1]; y++) {
             const double *src = n->acc + 2 * box_index(L, t, y, L->lo[2]);
             for (int64_t x = B->lo[2]; x < B->hi[2]; x++) {
-                double s0 = 0, s1 = 0;
+                double S = 0, Sv = 0, Su = 0, Suu = 0, Suv = 0, cx = CENTRE(ax, x);
                 int64_t a = x - R2 < L->lo[2] ? L->lo[2] : x - R2, b = x + R2 >= L->hi[2] ? L->hi[2] - 1 : x + R2;
                 for (int64_t j = a; j <= b; j++) {
-                    double wgt = wx[j > x ? j - x : x - j];
-                    s0 += wgt * src[2 * (j - L->lo[2])];
-                    s1 += wgt * src[2 * (j - L->lo[2]) + 1];
+                    double wgt = wx[j > x ? j - x : x - j], u = (CENTRE(ax, j) - cx) / ux;
+                    double sum = src[2 * (j - L->lo[2])], cnt = src[2 * (j - L->lo[2]) + 1];
+                    S += wgt * cnt;
+                    Sv += wgt * sum;
+                    Su += wgt * u * cnt;
+                    Suu += wgt * u * u * cnt;
+                    Suv += wgt * u * sum;
                 }
                 double *o = tmp + 2 * ((y - L->lo[1]) * bx + (x - B->lo[2]));
-                o[0] = s0;
-                o[1] = s1;
+                o[0] = local_line(S, Sv, Su, Suu, Suv);
+                o[1] = S;
             }
         }
         /* along y: the rows of B */
         for (int64_t y = B->lo[1]; y < B->hi[1]; y++) {
             int64_t a = y - R1 < L->lo[1] ? L->lo[1] : y - R1, b = y + R1 >= L->hi[1] ? L->hi[1] - 1 : y + R1;
+            double cy = CENTRE(ay, y);
             for (int64_t x = B->lo[2]; x < B->hi[2]; x++) {
-                double s0 = 0, s1 = 0;
+                double S = 0, Sv = 0, Su = 0, Suu = 0, Suv = 0;
                 for (int64_t j = a; j <= b; j++) {
-                    double wgt = wy[j > y ? j - y : y - j];
                     const double *v = tmp + 2 * ((j - L->lo[1]) * bx + (x - B->lo[2]));
-                    s0 += wgt * v[0];
-                    s1 += wgt * v[1];
+                    double wgt = wy[j > y ? j - y : y - j] * v[1], u = (CENTRE(ay, j) - cy) / uy;
+                    S += wgt;
+                    Sv += wgt * v[0];
+                    Su += wgt * u;
+                    Suu += wgt * u * u;
+                    Suv += wgt * u * v[0];
                 }
-                n->bg[box_index(B, t, y, x)] = s1 > 0 ? s0 / s1 : 0;
+                n->bg[box_index(B, t, y, x)] = local_line(S, Sv, Su, Suu, Suv);
             }
         }
     }
+#undef CENTRE
 cleanup:
     free(wy);
     free(wx);
@@ -334,7 +368,7 @@ double tmd_normalise_background(const tmd_normalise *n, int64_t t, int64_t y, in
     if (y < 0 || y >= ay->n || x < 0 || x >= ax->n) return NAN;
     int64_t cy = ay->c0[y], cx = ax->c0[x];
     double fy = ay->w[y], fx = ax->w[x];
-    int64_t cy1 = fy > 0 ? cy + 1 : cy, cx1 = fx > 0 ? cx + 1 : cx;
+    int64_t cy1 = fy != 0 ? cy + 1 : cy, cx1 = fx != 0 ? cx + 1 : cx;
     const tmd_box *B = &n->bg_c;
     if (t < B->lo[0] || t >= B->hi[0] || cy < B->lo[1] || cy1 >= B->hi[1] || cx < B->lo[2] || cx1 >= B->hi[2])
         return NAN;
@@ -461,8 +495,8 @@ static tmd_status apply_strided(tmd_ctx *ctx, const tmd_normalise *n, const tmd_
         if (ok) {
             int64_t y1 = box->hi[1] - 1, x1 = box->hi[2] - 1;
             ok = box->lo[1] >= 0 && box->lo[2] >= 0 && y1 < ay->n && x1 < ax->n && ay->c0[box->lo[1]] >= B->lo[1] &&
-                 ax->c0[box->lo[2]] >= B->lo[2] && ay->c0[y1] + (ay->w[y1] > 0) < B->hi[1] &&
-                 ax->c0[x1] + (ax->w[x1] > 0) < B->hi[2];
+                 ax->c0[box->lo[2]] >= B->lo[2] && ay->c0[y1] + (ay->w[y1] != 0) < B->hi[1] &&
+                 ax->c0[x1] + (ax->w[x1] != 0) < B->hi[2];
         }
         if (!ok)
             return TMD_FAIL(ctx, TMD_ERR_RANGE,
@@ -480,12 +514,12 @@ static tmd_status apply_strided(tmd_ctx *ctx, const tmd_normalise *n, const tmd_
             }
             const axis_cells *ay = &n->ax[1], *ax = &n->ax[2];
             const tmd_box *B = &n->bg_c;
-            int64_t cy = ay->c0[y], cy1 = ay->w[y] > 0 ? cy + 1 : cy;
+            int64_t cy = ay->c0[y], cy1 = ay->w[y] != 0 ? cy + 1 : cy;
             double fy = ay->w[y];
             const double *r0 = n->bg + box_index(B, t, cy, B->lo[2]) - B->lo[2];
             const double *r1 = n->bg + box_index(B, t, cy1, B->lo[2]) - B->lo[2];
             for (int64_t x = box->lo[2]; x < box->hi[2]; x++) {
-                int64_t cx = ax->c0[x], cx1 = ax->w[x] > 0 ? cx + 1 : cx;
+                int64_t cx = ax->c0[x], cx1 = ax->w[x] != 0 ? cx + 1 : cx;
                 double fx = ax->w[x];
                 double top = (1 - fx) * r0[cx] + fx * r0[cx1];
                 double bot = (1 - fx) * r1[cx] + fx * r1[cx1];
