@@ -80,6 +80,9 @@ int main(int argc, char **argv)
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
+    /* The handler only sets a flag that the tile loop polls: restart interrupted system calls,
+     * so that a signal landing inside MPI, HDF5 or a read never surfaces as EINTR there. */
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);

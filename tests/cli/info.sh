@@ -7,7 +7,7 @@
 #   under 2 ranks the description is printed once; a missing file, a truncated TIFF and a
 #   missing HDF5 dataset give a message naming the file and a non-zero exit on every rank count.
 # Fixtures come from `test_io --make-fixtures` (libtiff/HDF5, no python needed).
-# TMD_TEST_TIMEOUT: 120
+# TMD_TEST_TIMEOUT: 300
 set -euo pipefail
 bin=${TMDFLOW_BIN:?}
 mpiexec=${TMDFLOW_MPIEXEC:?}

@@ -13,7 +13,7 @@
 #   - --resume without a checkpoint starts from the first tile with a note; --resume of a
 #     finished result (no checkpoint left) succeeds without touching it.
 # Skipped (77) while no trained U-Net is in inputs/models/.
-# TMD_TEST_TIMEOUT: 300
+# TMD_TEST_TIMEOUT: 900
 set -euo pipefail
 bin=${TMDFLOW_BIN:?}
 mpiexec=${TMDFLOW_MPIEXEC:?}
