@@ -20,7 +20,8 @@
  * variances widened by the local excess noise of the nearby metal columns), masks the
  * species its sublattice forbids when `constraint` is on and renormalises, (5) finds
  * vacancies: V_X = a B-site column classified S or Se, V_M / V_X2 = an A / B site of the
- * locally fitted lattice with no column (or with a column whose intensity fits "empty").
+ * locally fitted lattice with no column, or with a column whose intensity fits "empty" — that
+ * column is then removed from the table (drop_empty), so no site is both a vacancy and a column.
  * Nothing depends on a material the user states: the composition comes out of the fit.
  *
  * Usage (collective over comm; every rank calls with its own atoms, possibly none):
@@ -30,7 +31,8 @@
  *     st = tmd_classify(ctx, comm, &o, nframes, lat, &own_box, height, width,
  *                       &atoms, &ghosts, &defects, &rep);
  *     // atoms.sublattice, .species filled; atoms.prob is now (n, TMD_SP_COUNT): the final
- *     // probabilities over species codes (column 0 = unknown/empty); defects appended.
+ *     // probabilities over species codes (column 0 = unknown/empty); defects appended; rows
+ *     // judged empty removed (atoms.n may shrink; o.carry moves along).
  *     // rep.a_vegard: lattice constant of the fitted composition, for the pixel size.
  *
  * Inputs: atoms.frame, x, y, intensity (integrated column intensity with the background
@@ -83,6 +85,11 @@ typedef struct tmd_classify_opts {
                                 spread of the metal columns' residuals within it against the fitted Mo / W
                                 levels, beyond what the model expects, is added to every level's variance
                                 there (amorphous contamination is patchy); 0 = off */
+    int drop_empty;          /* 1 (default): a detected column whose posterior "empty" exceeds empty_prob on
+                                an A / B site is reported as V_M / V_X2 and removed from the atom table (a
+                                site is empty or occupied, not both); 0: it stays, species unknown */
+    float *carry;            /* optional (atoms->n) per-atom values moved along when rows are removed (the
+                                pipeline's integrated intensity while atoms->intensity holds the contrast) */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);
@@ -96,6 +103,7 @@ typedef struct tmd_classify_report {
     double a_vegard;         /* lattice constant of that composition, Angstrom */
     int64_t n_vm, n_vx, n_vx2; /* vacancies found on this rank */
     int64_t n_dropped;       /* proposed empty sites whose contrast showed a column (this rank) */
+    int64_t n_removed;       /* detected columns judged empty, reported as vacancies and removed (this rank) */
 } tmd_classify_report;
 
 /* Ghost distance (pixels) the pipeline must use for rank-independent results. */

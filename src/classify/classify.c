@@ -34,6 +34,8 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->pixel_size = 0.0;
     o->a_sd_rel = 0.0075;
     o->local_radius = 4.0;
+    o->drop_empty = 1;
+    o->carry = NULL;
     o->measure = NULL;
     o->measure_user = NULL;
 }
@@ -425,6 +427,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     double *fmax_i = NULL, *vote = NULL, *mres = NULL, *axy = NULL, *mvar = NULL;
     model_t *models = NULL, *ref = NULL;
     float *newprob = NULL;
+    int8_t *drop = NULL;
     vcand_t *vc = NULL;
     int64_t ncomp = 0, nrec = 0, nall = 0, nuniq = 0, ncross = 0, nvc = 0;
 
@@ -843,6 +846,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     /* 7. species probabilities of the owned atoms; V_X and "empty" columns */
     st = tmd_calloc(ctx, (void **)&newprob, (size_t)(atoms->cap > 0 ? atoms->cap : 1) * TMD_SP_COUNT, sizeof(float),
                     "classify probabilities");
+    if (!st && opt->drop_empty) st = tmd_calloc(ctx, (void **)&drop, (size_t)(n > 0 ? n : 1), 1, "classify");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     for (int64_t i = 0; i < n; i++) {
@@ -930,6 +934,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                                            sub == TMD_SUB_A ? TMD_DEF_VM : TMD_DEF_VX2);
                 if (sub == TMD_SUB_A) rp.n_vm++;
                 else rp.n_vx2++;
+                if (drop) drop[i] = 1;
             }
         }
         if (sp == TMD_SP_S || sp == TMD_SP_SE) {
@@ -1118,6 +1123,33 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
+    /* 9. a site is empty or occupied, not both: the columns reported as V_M / V_X2 above leave
+     * the table (rows after them move up; opt->carry moves along) */
+    if (drop) {
+        int64_t k = 0;
+        int np2 = atoms->nprob, nl = atoms->nlatent;
+        for (int64_t i = 0; i < n; i++) {
+            if (drop[i]) {
+                rp.n_removed++;
+                continue;
+            }
+            if (k != i) {
+                atoms->frame[k] = atoms->frame[i];
+                atoms->x[k] = atoms->x[i];
+                atoms->y[k] = atoms->y[i];
+                atoms->sublattice[k] = atoms->sublattice[i];
+                atoms->species[k] = atoms->species[i];
+                atoms->intensity[k] = atoms->intensity[i];
+                atoms->site[k] = atoms->site[i];
+                memmove(atoms->prob + k * np2, atoms->prob + i * np2, sizeof(float) * (size_t)np2);
+                if (nl > 0 && atoms->latent)
+                    memmove(atoms->latent + k * nl, atoms->latent + i * nl, sizeof(float) * (size_t)nl);
+                if (opt->carry) opt->carry[k] = opt->carry[i];
+            }
+            k++;
+        }
+        atoms->n = k;
+    }
     {
         int64_t cnt[2] = {0, 0};
         for (int64_t c = 0; c < ncomp; c++) {
@@ -1156,6 +1188,7 @@ cleanup:
     free(models);
     free(ref);
     free(newprob);
+    free(drop);
     free(vc);
     return st;
 #undef AX

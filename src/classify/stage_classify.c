@@ -194,13 +194,15 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
                   (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4], (long long)c[5]);
     }
     run->atoms.intensity = contrast;
+    o.carry = keep; /* rows judged empty leave the table: the integrated intensity moves with them */
     st = tmd_classify(ctx, run->comm, &o, T, lat, &own, run->info.height, run->info.width, &run->atoms, &run->ghosts,
                       &run->defects, &rep);
     run->atoms.intensity = keep;
     if (st) goto cleanup;
-    int64_t v[4] = {rep.n_vm, rep.n_vx, rep.n_vx2, rep.n_dropped};
-    MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_INT64_T, MPI_SUM, run->comm);
-    tmd_debug(ctx, "classify: %lld proposed empty sites showed a column (missed atoms), dropped", (long long)v[3]);
+    int64_t v[5] = {rep.n_vm, rep.n_vx, rep.n_vx2, rep.n_dropped, rep.n_removed};
+    MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT64_T, MPI_SUM, run->comm);
+    tmd_debug(ctx, "classify: %lld proposed empty sites showed a column (missed atoms), dropped; %lld detected "
+              "columns fitted \"empty\", reported as vacancies and removed", (long long)v[3], (long long)v[4]);
     tmd_info(ctx, "classify: %lld components; fitted exponent %.2f, composition Mo%.2fW%.2f S%.2fSe%.2f (a = %.3f A); "
              "vacancies V_M %lld, V_X %lld, V_X2 %lld",
              (long long)rep.n_components, rep.n_exponent, 1 - rep.x_w, rep.x_w, 2 * (1 - rep.y_se), 2 * rep.y_se,
