@@ -5,13 +5,16 @@
  * with constant a (3.15-3.29 Angstrom). Its first-order reflections — the {100} family of
  * the 2H cell — lie on a hexagon of radius |g| = 2 / (sqrt(3) a) in the power spectrum. This
  * module finds that hexagon in a tile's windowed power spectrum (never a higher order such as
- * {110} at sqrt(3)|g| — the strongest reflections when the two sublattices look alike — and
+ * {110} at sqrt(3)|g| — the strongest reflections when the two sublattices look alike — or
+ * {200}, {300} at small pixel sizes: the strongest set of peaks is walked down to the first
+ * order by testing its sub-harmonic places, which hold peaks only if it is a higher order;
  * never a sub-harmonic), refines the six peaks to sub-pixel precision together with the
  * second-order peaks, and returns the lattice vectors a1, a2 in pixels, the rotation and the
  * period. With a lattice constant (default 3.22 Angstrom, refined by Vegard's law once the
  * composition is known) the period gives the pixel size. A tile without a lattice (vacuum,
- * amorphous carbon, a period outside the searched range) is TMD_ERR_NOLATTICE with a message
- * saying how strong the best hexagonal candidate was — never a guess.
+ * amorphous carbon, a period outside the searched range, or peaks whose lattice vectors differ
+ * in length by more than 25 %) is TMD_ERR_NOLATTICE with a message saying how strong the best
+ * hexagonal candidate was — never a guess.
  *
  * Usage (plan once per tile size, execute per tile/frame, as in FFTW):
  *     tmd_lattice_plan *p = NULL;
