@@ -310,7 +310,7 @@ static void test_dim_neighbour_rule(void)
     const int64_t M = 10;
     float *prob = prob_map(&t, M, H + 2 * M, W + 2 * M, 1.0, 2.0);
     tmd_atoms_params ap = {.threshold = 0.5, .sep = 6, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3,
-                           .min_z_weak = -2, .bond = b};
+                           .min_z_weak = -2, .weak_contrast = -0.1, .bond = b};
     tmd_box all = {{0, 0, 0}, {1, H, W}};
     tmd_atoms_seg seg = {prob, 6, -M, -M, H + 2 * M, W + 2 * M, 1.0};
     tmd_atoms_img im = {img, 0, 0, H, W, H, W};
@@ -346,15 +346,16 @@ static void add_column(float *img, int64_t H, int64_t W, double cy, double cx, d
 /* A vacancy between columns: the probability map claims a column at an empty B site with
  * three bright metals at bond length (as the U-Net does in contaminated, vacancy-rich
  * regions). The metals' probe tails raise the ring around the empty site, so its amplitude
- * is negative: dropped with min_z_weak = -2 (and kept without the rule, which proves the
- * rule does it), while a dim column (1/20 of a metal) at another B site of the same kind is
- * kept. */
+ * is negative (-0.17 of a metal's here): dropped with min_z_weak = -2 and weak_contrast =
+ * -0.1, kept when either part of the rule is relaxed (which proves both take part), while a
+ * dim column (0.12 of a metal, its own amplitude about cancelled by the dip) at another B
+ * site of the same kind is kept. */
 static void test_empty_site_dropped(void)
 {
     tmd_ctx ctx;
     tmd_test_ctx(&ctx);
     const int64_t H = 140, W = 180;
-    const double b = 15.0, sg = 3.0; /* a 0.85 A probe at 0.12 A/px, bond 1.8 A */
+    const double b = 15.0, sg = 5.0; /* a 1.4 A probe at 0.12 A/px, bond 1.8 A */
     double site[2][2] = {{70, 55}, {70, 125}}; /* (y, x): [0] dim column, [1] empty */
     truth_t t = {0, malloc(sizeof(double) * 8), malloc(sizeof(double) * 8), malloc(sizeof(int) * 8)};
     float *img = calloc((size_t)(H * W), sizeof(float));
@@ -363,24 +364,25 @@ static void test_empty_site_dropped(void)
         for (int k = 0; k < 3; k++) {
             double y = site[s][0] + b * sin(ang[k]), x = site[s][1] + b * cos(ang[k]);
             t.x[t.n] = x, t.y[t.n] = y, t.cls[t.n] = 2, t.n++;
-            add_column(img, H, W, y, x, 1.0, sg, 0.1, 8.0);
+            add_column(img, H, W, y, x, 1.0, sg, 0.05, 12.0);
         }
         t.x[t.n] = site[s][1], t.y[t.n] = site[s][0], t.cls[t.n] = 3, t.n++; /* in the map at both */
     }
-    add_column(img, H, W, site[0][0], site[0][1], 0.05, sg, 0.1, 8.0);
+    add_column(img, H, W, site[0][0], site[0][1], 0.12, sg, 0.05, 12.0);
     unsigned seed = 5;
     for (int64_t i = 0; i < H * W; i++) img[i] += (float)(0.02 * (tmd_test_randf(&seed) - 0.5));
     const int64_t M = 10;
     float *prob = prob_map(&t, M, H + 2 * M, W + 2 * M, 1.0, 2.0);
     tmd_atoms_params ap = {.threshold = 0.5, .sep = 6, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3,
-                           .min_z_weak = -2, .bond = b};
+                           .min_z_weak = -2, .weak_contrast = -0.1, .bond = b};
     tmd_box all = {{0, 0, 0}, {1, H, W}};
     tmd_atoms_seg seg = {prob, 6, -M, -M, H + 2 * M, W + 2 * M, 1.0};
     tmd_atoms_img im = {img, 0, 0, H, W, H, W};
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 3; pass++) {
         tmd_atom_table a;
         tmd_atom_table_init(&a, 6);
-        ap.min_z_weak = pass ? -100 : -2;
+        ap.min_z_weak = pass == 1 ? -100 : -2;
+        ap.weak_contrast = pass == 2 ? -1 : -0.1; /* pass 2: only dips deeper than a metal count */
         CU_ASSERT_EQUAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &a), TMD_OK);
         int dim = 0, empty = 0, metals = 0;
         for (int64_t i = 0; i < a.n; i++) {
@@ -389,7 +391,8 @@ static void test_empty_site_dropped(void)
             metals += a.species[i] == 2;
         }
         if (getenv("TMDFLOW_TEST_DEBUG"))
-            fprintf(stderr, "min_z_weak %g: metals %d, dim column %d, empty site %d\n", ap.min_z_weak, metals, dim, empty);
+            fprintf(stderr, "min_z_weak %g, weak_contrast %g: metals %d, dim column %d, empty site %d\n", ap.min_z_weak,
+                    ap.weak_contrast, metals, dim, empty);
         CU_ASSERT_EQUAL(metals, 6);
         CU_ASSERT_EQUAL(dim, 1);
         CU_ASSERT_EQUAL(empty, pass ? 1 : 0);
@@ -420,7 +423,7 @@ static void test_duplicates_merged(void)
     const int64_t M = 10;
     float *prob = prob_map(&map, M, H + 2 * M, W + 2 * M, 1.0, 1.2);
     tmd_atoms_params ap = {.threshold = 0.5, .sep = 2, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3,
-                           .min_z_weak = -2, .bond = b};
+                           .min_z_weak = -2, .weak_contrast = -0.1, .bond = b};
     tmd_box all = {{0, 0, 0}, {1, H, W}};
     tmd_atoms_seg seg = {prob, 6, -M, -M, H + 2 * M, W + 2 * M, 1.0};
     tmd_atoms_img im = {img, 0, 0, H, W, H, W};

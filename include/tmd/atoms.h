@@ -13,8 +13,11 @@
  * plus a constant is fitted by linear least squares over a disc of 1.5 radius, and the
  * amplitude's z-score (amplitude / its standard error from the residuals) must reach min_z,
  * or the peak must sit at 0.7-1.3 bond lengths from at least two columns that do (a dim
- * single chalcogen beside its metals); peaks of the column probability in vacuum or
- * amorphous noise have z ~ 0 and no such neighbours, and are dropped.
+ * single chalcogen beside its metals) and not be an empty site between them — a dip with
+ * z < min_z_weak whose amplitude is below weak_contrast (< 0) times the median amplitude of
+ * those neighbours; peaks of the column probability in vacuum or amorphous noise have z ~ 0
+ * and no such neighbours, and are dropped. Peaks closer than TMD_ATOMS_MERGE bonds are one
+ * column: the one of highest column probability is kept.
  * Each atom gets the mean class probabilities over the disc (nominal grid), the species and
  * sublattice of the most likely non-background class (a first guess that the classification
  * stage replaces), and the integrated intensity sum(N) * pixel area (Angstrom^2) over the
@@ -57,7 +60,8 @@ typedef struct tmd_atoms_params {
     int refine;         /* 1: 2-D Gaussian refinement */
     double px_area;     /* Angstrom^2 per input pixel */
     double min_z;       /* minimum significance of the column in the image (0 = no test) */
-    double min_z_weak;  /* a column below min_z kept for its neighbours must still reach this */
+    double min_z_weak;  /* a column below min_z kept for its neighbours: if its z is below this, */
+    double weak_contrast; /* its amplitude must reach weak_contrast x the neighbours' median */
     double bond;        /* metal-chalcogen bond length, input pixels (neighbour rule) */
 } tmd_atoms_params;
 

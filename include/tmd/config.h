@@ -50,7 +50,8 @@ typedef struct tmd_config {
     double min_atom_separation; /* Angstrom; peaks closer than this are merged */
     int gaussian_refine;      /* 1: refine centres by a 2-D Gaussian fit */
     double atom_significance; /* minimum z-score of a column's amplitude over the local noise; 0 = off */
-    double atom_weak_significance; /* minimum z-score of a column kept for its neighbours */
+    double atom_weak_significance; /* z below which a column kept for its neighbours is tested as a dip */
+    double atom_weak_contrast; /* ... and dropped if its amplitude is below this x its neighbours' */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
     /* dynamics */

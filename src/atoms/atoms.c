@@ -16,6 +16,7 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
     p->px_area = input_px * input_px;
     p->min_z = cfg->atom_significance;
     p->min_z_weak = cfg->atom_weak_significance;
+    p->weak_contrast = cfg->atom_weak_contrast;
     /* metal-chalcogen bond a / sqrt(3): 1.82-1.90 A over a = 3.15-3.29 A */
     p->bond = 1.859 / input_px;
 }
@@ -26,9 +27,10 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
 
 /* Significance of a column at (cy, cx): linear least squares v = A g + B over the disc of
  * radius 1.5 rad (clipped to the frame), g a Gaussian of width rad/2 at the centre; returns
- * A / se(A), or NAN if the disc leaves the region held in img or is too small. */
-static double column_z(const tmd_atoms_img *img, double cy, double cx, double rad)
+ * A / se(A) (and A in *amp), or NAN if the disc leaves the region held in img or is too small. */
+static double column_z(const tmd_atoms_img *img, double cy, double cx, double rad, double *amp)
 {
+    *amp = NAN;
     double R = 1.5 * rad, sg = rad / 2, Sg = 0, Sgg = 0, Sv = 0, Sgv = 0, Svv = 0;
     int64_t ya = (int64_t)ceil(cy - R), yb = (int64_t)floor(cy + R), xa = (int64_t)ceil(cx - R), xb = (int64_t)floor(cx + R);
     if (ya < 0) ya = 0;
@@ -48,6 +50,7 @@ static double column_z(const tmd_atoms_img *img, double cy, double cx, double ra
     double det = n * Sgg - Sg * Sg;
     if (n < 6 || !(det > 0)) return INFINITY; /* too few pixels to test: keep */
     double A = (n * Sgv - Sg * Sv) / det, B = (Sv - A * Sg) / n;
+    *amp = A;
     double rss = Svv + A * A * Sgg + n * B * B - 2 * A * Sgv - 2 * B * Sv + 2 * A * B * Sg;
     double se = sqrt((rss > 0 ? rss : 0) / (n - 2) * n / det);
     if (!(se > 0)) return A > 0 ? INFINITY : 0;
@@ -204,6 +207,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     float *P = NULL; /* (ph, pw) smoothed column probability */
     typedef struct {
         double y, x, z; /* refined centre, significance (-inf: not measurable) */
+        double amp;     /* fitted amplitude (NAN: not measured) */
         double pk;      /* column probability at the peak */
     } cand_t;
     cand_t *cand = NULL; /* (ncand) every peak out to the neighbour ring */
@@ -295,8 +299,8 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                 cand = c2;
                 candcap = nc;
             }
-            double z = p->min_z > 0 ? column_z(img, cy, cx, p->radius) : INFINITY;
-            cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z, (double)v};
+            double amp = NAN, z = p->min_z > 0 ? column_z(img, cy, cx, p->radius, &amp) : INFINITY;
+            cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z, amp, (double)v};
         }
     }
     /* keep the candidates whose centre lies in the core and that the image shows: significant
@@ -312,15 +316,32 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                               "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
                 goto cleanup;
             }
-            if (cand[k].z < p->min_z_weak) continue; /* a dip or flat: an empty site, not a dim column */
             int nb = 0;
-            double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond;
-            for (int64_t j = 0; j < ncand && nb < 2; j++) {
+            double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond, nbamp[8];
+            for (int64_t j = 0; j < ncand; j++) {
                 if (j == k || cand[j].z < p->min_z) continue;
                 double dy = cand[j].y - cy, dx = cand[j].x - cx, d2 = dy * dy + dx * dx;
-                nb += d2 >= lo2 && d2 <= hi2;
+                if (d2 < lo2 || d2 > hi2) continue;
+                if (nb < 8) nbamp[nb] = cand[j].amp;
+                nb++;
             }
             if (nb < 2) continue;
+            /* an empty site between columns is a dip: the probe tails of its neighbours raise
+             * the ring around it. Dropped when it is both a significant dip (z below
+             * min_z_weak) and deep against its neighbours (amplitude below weak_contrast times
+             * their median): a dim single chalcogen beside bright metals (S beside W) can be
+             * a significant dip too, but a shallow one. */
+            if (cand[k].z < p->min_z_weak) {
+                int m = nb < 8 ? nb : 8;
+                for (int a = 1; a < m; a++) /* insertion sort of at most 8 */
+                    for (int b = a; b > 0 && nbamp[b - 1] > nbamp[b]; b--) {
+                        double t = nbamp[b];
+                        nbamp[b] = nbamp[b - 1];
+                        nbamp[b - 1] = t;
+                    }
+                double med = m % 2 ? nbamp[m / 2] : 0.5 * (nbamp[m / 2 - 1] + nbamp[m / 2]);
+                if (!(cand[k].amp >= p->weak_contrast * med)) continue;
+            }
         }
         /* one column seen as two peaks: of candidates closer than TMD_ATOMS_MERGE bonds, only
          * the most significant is kept (ties: the upper centre, then the left one) */
