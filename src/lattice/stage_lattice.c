@@ -31,17 +31,36 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
     int tiles = T == 1 ? 9 : T <= 16 ? 4 : 1;
     o.refine_dtft = T <= 16;
     double given_px = run->pixel_size_arg > 0 ? run->pixel_size_arg : run->cfg.pixel_size;
+    int measured = 0;
     if (given_px > 0) {
         /* A known pixel size fixes the period to a = 3.15-3.29 A (WS2 .. MoSe2), give or take
-         * strain and scan distortion. Searching only there keeps the search off the {110}
-         * reflections (period a/sqrt(3)) and off half periods, which can be the stronger peaks
-         * at small pixel sizes or when the two sublattices look alike. */
+         * strain and scan distortion (+-15 %). First the whole band, as without a pixel size:
+         * the walk from the strongest set of peaks down to the first order also finds a {100}
+         * set too weak to stand out by itself (sublattices alike, heavy contamination), and
+         * its strong higher orders sharpen the fit. If that gives nothing or a period outside
+         * the expected range on any frame, search only that range, which keeps the search off
+         * the {110} reflections (period a/sqrt(3)) and off half periods. measure_input gives
+         * the same answer on every rank, so every rank takes the same branch. */
         double lo = 0.85 * TMD_A_WS2 / given_px, hi = 1.15 * TMD_A_MOSE2 / given_px;
+        tmd_lattice_opts full = o;
+        st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &full, lat);
+        if (st == TMD_ERR_NOLATTICE) {
+            tmd_error_clear(ctx);
+            st = TMD_OK;
+        } else if (st == TMD_OK) {
+            measured = 1;
+            for (int64_t f = 0; f < T; f++)
+                if (!(lat[f].period_px >= lo && lat[f].period_px <= hi)) measured = 0;
+            if (!measured)
+                tmd_info(ctx, "lattice: period %.2f px (frame 0) is not a = 3.15-3.29 A at the given %.4f A/px; "
+                         "searching %.1f-%.1f px only", lat[0].period_px, given_px, lo, hi);
+        }
+        if (st) goto cleanup;
         if (lo > o.min_period_px) o.min_period_px = lo;
         if (hi < 512.0 / 4) o.max_period_px = hi; /* at least four periods in a 512 px tile */
         else o.max_period_px = 512.0 / 4;
     }
-    st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &o, lat);
+    if (!measured) st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &o, lat);
     if (st) {
         /* with a pixel size given, a missing lattice is not fatal for detection: classification
          * will say so; without one, there is nothing to scale by */
