@@ -13,8 +13,9 @@ docs/accuracy.md (only the markers that exist there) with:
   ext-auto     benchmarks/external/results.md, table without
   real         benchmarks/accuracy/real.md (table)
   models       the model stamp line of benchmarks/accuracy/results.md
+  sim-det      detection per condition from benchmarks/accuracy/results.csv (given and auto)
 """
-import os, re
+import csv, os, re
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -29,6 +30,29 @@ def sections(path):
     return out, txt
 
 
+def det_table():
+    rows = list(csv.DictReader(open(os.path.join(ROOT, "benchmarks/accuracy/results.csv"))))
+    by = {}
+    for r in rows:
+        by.setdefault(r["condition"], {})[r["mode"]] = r
+    f = lambda v: "–" if v in ("", None) else ("%.3f" % float(v))
+    out = ["| condition | axis | F1 given | precision | recall | false columns | missed | F1 auto |",
+           "|---|---|---|---|---|---|---|---|"]
+    worst = None
+    for c, m in by.items():
+        g, a = m.get("given", {}), m.get("auto", {})
+        fg = float(g["f1"]) if g.get("f1") else 0.0
+        mark = " ✗" if fg < 0.98 else ""
+        out.append("| %s | %s | %s%s | %s | %s | %s | %s | %s |" % (c, g.get("axis", a.get("axis", "")), f(g.get("f1")), mark,
+                   f(g.get("precision")), f(g.get("recall")), g.get("fp", "–"), g.get("fn", "–"), f(a.get("f1"))))
+        if g and (worst is None or fg < worst[1]):
+            worst = (c, fg)
+    if worst:
+        out.append("")
+        out.append("Worst with the pixel size given: **%s, F1 %.3f** (target 0.98)." % worst)
+    return "\n".join(out)
+
+
 def main():
     sim, _ = sections(os.path.join(ROOT, "benchmarks/accuracy/results.md"))
     ext, _ = sections(os.path.join(ROOT, "benchmarks/external/results.md"))
@@ -38,7 +62,7 @@ def main():
     auto = "Without --pixel-size (pixel size measured; found value and error in brackets)"
     gen = {"sim-worst": sim["Worst case per axis"], "sim-given": sim[given], "sim-auto": sim[auto],
            "ext-worst": ext["Worst case per axis"], "ext-given": ext[given], "ext-auto": ext[auto],
-           "real": real.strip(), "models": "Simulated set: " + sim["_models"] + "; external set: " + ext["_models"]}
+           "real": real.strip(), "sim-det": det_table(), "models": "Simulated set: " + sim["_models"] + "; external set: " + ext["_models"]}
     for doc in ("docs/validation.md", "docs/accuracy.md"):
         p = os.path.join(ROOT, doc)
         if not os.path.exists(p):
