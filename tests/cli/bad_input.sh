@@ -15,7 +15,7 @@
 # TIFF cases are also checked through `tmdflow info`, beside a valid file made the same way.
 # Fixtures: test_io --make-fixtures and test_reliability --make-fixtures (hostile TIFFs built
 # byte by byte, HDF5 files, a damaged copy of inputs/models/unet.h5).
-# TMD_TEST_TIMEOUT: 300
+# TMD_TEST_TIMEOUT: 600
 set -euo pipefail
 bin=${TMDFLOW_BIN:?}
 mpiexec=${TMDFLOW_MPIEXEC:?}
