@@ -12,7 +12,8 @@
 # whose first convolution's weights do not match its architecture; a configuration value out of
 # range, in a --config file and on the command line.
 # The three rank counts of one case run side by side (tiny inputs; keeps the wall time low).
-# TIFF cases are also checked through `tmdflow info`, beside a valid file made the same way.
+# TIFF cases are also checked through `tmdflow info` (plus 24-bit samples), beside a valid file
+# made the same way.
 # Fixtures: test_io --make-fixtures and test_reliability --make-fixtures (hostile TIFFs built
 # byte by byte, HDF5 files, a damaged copy of inputs/models/unet.h5).
 # TMD_TEST_TIMEOUT: 600
@@ -82,6 +83,11 @@ for c in "${cases[@]}"; do
     set -e
     check "info $name" "$file" "$pattern" "" $rc "$out"
 done
+set +e
+out=$(timeout 60 "$bin" info "$work/bad_24bit.tif" 2>&1)
+rc=$?
+set -e
+check "info 24-bit samples" "$work/bad_24bit.tif" "24-bit unsigned samples" "" $rc "$out"
 echo "ok: info refuses every bad TIFF ($(( $(date +%s) - t0 )) s)"
 
 for c in "${cases[@]}"; do
