@@ -41,6 +41,7 @@ if [ "$SET" = sim ] || [ "$SET" = all ]; then
 fi
 if [ "$SET" = acc ] || [ "$SET" = all ]; then
   for f in "$ROOT"/benchmarks/accuracy/out/sim_*.h5; do
+    case $f in *.truth.h5) continue ;; esac
     [ -f "$f" ] && echo "$f:/image $(attr pixel_size "$f") $(attr lattice_a "$f")" >> "$list"
   done
 fi
