@@ -115,9 +115,11 @@ typedef struct {
     tmd_defect_table defects;
 } synth;
 
+static int edge_disc; /* a third dynamic disc across the left edge (sites entering the view) */
+
 static int is_dynamic(double x, double y)
 {
-    return hypot(x - 120, y - 130) < 45 || hypot(x - 290, y - 250) < 35;
+    return hypot(x - 120, y - 130) < 45 || hypot(x - 290, y - 250) < 35 || (edge_disc && hypot(x + 5, y - 300) < 45);
 }
 
 /* Sites of a honeycomb; dynamic sites (two discs) flicker, swap species and change their
@@ -148,7 +150,7 @@ static void make_synth(tmd_ctx *ctx, synth *s, int rank, int nranks)
                 int64_t id = tmd_site_pack(i, j, sub);
                 double x, y;
                 tmd_track_site_xy(&s->b, id, &x, &y);
-                if (x < 0 || y < 0 || x >= IMG || y >= IMG) continue;
+                if (x < (edge_disc ? -30 : 0) || y < 0 || x >= IMG || y >= IMG) continue;
                 /* disc 1 flickers; disc 2 changes once, for good (a sputtered or exchanged atom) */
                 int dyn = is_dynamic(x, y), lasting = dyn && hypot(x - 290, y - 250) < 35;
                 int species = sub == 1 ? TMD_SP_MO : TMD_SP_S2;
@@ -156,6 +158,7 @@ static void make_synth(tmd_ctx *ctx, synth *s, int rank, int nranks)
                 for (int t = 0; t < NT; t++) {
                     float r = tmd_test_randf(&rng), r2 = tmd_test_randf(&rng), r3 = tmd_test_randf(&rng);
                     double fx = x + s->drift[2 * t], fy = y + s->drift[2 * t + 1];
+                    if (fx < 0) continue; /* not yet in the field of view */
                     int present = dyn && !lasting ? r < 0.6f : r < 0.985f;
                     int owner = (int)(counter++ % nranks);
                     if (!present) {
@@ -254,6 +257,73 @@ static void test_instability_auc_and_rank_invariance(void)
     tmd_site_table_free(&ss);
     free_synth(&par);
     free_synth(&ser);
+}
+
+/* Frames (of NT) in which a frame-0 position is inside the synthetic field of view. */
+static int frames_in_view(const synth *s, double x, double y)
+{
+    int n = 0;
+    for (int t = 0; t < NT; t++) {
+        double fx = x + s->drift[2 * t], fy = y + s->drift[2 * t + 1];
+        n += fx >= 0 && fy >= 0 && fx <= IMG - 1 && fy <= IMG - 1;
+    }
+    return n;
+}
+
+/* Sites that the drifting field shows in only part of the frames (a dynamic disc across the
+ * left edge: its sites enter the view during the stack) are ranked better with the neighbour
+ * blend than without it (nb_frames = 0), and the blend keeps the well-seen sites ranked. */
+static void test_neighbour_blend(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    edge_disc = 1;
+    synth sy;
+    make_synth(&ctx, &sy, 0, 1);
+    tmd_config cfg;
+    tmd_config_defaults(&cfg);
+    tmd_dyn_params prm, off;
+    tmd_dyn_params_from_config(&prm, &cfg, 0.1);
+    off = prm;
+    off.nb_frames = 0;
+    CU_ASSERT(prm.nb_frames > 0);
+    tmd_site_table a, b;
+    tmd_site_table_init(&a);
+    tmd_site_table_init(&b);
+    CU_ASSERT_EQUAL_FATAL(tmd_dynamics_sites(&ctx, MPI_COMM_SELF, &sy.b, sy.drift, NT, IMG, IMG, &sy.atoms, &sy.defects, &prm, &a), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(tmd_dynamics_sites(&ctx, MPI_COMM_SELF, &sy.b, sy.drift, NT, IMG, IMG, &sy.atoms, &sy.defects, &off, &b), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(a.n, b.n);
+    /* AUC over the partly seen sites (in view in 1 to NT - 1 frames) */
+    double auc_p[2], auc_all[2];
+    for (int v = 0; v < 2; v++) {
+        const tmd_site_table *t = v == 0 ? &a : &b;
+        double win = 0, np = 0, nn = 0;
+        for (int64_t i = 0; i < t->n; i++) {
+            int ni = frames_in_view(&sy, t->x[i], t->y[i]);
+            if (ni < 1 || ni > NT - 1 || !is_dynamic(t->x[i], t->y[i])) continue;
+            np++;
+            for (int64_t j = 0; j < t->n; j++) {
+                int nj = frames_in_view(&sy, t->x[j], t->y[j]);
+                if (nj < 1 || nj > NT - 1 || is_dynamic(t->x[j], t->y[j])) continue;
+                win += t->instability[i] > t->instability[j] ? 1 : t->instability[i] == t->instability[j] ? 0.5 : 0;
+            }
+        }
+        for (int64_t j = 0; j < t->n; j++) {
+            int nj = frames_in_view(&sy, t->x[j], t->y[j]);
+            nn += nj >= 1 && nj <= NT - 1 && !is_dynamic(t->x[j], t->y[j]);
+        }
+        auc_p[v] = np > 0 && nn > 0 ? win / (np * nn) : 0;
+        auc_all[v] = auc(t);
+        CU_ASSERT(np >= 5 && nn >= 5);
+    }
+    if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG"))
+        printf("\npartly seen AUC %.4f (blend) %.4f (none); all %.4f %.4f\n", auc_p[0], auc_p[1], auc_all[0], auc_all[1]);
+    CU_ASSERT(auc_p[0] > auc_p[1]);
+    CU_ASSERT(auc_all[0] >= 0.95);
+    tmd_site_table_free(&a);
+    tmd_site_table_free(&b);
+    free_synth(&sy);
+    edge_disc = 0;
 }
 
 /* Rows of this rank's block gathered into a whole (gh, gw) map on every rank. */
@@ -411,6 +481,7 @@ int main(int argc, char **argv)
                          (tmd_test_case[]){{"patches and descriptor", test_patches},
                                            {"autoencoder encoder", test_model_encoder},
                                            {"instability AUC, rank invariance", test_instability_auc_and_rank_invariance},
+                                           {"neighbour blend", test_neighbour_blend},
                                            {"maps and regions", test_maps_and_regions},
                                            {"region across ranks", test_region_across_ranks},
                                            {"single-image vacancy regions", test_single_image_vacancy_regions},

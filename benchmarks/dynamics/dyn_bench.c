@@ -71,12 +71,14 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    int features = 1, descriptor = 0;
-    const char *atoms_from = NULL;
+    int features = 1, descriptor = 0, run_drift = 0;
+    const char *atoms_from = NULL, *dump = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
+        else if (!strcmp(argv[i], "--run-drift")) run_drift = 1; /* /drift of the --atoms result, not re-registered */
         else if (!strcmp(argv[i], "--descriptor")) descriptor = 1; /* ring descriptor even if the run has latents */
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
+        else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
     }
     char spec[1100];
     snprintf(spec, sizeof spec, "%s:/image", argv[1]);
@@ -104,7 +106,16 @@ int main(int argc, char **argv)
     double c0 = MPI_Wtime();
     u0 = cpu_now();
     tmd_status st = tmd_drift_plan_create(&ctx, win, NULL, &dp);
-    if (!st) st = tmd_drift_stack(&ctx, comm, dp, read_frame, rd, T, H, W, t0, nt, drift);
+    if (!st && run_drift && atoms_from) {
+        hid_t fd;
+        int64_t nr, kr;
+        double *rdft = NULL;
+        st = tmd_h5_open_read(&ctx, atoms_from, &fd);
+        if (!st) st = tmd_h5_read_rows(&ctx, fd, "/drift", TMD_F64, &nr, &kr, (void **)&rdft);
+        if (!st) memcpy(drift, rdft, sizeof(double) * 2 * T);
+        free(rdft);
+        if (fd >= 0) H5Fclose(fd);
+    } else if (!st) st = tmd_drift_stack(&ctx, comm, dp, read_frame, rd, T, H, W, t0, nt, drift);
     tmd_drift_plan_destroy(&dp);
     t[0] = MPI_Wtime() - c0;
     cpu[0] = cpu_now() - u0;
@@ -240,6 +251,29 @@ int main(int argc, char **argv)
                 in = fx >= b.bond && fy >= b.bond && fx <= W - 1 - b.bond && fy <= H - 1 - b.bond;
             }
             inview[i] = (int8_t)in;
+        }
+        if (dump) {
+            /* per truth site: position, dynamic, found, score, frames in view (one bond inside),
+             * state changes between consecutive in-view frames and over all frames */
+            int64_t nst, T2;
+            int8_t *tstate = col(&ctx, f, "/sites/state", TMD_I8, &nst, &T2);
+            FILE *fo = fopen(dump, "w");
+            for (int64_t i = 0; fo && i < ns; i++) {
+                int nin = 0, cin = 0, call = 0, prev = -1;
+                for (int64_t q = 0; q < T; q++) {
+                    double fx = tx[i] + tdrift[2 * q], fy = ty[i] + tdrift[2 * q + 1];
+                    int in = fx >= 0.2 * b.bond && fy >= 0.2 * b.bond && fx <= W - 1 - 0.2 * b.bond && fy <= H - 1 - 0.2 * b.bond;
+                    if (q > 0 && tstate[i * T + q] != tstate[i * T + q - 1]) call++;
+                    if (in) {
+                        if (prev >= 0 && tstate[i * T + q] != prev) cin++;
+                        prev = tstate[i * T + q];
+                        nin++;
+                    }
+                }
+                fprintf(fo, "%.1f %.1f %d %d %.3f %d %d %d\n", tx[i], ty[i], dyn[i], found[i], score[i], nin, cin, call);
+            }
+            if (fo) fclose(fo);
+            free(tstate);
         }
         double total = tmax[0] + tmax[1] + tmax[2] + tmax[3] + tmax[4];
         printf("dyn_bench %s: %lld frames of %lldx%lld, %d ranks, %lld atoms (%s), %d sites\n", argv[1], (long long)T,

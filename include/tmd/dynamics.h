@@ -106,6 +106,9 @@ typedef struct tmd_dyn_params {
     double tol;             /* max distance to a site, in bonds (0.45) */
     double fov_margin_px;   /* a site counts in a frame only this far inside the frame (< 0: 0.2 bond) */
     double w_feature, w_occupancy, w_species, w_position, w_intensity; /* component weights */
+    double nb_frames;       /* neighbour blend: a site keeps n / (n_max + nb_frames) of its own score (n = its
+                             * frames in view), the rest is its neighbours' mean; 0 = no blend (10) */
+    double nb_radius;       /* neighbours within this many bonds (2) */
 } tmd_dyn_params;
 
 /* Defaults from the configuration keys (instability_threshold, density_bin_px, density_sigma

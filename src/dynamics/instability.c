@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,10 @@ void tmd_dyn_params_from_config(tmd_dyn_params *p, const tmd_config *cfg, double
     p->w_species = 0.25;
     p->w_position = 1;
     p->w_intensity = 1;
+    /* a site leans on its neighbours (2 bonds) as far as it was not seen: K = 10 frames
+     * (chosen on held-out simulated stacks, docs/accuracy.md) */
+    p->nb_frames = 10;
+    p->nb_radius = 2.0;
 }
 
 void tmd_dynamics_threshold(tmd_site_table *sites, double threshold)
@@ -119,6 +124,105 @@ static double step_stat(const double *vals, int64_t n, int m, double *tot, doubl
 }
 
 
+/* Evidence-weighted blend with the neighbours (the sites within R, frame-0 coordinates):
+ *   raw_s <- w_s raw_s + (1 - w_s) nb_s,   w_s = n_s / (n_ref + K),
+ * n_s = frames in which site s is in view, n_ref = the most frames any site is in view (every
+ * rank), K = nb_frames, nb_s = the n-weighted mean raw score of the scorable neighbours
+ * (itself excluded). A site seen in every frame keeps nearly its own score; one seen in a few
+ * frames at the edge of a drifting field (or never in a pair of frames) leans on its
+ * neighbours, whose beam damage is what it most likely shares in the frames where it was not
+ * seen. All sites are gathered on every rank (x, y, raw, n: 32 bytes a site) in id order, the
+ * same array on any rank count, and neighbours are summed in that order: the result does not
+ * depend on the rank count. */
+static tmd_status blend_neighbours(tmd_ctx *ctx, MPI_Comm comm, int64_t n, const double *x, const double *y,
+                                   const int64_t *nin, const int8_t *ok, double *raw, double K, double R)
+{
+    int nr, rank;
+    MPI_Comm_size(comm, &nr);
+    MPI_Comm_rank(comm, &rank);
+    tmd_status st = TMD_OK;
+    int *cnt = NULL, *dis = NULL;
+    double *buf = NULL, *all = NULL, *out = NULL;
+    int64_t *head = NULL, *next = NULL;
+    st = tmd_calloc(ctx, (void **)&cnt, (size_t)nr * 2, sizeof(int), "blend counts");
+    if (!st) st = tmd_calloc(ctx, (void **)&buf, (size_t)(4 * n + 1), sizeof(double), "blend send");
+    if (!st) st = tmd_calloc(ctx, (void **)&out, (size_t)(n + 1), sizeof(double), "blend out");
+    if (!st && 4 * n > INT_MAX) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "sites: %lld sites on rank %d; use more ranks", (long long)n, rank);
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    dis = cnt + nr;
+    int mine = (int)(4 * n);
+    int64_t nref = 0;
+    for (int64_t s = 0; s < n; s++) {
+        buf[4 * s] = x[s];
+        buf[4 * s + 1] = y[s];
+        buf[4 * s + 2] = ok[s] ? raw[s] : 0;
+        buf[4 * s + 3] = ok[s] ? (double)nin[s] : 0;
+        if (nin[s] > nref) nref = nin[s];
+    }
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &nref, 1, MPI_INT64_T, MPI_MAX, comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, comm));
+    int64_t tot = 0;
+    for (int r = 0; !st && r < nr; r++) {
+        if (tot + cnt[r] > INT_MAX) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "sites: more than %d site values to gather", INT_MAX);
+        dis[r] = (int)tot;
+        tot += cnt[r];
+    }
+    int64_t na = tot / 4;
+    if (!st) st = tmd_calloc(ctx, (void **)&all, (size_t)(tot + 1), sizeof(double), "all sites");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    st = TMD_MPI(ctx, MPI_Allgatherv(buf, mine, MPI_DOUBLE, all, cnt, dis, MPI_DOUBLE, comm));
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    /* grid of R cells over all sites: head[cell] -> first site, next[site] -> next (id order) */
+    double xmin = 0, ymin = 0, xmax = 0, ymax = 0;
+    for (int64_t q = 0; q < na; q++) {
+        double qx = all[4 * q], qy = all[4 * q + 1];
+        if (q == 0 || qx < xmin) xmin = qx;
+        if (q == 0 || qy < ymin) ymin = qy;
+        if (q == 0 || qx > xmax) xmax = qx;
+        if (q == 0 || qy > ymax) ymax = qy;
+    }
+    int64_t gw = (int64_t)((xmax - xmin) / R) + 1, gh = (int64_t)((ymax - ymin) / R) + 1;
+    st = tmd_calloc(ctx, (void **)&head, (size_t)(gw * gh + 1), sizeof(int64_t), "site grid");
+    if (!st) st = tmd_calloc(ctx, (void **)&next, (size_t)(na + 1), sizeof(int64_t), "site grid links");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int64_t c = 0; c < gw * gh; c++) head[c] = -1;
+    for (int64_t q = na - 1; q >= 0; q--) { /* backwards: lists come out in id order */
+        int64_t c = (int64_t)((all[4 * q + 1] - ymin) / R) * gw + (int64_t)((all[4 * q] - xmin) / R);
+        next[q] = head[c];
+        head[c] = q;
+    }
+    for (int64_t s = 0; s < n; s++) {
+        int64_t cx = (int64_t)((x[s] - xmin) / R), cy = (int64_t)((y[s] - ymin) / R);
+        double sw = 0, sv = 0;
+        for (int64_t gy = cy - 1; gy <= cy + 1; gy++)
+            for (int64_t gx = cx - 1; gx <= cx + 1; gx++) {
+                if (gx < 0 || gy < 0 || gx >= gw || gy >= gh) continue;
+                for (int64_t q = head[gy * gw + gx]; q >= 0; q = next[q]) {
+                    double dx = all[4 * q] - x[s], dy = all[4 * q + 1] - y[s];
+                    if (dx * dx + dy * dy > R * R || (dx == 0 && dy == 0)) continue;
+                    sw += all[4 * q + 3];
+                    sv += all[4 * q + 3] * all[4 * q + 2];
+                }
+            }
+        double nb = sw > 0 ? sv / sw : 0;
+        double w = ok[s] ? (double)nin[s] / ((double)nref + K) : 0;
+        out[s] = w * raw[s] + (1 - w) * nb;
+    }
+    for (int64_t s = 0; s < n; s++) raw[s] = out[s];
+cleanup:
+    free(cnt);
+    free(buf);
+    free(all);
+    free(out);
+    free(head);
+    free(next);
+    return st;
+}
+
 tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis *b, const double *drift, int64_t T,
                               int64_t H, int64_t W, const tmd_atom_table *atoms, const tmd_defect_table *defects,
                               const tmd_dyn_params *prm, tmd_site_table *sites)
@@ -138,6 +242,7 @@ tmd_status tmd_dynamics_sites(tmd_ctx *ctx, MPI_Comm comm, const tmd_track_basis
     double *seq = NULL;                    /* (T, max(D, NSPECIES_STATES)) one site's sequence */
     double *scr = NULL;                    /* (2 max(D, NSPECIES_STATES)) step-statistic scratch */
     int64_t nrecv = 0;
+    int64_t *nin_of = NULL;                /* (n_sites) frames in which the site is in view */
 
     /* latent size agreed by every rank */
     int D = atoms->nlatent > 0 && atoms->latent ? atoms->nlatent : 0, Dmax = 0, Dmin = 0;
@@ -311,6 +416,8 @@ agree_fail:
     if (!st) st = tmd_calloc(ctx, (void **)&seq, (size_t)T * M, sizeof(double), "site sequence");
     if (!st) st = tmd_calloc(ctx, (void **)&scr, (size_t)2 * M, sizeof(double), "site scratch");
     double margin = prm->fov_margin_px >= 0 ? prm->fov_margin_px : 0.2 * b->bond;
+
+    if (!st) st = tmd_calloc(ctx, (void **)&nin_of, (size_t)(nsites + 1), sizeof(int64_t), "frames in view");
     for (int64_t k = 0, s = 0; !st && k < nrecv; s++) {
         const rec_hdr *h0 = (const rec_hdr *)(recv + (size_t)k * RS);
         int64_t id = h0->site, e = k;
@@ -353,6 +460,8 @@ agree_fail:
             }
         }
         int64_t pairs = 0, occ = 0, sp_pairs = 0, sp = 0, nchosen = 0;
+        nin_of[s] = 0;
+        for (int64_t t = 0; t < T; t++) nin_of[s] += state[t] >= 0;
         double feat = 0, inten = 0;
         for (int64_t t = 0; t < T; t++) {
             if (latent_of[t] < 0) continue;
@@ -452,9 +561,15 @@ agree_fail:
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
         for (int64_t s = 0; s < nsites; s++) col[s] = raw[s * NCOMP];
+        if (prm->nb_frames > 0) {
+            st = blend_neighbours(ctx, comm, nsites, sites->x + sites->n - nsites, sites->y + sites->n - nsites, nin_of,
+                                  scorable, col, prm->nb_frames, prm->nb_radius * b->bond);
+            if (st) goto cleanup;
+        }
         st = fixed_stats(ctx, comm, nsites, 1, col, scorable, 1024.0, &rm, &rs);
         for (int64_t s = 0; !st && s < nsites; s++) {
-            double z = scorable[s] && rs > 0 ? (col[s] - rm) / rs : 0;
+            /* a site with no pair of frames in view has only its neighbours' score (blend) */
+            double z = (scorable[s] || prm->nb_frames > 0) && rs > 0 ? (col[s] - rm) / rs : 0;
             sites->instability[sites->n - nsites + s] = (float)z;
         }
         free(col);
@@ -475,6 +590,7 @@ cleanup:
     free(scorable);
     free(state);
     free(latent_of);
+    free(nin_of);
     free(seq);
     free(scr);
     return st;
