@@ -3,7 +3,8 @@
 # case below gives
 #   - one message that names the file (printed once) and says what was wrong (a pattern per case),
 #   - a non-zero exit, within the 60 s timeout (no rank left hanging),
-#   - no result file and no RESULT.h5.tmp left behind.
+#   - no result file and no RESULT.h5.tmp left behind,
+#   - in a sanitizer build, no AddressSanitizer/LeakSanitizer/UBSan report (error paths free all).
 # Cases: TIFF truncated; strip byte count past the end; width 0; height 2^24+1; 2^32-1 squared
 # x 16 samples x 64 bit (beyond size_t); 50000^2 RGB16 in a 216-byte file (beyond the file);
 # 12-bit samples; tile offset 0 (inside the header); tile offset past the end; tile byte count
@@ -39,6 +40,8 @@ check() {
     grep -qF "$file" <<<"$out" || { echo "$out"; fail "$what: the message does not name $file"; }
     grep -qF "$pattern" <<<"$out" || { echo "$out"; fail "$what: the message does not say '$pattern'"; }
     [ "$(grep -c 'tmdflow: error' <<<"$out")" = 1 ] || { echo "$out"; fail "$what: error not printed exactly once"; }
+    # in a sanitizer build: the error path must not leak or touch bad memory either
+    ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" <<<"$out" || { echo "$out"; fail "$what: sanitizer report"; }
     if [ -n "$outdir" ]; then
         [ -z "$(ls -A "$outdir")" ] || { ls -la "$outdir"; fail "$what: left files behind in the output directory"; }
     fi
