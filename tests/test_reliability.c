@@ -200,9 +200,9 @@ static int h5_with(const char *path, int rank, const hsize_t *dims, hid_t type)
     hid_t d = H5Dcreate2(f, "/image", type, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     hssize_t n = H5Sget_simple_extent_npoints(s);
     size_t es = H5Tget_size(type);
-    unsigned char *buf = calloc((size_t)n, es);
+    unsigned char *buf = calloc(n > 0 ? (size_t)n : 1, es);
     int rc = d < 0 || !buf;
-    if (!rc) {
+    if (!rc && n > 0) {
         for (size_t i = 0; i < (size_t)n * es; i++) buf[i] = (unsigned char)(i % 251);
         rc = H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0;
     }
@@ -316,6 +316,8 @@ static int make_fixtures(const char *dir)
     hsize_t d1[1] = {4096}, d4[4] = {2, 2, 32, 32}, d2[2] = {48, 48};
     rc |= h5_with(FX("bad_rank1.h5"), 1, d1, H5T_NATIVE_FLOAT);
     rc |= h5_with(FX("bad_rank4.h5"), 4, d4, H5T_NATIVE_UINT16);
+    hsize_t d0[2] = {0, 64};
+    rc |= h5_with(FX("bad_zero.h5"), 2, d0, H5T_NATIVE_FLOAT);
     hid_t c = H5Tcreate(H5T_COMPOUND, 8);
     H5Tinsert(c, "re", 0, H5T_NATIVE_FLOAT);
     H5Tinsert(c, "im", 4, H5T_NATIVE_FLOAT);

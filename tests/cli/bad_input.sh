@@ -9,9 +9,9 @@
 # x 16 samples x 64 bit (beyond size_t); 50000^2 RGB16 in a 216-byte file (beyond the file);
 # 12-bit samples; tile offset 0 (inside the header); tile offset past the end; tile byte count
 # 0; a NaN pixel (found while reading, on one rank only at 2 and 4 ranks); a missing file;
-# HDF5: missing dataset, 1-D and 4-D datasets, compound elements, +Inf in float64; a model file
-# whose first convolution's weights do not match its architecture; a configuration value out of
-# range, in a --config file and on the command line.
+# HDF5: missing dataset, 1-D and 4-D datasets, 0 x 64, compound elements, +Inf in float64; a
+# model file whose first convolution's weights do not match its architecture; a configuration
+# value out of range, in a --config file and on the command line.
 # The three rank counts of one case run side by side (tiny inputs; keeps the wall time low).
 # TIFF cases are also checked through `tmdflow info` (plus 24-bit samples), beside a valid file
 # made the same way.
@@ -65,6 +65,7 @@ cases=(
   "missing dataset|$work/stack.h5:/nothere||$work/stack.h5|dataset /nothere is missing"
   "HDF5 1-D|$work/bad_rank1.h5|||has 1 dimensions"
   "HDF5 4-D|$work/bad_rank4.h5|||has 4 dimensions"
+  "HDF5 0 rows|$work/bad_zero.h5|||unusable shape 1 x 0 x 64"
   "HDF5 compound|$work/bad_compound.h5|||compound elements"
   "HDF5 +Inf|$work/bad_inf.h5|||pixel (x=7, y=9) is infinite"
   "model shapes|$good|unet_model=$work/bad_model.h5|$work/bad_model.h5|'w' dimension 0 is 2, expected 16"
@@ -110,6 +111,7 @@ for c in "${cases[@]}"; do
         outdir="$work/out_${n}_${name// /_}"
         check "run $name at $n ranks" "$file" "$pattern" "$outdir" "$(cat "$outdir.rc")" "$(cat "$outdir.log")"
     done
-    echo "ok: run $name at 1, 2 and 4 ranks: exit $(cat "$work/out_1_${name// /_}.rc")/$(cat "$work/out_2_${name// /_}.rc")/$(cat "$work/out_4_${name// /_}.rc") after $(( $(date +%s) - start )) s, nothing left"
+    rcs=$(cat "$work/out_1_${name// /_}.rc" "$work/out_2_${name// /_}.rc" "$work/out_4_${name// /_}.rc" | paste -sd/)
+    echo "ok: run $name at 1, 2 and 4 ranks: exit $rcs after $(( $(date +%s) - start )) s, nothing left"
 done
 echo "bad_input.sh: all passed in $(( $(date +%s) - t0 )) s"
