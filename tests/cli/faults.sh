@@ -8,7 +8,8 @@
 #      non-zero, no finished-looking result;
 #   3. the output directory does not exist, or its "directory" is a regular file: a clear
 #      error naming the path, exit 1, nothing written;
-#   4. the disk is full (a 200 KiB tmpfs, when this machine lets root mount one): a clear
+#   4. the disk is full (a 200 KiB tmpfs, when this machine lets root mount one; save_maps=1,
+#      whose class-map writes once hung on a full disk): a clear
 #      error naming the file system shortage, exit 1, no result, no .tmp left behind.
 # Each run is guarded by `timeout`: exit status 124 means a hang and fails the test.
 # TMD_TEST_TIMEOUT: 600
@@ -92,7 +93,7 @@ ok "missing output directory / a file as directory: clear error naming the path,
 if [ "$(id -u)" = 0 ] && mkdir -p "$work/full" && mount -t tmpfs -o size=200k tmpfs "$work/full" 2>/dev/null; then
     mnt="$work/full"
     rc=0
-    timeout 300 "${mpiexec[@]}" -n 2 "$bin" run s.h5:/image -o "$mnt/r.h5" --pixel-size 0.17 > out4.txt 2>&1 || rc=$?
+    timeout 300 "${mpiexec[@]}" -n 2 "$bin" run s.h5:/image -o "$mnt/r.h5" --pixel-size 0.17 save_maps=1 > out4.txt 2>&1 || rc=$?
     [ "$rc" != 124 ] || fail "disk full: the job hung"
     [ "$rc" = 1 ] || { cat out4.txt; fail "disk full: expected exit 1, got $rc"; }
     grep -q "tmdflow: error.*not enough space" out4.txt || { cat out4.txt; fail "disk full: no clear message"; }
