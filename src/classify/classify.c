@@ -30,7 +30,7 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->n_prior = 1.6;
     o->n_prior_sd = 0.2;
     o->vote_weight = 0.5;
-    o->empty_prob = 0.5;
+    o->empty_prob = 0.95;
     o->pixel_size = 0.0;
     o->a_sd_rel = 0.0075;
     o->local_radius = 4.0;
