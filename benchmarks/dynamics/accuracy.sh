@@ -3,13 +3,14 @@
 # drift RMSE and region IoU (tmdflow score), per condition. Seeds 101.. are not used for
 # training; 101-107 were used to choose the instability weights and the neighbour blend, so
 # report figures from another block (SEED=111 gives 111-117).
-# Usage: [SEED=S] [SIZE=N] [FRAMES=T] accuracy.sh TMDFLOW_BIN OUTDIR [RANKS]   -> OUTDIR/accuracy.csv
+# ONLY="default fast_drift" runs those conditions only (seeds still numbered by the full list).
+# Usage: [SEED=S] [SIZE=N] [FRAMES=T] [ONLY=...] accuracy.sh TMDFLOW_BIN OUTDIR [RANKS]   -> OUTDIR/accuracy.csv
 set -euo pipefail
 BIN=${1:?tmdflow binary}; OUT=${2:?output directory}; RANKS=${3:-1}
 MPI=(); [ "$RANKS" -gt 1 ] && MPI=(mpiexec --oversubscribe --allow-run-as-root -n "$RANKS")
 mkdir -p "$OUT"
 CSV="$OUT/accuracy.csv"
-echo "condition,seed,size,frames,pixel_size,dose,auc,drift_rmse_px,region_iou,detection_f1,run_s" > "$CSV"
+[ -s "$CSV" ] || echo "condition,seed,size,frames,pixel_size,dose,auc,drift_rmse_px,region_iou,detection_f1,run_s" > "$CSV"
 # name | simulate options (hot regions forced into the field of view with region_spacing)
 CONDITIONS=(
   "default|--pixel-size 0.1 region_spacing=40 region_prob=0.9"
@@ -24,6 +25,7 @@ SIZE=${SIZE:-384}; FRAMES=${FRAMES:-40}
 seed=${SEED:-101}
 for c in "${CONDITIONS[@]}"; do
   name=${c%%|*}; opts=${c#*|}
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then seed=$((seed + 1)); continue; fi
   stack="$OUT/$name.h5"; res="$OUT/$name.result.h5"
   # shellcheck disable=SC2086
   "$BIN" simulate -o "$stack" --size "$SIZE" --frames "$FRAMES" --seed "$seed" --force $opts > "$OUT/$name.sim.log" 2>&1

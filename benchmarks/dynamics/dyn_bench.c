@@ -11,7 +11,10 @@
  *   density     tmd_dynamics_maps (maps + regions)
  * Prints per-stage seconds (max over ranks), frames/s, drift RMSE against /drift and the
  * instability ROC AUC against /sites/dynamic (all truth sites, and those in view in every
- * frame). Run as `mpiexec -n N dyn_bench STACK.h5`. */
+ * frame). Run as `mpiexec -n N dyn_bench STACK.h5`. Options: --run-drift takes /drift from the
+ * --atoms result instead of registering again; --no-blend turns the neighbour blend off;
+ * --dump FILE writes one line per truth site (x y dynamic found score frames-in-view
+ * changes-in-view changes). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,10 +74,11 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    int features = 1, descriptor = 0, run_drift = 0;
+    int features = 1, descriptor = 0, run_drift = 0, no_blend = 0;
     const char *atoms_from = NULL, *dump = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
+        else if (!strcmp(argv[i], "--no-blend")) no_blend = 1; /* instability without the neighbour blend */
         else if (!strcmp(argv[i], "--run-drift")) run_drift = 1; /* /drift of the --atoms result, not re-registered */
         else if (!strcmp(argv[i], "--descriptor")) descriptor = 1; /* ring descriptor even if the run has latents */
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
@@ -203,6 +207,7 @@ int main(int argc, char **argv)
     tmd_config_defaults(&cfg);
     tmd_dyn_params prm;
     tmd_dyn_params_from_config(&prm, &cfg, px);
+    if (no_blend) prm.nb_frames = 0;
     tmd_site_table s;
     tmd_site_table_init(&s);
     c0 = MPI_Wtime();
