@@ -561,7 +561,8 @@ agree_fail:
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
         for (int64_t s = 0; s < nsites; s++) col[s] = raw[s * NCOMP];
-        if (prm->nb_frames > 0) {
+        int blended = prm->nb_frames > 0 && prm->nb_radius > 0 && b->bond > 0;
+        if (blended) {
             st = blend_neighbours(ctx, comm, nsites, sites->x + sites->n - nsites, sites->y + sites->n - nsites, nin_of,
                                   scorable, col, prm->nb_frames, prm->nb_radius * b->bond);
             if (st) goto cleanup;
@@ -569,7 +570,7 @@ agree_fail:
         st = fixed_stats(ctx, comm, nsites, 1, col, scorable, 1024.0, &rm, &rs);
         for (int64_t s = 0; !st && s < nsites; s++) {
             /* a site with no pair of frames in view has only its neighbours' score (blend) */
-            double z = (scorable[s] || prm->nb_frames > 0) && rs > 0 ? (col[s] - rm) / rs : 0;
+            double z = (scorable[s] || blended) && rs > 0 ? (col[s] - rm) / rs : 0;
             sites->instability[sites->n - nsites + s] = (float)z;
         }
         free(col);
