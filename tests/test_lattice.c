@@ -357,7 +357,7 @@ static float *read_tiff_f32(const char *path, int *h, int *w)
  * distortion: |a| varies by ~10% with direction and a few % across the field). */
 static void test_real_image(void)
 {
-    const char *path = "/work/shared/realdata/mos2-770da85.tif";
+    const char *path = TMD_SOURCE_DIR "/../shared/realdata/mos2-770da85.tif";
     int h, w;
     float *img = read_tiff_f32(path, &h, &w);
     if (!img) {
@@ -393,7 +393,7 @@ static void test_measure_input(void)
 {
     tmd_ctx ctx;
     tmd_test_ctx(&ctx);
-    const char *path = "/work/shared/realdata/mos2-770da85.tif";
+    const char *path = TMD_SOURCE_DIR "/../shared/realdata/mos2-770da85.tif";
     tmd_reader *r = NULL;
     int ok = tmd_reader_open(&ctx, path, &r) == TMD_OK;
     int all_ok = 0;
