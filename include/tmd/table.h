@@ -54,6 +54,19 @@ typedef struct tmd_atom_table {
 } tmd_atom_table;
 
 void tmd_atom_table_init(tmd_atom_table *t, int nprob);
+
+/* One column of an atom table: where its pointer lives and its bytes per row (0 for prob
+ * when nprob = 0). */
+typedef struct {
+    void **data;
+    size_t row_bytes;
+} tmd_atom_column;
+#define TMD_ATOM_MAX_COLUMNS 9
+/* The table's columns in one fixed order — frame, x, y, sublattice, species, prob, intensity,
+ * site, then latent if nlatent > 0 — for code that handles every column alike (growing,
+ * checkpoint files, moving rows between ranks); returns how many. The data pointers point
+ * into *t and stay valid while *t lives. */
+int tmd_atom_table_columns(tmd_atom_table *t, tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS]);
 tmd_status tmd_atom_table_reserve(tmd_ctx *ctx, tmd_atom_table *t, int64_t cap);
 /* Appends a zeroed row (site = -1) and returns its index. */
 tmd_status tmd_atom_table_push(tmd_ctx *ctx, tmd_atom_table *t, int64_t *index);

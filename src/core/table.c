@@ -28,19 +28,29 @@ void tmd_atom_table_init(tmd_atom_table *t, int nprob)
     t->nprob = nprob;
 }
 
+int tmd_atom_table_columns(tmd_atom_table *t, tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS])
+{
+    int k = 0;
+    cols[k++] = (tmd_atom_column){(void **)&t->frame, sizeof *t->frame};
+    cols[k++] = (tmd_atom_column){(void **)&t->x, sizeof *t->x};
+    cols[k++] = (tmd_atom_column){(void **)&t->y, sizeof *t->y};
+    cols[k++] = (tmd_atom_column){(void **)&t->sublattice, sizeof *t->sublattice};
+    cols[k++] = (tmd_atom_column){(void **)&t->species, sizeof *t->species};
+    cols[k++] = (tmd_atom_column){(void **)&t->prob, sizeof *t->prob * (size_t)(t->nprob > 0 ? t->nprob : 0)};
+    cols[k++] = (tmd_atom_column){(void **)&t->intensity, sizeof *t->intensity};
+    cols[k++] = (tmd_atom_column){(void **)&t->site, sizeof *t->site};
+    if (t->nlatent > 0) cols[k++] = (tmd_atom_column){(void **)&t->latent, sizeof *t->latent * (size_t)t->nlatent};
+    return k;
+}
+
 tmd_status tmd_atom_table_reserve(tmd_ctx *ctx, tmd_atom_table *t, int64_t cap)
 {
     if (cap <= t->cap) return TMD_OK;
-    int64_t old = t->cap;
-    TMD_CHECK(grow(ctx, (void **)&t->frame, old, cap, sizeof *t->frame, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->x, old, cap, sizeof *t->x, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->y, old, cap, sizeof *t->y, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->sublattice, old, cap, sizeof *t->sublattice, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->species, old, cap, sizeof *t->species, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->prob, old, cap, sizeof *t->prob * (size_t)(t->nprob ? t->nprob : 1), "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->intensity, old, cap, sizeof *t->intensity, "atom table"));
-    TMD_CHECK(grow(ctx, (void **)&t->site, old, cap, sizeof *t->site, "atom table"));
-    if (t->nlatent) TMD_CHECK(grow(ctx, (void **)&t->latent, old, cap, sizeof *t->latent * (size_t)t->nlatent, "atom table"));
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(t, cols);
+    /* prob keeps at least one float per row, so its pointer is valid even with nprob = 0 */
+    for (int c = 0; c < ncols; c++)
+        TMD_CHECK(grow(ctx, cols[c].data, t->cap, cap, cols[c].row_bytes ? cols[c].row_bytes : sizeof(float), "atom table"));
     t->cap = cap;
     return TMD_OK;
 }

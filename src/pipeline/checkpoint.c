@@ -195,21 +195,25 @@ static size_t seg_bytes(const tmd_run *run, const tmd_box *c)
 }
 
 
-/* Bytes per atom row in a tile file: frame, x, y, sublattice, species, prob[np], intensity,
- * site, latent[nl]; save and load must agree, so both take it from here. */
-static size_t ckpt_row_bytes(int32_t np, int32_t nl)
+/* Bytes per atom row in a tile file: the table's columns in tmd_atom_table_columns order;
+ * save and load must agree, so both take the layout from there. */
+static size_t ckpt_row_bytes(tmd_atom_table *a)
 {
-    return 4 + 8 + 8 + 1 + 1 + 4 * (size_t)np + 4 + 8 + 4 * (size_t)nl;
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(a, cols);
+    size_t row = 0;
+    for (int c = 0; c < ncols; c++) row += cols[c].row_bytes;
+    return row;
 }
 
 tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64_t row0)
 {
     if (run->ckpt_off) return TMD_OK;
-    const tmd_atom_table *a = &run->atoms;
+    tmd_atom_table *a = &run->atoms;
     int64_t n = a->n - row0;
     int32_t np = a->nprob, nl = a->nlatent;
     int64_t sb = (int64_t)seg_bytes(run, &tile->core);
-    size_t row = ckpt_row_bytes(np, nl);
+    size_t row = ckpt_row_bytes(a);
     size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * row + (size_t)sb;
     char *buf = malloc(total), *p = buf;
     if (!buf) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the checkpoint of tile %lld", (long long)tile->index);
@@ -220,15 +224,10 @@ tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64
     PUT(&np, 4);
     PUT(&nl, 4);
     PUT(&sb, 8);
-    PUT(a->frame + row0, 4 * (size_t)n);
-    PUT(a->x + row0, 8 * (size_t)n);
-    PUT(a->y + row0, 8 * (size_t)n);
-    PUT(a->sublattice + row0, (size_t)n);
-    PUT(a->species + row0, (size_t)n);
-    PUT(a->prob + row0 * np, 4 * (size_t)(n * np));
-    PUT(a->intensity + row0, 4 * (size_t)n);
-    PUT(a->site + row0, 8 * (size_t)n);
-    if (nl) PUT(a->latent + row0 * nl, 4 * (size_t)(n * nl));
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(a, cols);
+    for (int c = 0; c < ncols; c++)
+        PUT((const char *)*cols[c].data + (size_t)row0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
     if (sb) PUT(run->seg_buf, (size_t)sb);
 #undef PUT
     char path[TMD_PATH_MAX + 32];
@@ -265,7 +264,7 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
                       "%lld, %d, %d and %lld",
                       path, (long long)g, np, nl, (long long)sb, (long long)index, out->nprob, out->nlatent,
                       (long long)seg_bytes(run, &core));
-    size_t row = ckpt_row_bytes(np, nl);
+    size_t row = ckpt_row_bytes(out);
     size_t body = st ? 0 : (size_t)n * row + (size_t)sb;
     if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, "checkpoint tile");
     if (!st && fread(buf, 1, body, f) != body) st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: truncated", path);
@@ -278,15 +277,10 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
     if (!st) {
         const char *p = buf;
 #define GET(dst, bytes) (memcpy((dst), p, (bytes)), p += (bytes))
-        GET(out->frame + first, 4 * (size_t)n);
-        GET(out->x + first, 8 * (size_t)n);
-        GET(out->y + first, 8 * (size_t)n);
-        GET(out->sublattice + first, (size_t)n);
-        GET(out->species + first, (size_t)n);
-        GET(out->prob + first * np, 4 * (size_t)(n * np));
-        GET(out->intensity + first, 4 * (size_t)n);
-        GET(out->site + first, 8 * (size_t)n);
-        if (nl) GET(out->latent + first * nl, 4 * (size_t)(n * nl));
+        tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+        int ncols = tmd_atom_table_columns(out, cols);
+        for (int c = 0; c < ncols; c++)
+            GET((char *)*cols[c].data + (size_t)first * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
         if (sb) GET(run->seg_buf, (size_t)sb);
 #undef GET
         if (sb && run->seg_dset != H5I_INVALID_HID) st = tmd_unet_write_seg(ctx, run, &core, index);

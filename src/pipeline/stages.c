@@ -269,7 +269,7 @@ static tmd_status canonical_atoms(tmd_ctx *ctx, tmd_run *run)
 {
     const tmd_decomp *d = run->decomp;
     tmd_atom_table *a = &run->atoms;
-    const int P = ctx->nranks, np = a->nprob, nl = a->nlatent;
+    const int P = ctx->nranks;
     const int64_t G = d->ntiles_total, nloc = a->n;
     tmd_status st = TMD_OK;
     int *sc = NULL, *rc = NULL, *sd = NULL, *rd = NULL, *fill = NULL;
@@ -326,21 +326,11 @@ static tmd_status canonical_atoms(tmd_ctx *ctx, tmd_run *run)
     grecv = NULL;
     qsort(keys, (size_t)n, sizeof *keys, cmp_key);
     /* column by column; on failure the table is left freed (the run fails anyway) */
-    struct {
-        void **col;
-        size_t esize;
-    } cols[] = {{(void **)&a->frame, sizeof *a->frame},
-                {(void **)&a->x, sizeof *a->x},
-                {(void **)&a->y, sizeof *a->y},
-                {(void **)&a->sublattice, sizeof *a->sublattice},
-                {(void **)&a->species, sizeof *a->species},
-                {(void **)&a->prob, sizeof *a->prob * (size_t)(np ? np : 1)},
-                {(void **)&a->intensity, sizeof *a->intensity},
-                {(void **)&a->site, sizeof *a->site},
-                {(void **)&a->latent, sizeof *a->latent * (size_t)(nl ? nl : 1)}};
-    const int ncols = nl ? 9 : 8;
-    for (int c = 0; c < ncols && !st; c++)
-        st = move_column(ctx, comm, cols[c].col, cols[c].esize, nloc, perm, sc, sd, rc, rd, n, keys, "atom rows");
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(a, cols);
+    for (int c = 0; c < ncols && !st; c++) /* prob holds at least one float per row (reserve) */
+        st = move_column(ctx, comm, cols[c].data, cols[c].row_bytes ? cols[c].row_bytes : sizeof(float), nloc, perm, sc, sd,
+                         rc, rd, n, keys, "atom rows");
     if (st) {
         tmd_atom_table_free(a);
         goto cleanup;
