@@ -110,7 +110,7 @@ static void add_region(void *arg, int64_t id, double sx, double sy, double r)
     region_acc *a = arg;
     if (a->st) return;
     double x, y;
-    sim_specimen_to_pixel(a->w, 0, sx, sy, &x, &y);
+    tmd_sim_specimen_to_pixel(a->w, 0, sx, sy, &x, &y);
     double yr = floor(y + 0.5);
     if (x < -0.5 || x >= (double)a->w->p.width - 0.5 || yr < (double)a->y0 || yr >= (double)a->y1) return;
     if (a->n == a->cap) {
@@ -139,7 +139,7 @@ static void add_region(void *arg, int64_t id, double sx, double sy, double r)
     a->y[k] = y;
     a->rad[k] = r / a->w->px;
     a->area[k] = 3.14159265358979323846 * a->rad[k] * a->rad[k];
-    int st = sim_region_count_sites(a->ctx, a->w, id, sx, sy, r, &a->nsites[k]);
+    int st = tmd_sim_region_count_sites(a->ctx, a->w, id, sx, sy, r, &a->nsites[k]);
     if (st) a->st = st;
 }
 
@@ -410,7 +410,7 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         if (is_tif && !force && rank == 0 && access(path, F_OK) == 0)
             st = TMD_FAIL(ctx, TMD_ERR_EXISTS, "%s exists (use --force to overwrite)", path);
     }
-    if (!st) st = sim_world_init(ctx, &w, &p);
+    if (!st) st = tmd_sim_world_init(ctx, &w, &p);
     if (!st) world_ok = 1;
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -486,7 +486,7 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
                 memset(cls, 0, (size_t)(ny * W));
                 struct timespec c0, c1;
                 clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
-                lst = sim_render_rows(ctx, &w, t, y0, ny, band, cls, &truth, 1, &scratch);
+                lst = tmd_sim_render_rows(ctx, &w, t, y0, ny, band, cls, &truth, 1, &scratch);
                 clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
                 render_cpu += (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec);
                 if (!lst && p.out_u16)
@@ -575,8 +575,8 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     reg.y1 = row1;
     if (row1 > row0) {
         double sx0, sx1, sy0, sy1;
-        sim_pixel_box_to_specimen(&w, 0, 0, (double)(W - 1), (double)row0, (double)(row1 - 1), 4, &sx0, &sx1, &sy0, &sy1);
-        sim_regions_in_box(&w, sx0, sx1, sy0, sy1, add_region, &reg);
+        tmd_sim_pixel_box_to_specimen(&w, 0, 0, (double)(W - 1), (double)row0, (double)(row1 - 1), 4, &sx0, &sx1, &sy0, &sy1);
+        tmd_sim_regions_in_box(&w, sx0, sx1, sy0, sy1, add_region, &reg);
     }
     st = tmd_agree(ctx, comm, reg.st);
     if (st) goto cleanup;
@@ -665,6 +665,6 @@ cleanup:
     free(reg.rad);
     free(reg.area);
     free(reg.nsites);
-    if (world_ok) sim_world_free(&w);
+    if (world_ok) tmd_sim_world_free(&w);
     return st;
 }

@@ -48,9 +48,9 @@ enum {
 };
 
 /* Poisson deviate with mean lam from a counter stream (key, purpose, idx, k = 0, 1, ...). */
-double sim_poisson(double lam, uint64_t key, uint64_t purpose, uint64_t idx);
+double tmd_sim_poisson(double lam, uint64_t key, uint64_t purpose, uint64_t idx);
 /* Inverse standard normal CDF (Acklam, |rel err| < 1.2e-9). */
-double sim_norm_ppf(double p);
+double tmd_sim_norm_ppf(double p);
 
 /* ---- world ------------------------------------------------------------------------------ */
 
@@ -105,8 +105,8 @@ typedef struct sim_world {
     int64_t rmap_cap;
 } sim_world;
 
-int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p);
-void sim_world_free(sim_world *w);
+int tmd_sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p);
+void tmd_sim_world_free(sim_world *w);
 
 /* A lattice site with its static state. */
 typedef struct sim_site {
@@ -123,26 +123,26 @@ typedef struct { sim_site *s; int64_t n, cap; } sim_site_list;
 
 /* Sites (canonical order: i, then j, then sub) whose specimen position lies in the box.
  * Holes remove sites. Regions touching the box are registered in w->regions. */
-int sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_site_list *out);
+int tmd_sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_site_list *out);
 /* Specimen box covering pixel rectangle [x0,x1] x [y0,y1] of frame t, grown by margin_px. */
-void sim_pixel_box_to_specimen(const sim_world *w, int64_t t, double x0, double x1, double y0, double y1,
+void tmd_sim_pixel_box_to_specimen(const sim_world *w, int64_t t, double x0, double x1, double y0, double y1,
                                double margin_px, double *sx0, double *sx1, double *sy0, double *sy1);
 
 /* Defect-rich regions whose centre lies in the specimen box: calls fn for each in cell order. */
 typedef void (*sim_region_fn)(void *arg, int64_t id, double sx, double sy, double r);
-void sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg);
+void tmd_sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg);
 /* Number of lattice sites (inside the film) of the region with this id / centre / radius. */
-int sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double sx, double sy, double r, int64_t *n);
+int tmd_sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double sx, double sy, double r, int64_t *n);
 
 /* State of a site in frame t (dynamics in hot regions), jump offset in Angstrom. */
-int sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int8_t *species, double *jx, double *jy,
+int tmd_sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int8_t *species, double *jx, double *jy,
                    int8_t *dynamic);
-double sim_species_weight(const sim_world *w, int species, const sim_site *s);
+double tmd_sim_species_weight(const sim_world *w, int species, const sim_site *s);
 
 /* Pixel position (truth convention) of specimen point (sx, sy) in frame t. */
-void sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, double *x, double *y);
+void tmd_sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, double *x, double *y);
 /* Jitter offset of row y in frame t, pixels (the pixel samples specimen x + jitter). */
-double sim_row_jitter(const sim_world *w, int64_t t, int64_t y);
+double tmd_sim_row_jitter(const sim_world *w, int64_t t, int64_t y);
 
 /* Truth collected for a box. */
 typedef struct sim_truth {
@@ -155,9 +155,9 @@ typedef struct sim_truth {
 /* Renders rows [y0, y0+ny) x columns [0, width) of frame t into out (ny, width) in detector
  * units (noise, gain, offset applied); classes (ny, width) if non-NULL; truth rows owned by
  * the box appended to truth if non-NULL (sites only when frame == 0 and want_sites). */
-int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t ny, float *out, uint8_t *classes,
+int tmd_sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t ny, float *out, uint8_t *classes,
                     sim_truth *truth, int want_sites, sim_site_list *scratch);
 
-int8_t sim_species_class(int species);
+int8_t tmd_sim_species_class(int species);
 
 #endif

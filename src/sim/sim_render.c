@@ -13,9 +13,9 @@
 
 #include "sim_internal.h"
 
-double sim_film_factor(const sim_world *w, double sx, double sy);
-double sim_field_bg(const sim_world *w, double sx, double sy);
-double sim_field_cont(const sim_world *w, double sx, double sy);
+double tmd_sim_film_factor(const sim_world *w, double sx, double sy);
+double tmd_sim_field_bg(const sim_world *w, double sx, double sy);
+double tmd_sim_field_cont(const sim_world *w, double sx, double sy);
 
 #define BG_STEP 8
 
@@ -122,7 +122,7 @@ static int owned(double x, double y, int64_t y0, int64_t ny, int64_t W)
     return x >= -0.5 && x < (double)W - 0.5 && yr >= (double)y0 && yr < (double)(y0 + ny);
 }
 
-int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t ny, float *out, uint8_t *classes,
+int tmd_sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t ny, float *out, uint8_t *classes,
                     sim_truth *truth, int want_sites, sim_site_list *scratch)
 {
     const tmd_sim_params *p = &w->p;
@@ -167,38 +167,38 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
     if (st) goto cleanup;
     st = tmd_calloc(ctx, (void **)&r.jit, (size_t)(ny + 2 * r.Rmax + 1), sizeof(double), "row jitter");
     if (st) goto cleanup;
-    for (int64_t y = y0 - r.Rmax; y <= y0 + ny - 1 + r.Rmax; y++) r.jit[y - y0 + r.Rmax] = sim_row_jitter(w, t, y);
+    for (int64_t y = y0 - r.Rmax; y <= y0 + ny - 1 + r.Rmax; y++) r.jit[y - y0 + r.Rmax] = tmd_sim_row_jitter(w, t, y);
     w->jt = r.jit;
     w->jt_t = t;
     w->jt_y0 = y0 - r.Rmax;
     w->jt_n = ny + 2 * r.Rmax + 1;
     double jmargin = 5 * p->jitter + p->wobble + 2;
     double sx0, sx1, sy0, sy1;
-    sim_pixel_box_to_specimen(w, t, 0, (double)(W - 1), (double)y0, (double)(y0 + ny - 1), reach + jmargin, &sx0, &sx1,
+    tmd_sim_pixel_box_to_specimen(w, t, 0, (double)(W - 1), (double)y0, (double)(y0 + ny - 1), reach + jmargin, &sx0, &sx1,
                               &sy0, &sy1);
     double jm = 0.6 * w->bond; /* dynamic jumps move columns by half a bond */
-    st = sim_sites_in_box(ctx, w, sx0 - jm, sx1 + jm, sy0 - jm, sy1 + jm, scratch);
+    st = tmd_sim_sites_in_box(ctx, w, sx0 - jm, sx1 + jm, sy0 - jm, sy1 + jm, scratch);
     if (st) goto cleanup;
     double crad = p->class_radius * w->bond / w->px;
     for (int64_t k = 0; k < scratch->n; k++) {
         const sim_site *s = &scratch->s[k];
         int8_t sp, dyn;
         double jx, jy;
-        st = sim_site_state(ctx, w, s, t, &sp, &jx, &jy, &dyn);
+        st = tmd_sim_site_state(ctx, w, s, t, &sp, &jx, &jy, &dyn);
         if (st) goto cleanup;
         double sx = s->sx + jx, sy = s->sy + jy;
         double ux = sx / w->px, uy = sy / w->px;
         double qx = w->Minv[0][0] * ux + w->Minv[0][1] * uy + w->cx + w->drift[2 * t];
         double qy = w->Minv[1][0] * ux + w->Minv[1][1] * uy + w->cy + w->drift[2 * t + 1];
-        double wt = sp ? sim_species_weight(w, sp, s) : 0;
+        double wt = sp ? tmd_sim_species_weight(w, sp, s) : 0;
         if (sp) {
             splat(&r, &r.comp[0], qx, qy, wt);
             if (tc.acc) splat(&tc, &tc.comp[0], qx / f, qy / f, wt);
         }
         if (!classes && !truth) continue;
         double tx, ty;
-        sim_specimen_to_pixel(w, t, sx, sy, &tx, &ty);
-        if (classes && sp) paint_disk(classes, y0, ny, W, tx, ty, crad, (uint8_t)sim_species_class(sp));
+        tmd_sim_specimen_to_pixel(w, t, sx, sy, &tx, &ty);
+        if (classes && sp) paint_disk(classes, y0, ny, W, tx, ty, crad, (uint8_t)tmd_sim_species_class(sp));
         if (truth && owned(tx, ty, y0, ny, W)) {
             if (sp) {
                 int64_t i;
@@ -214,7 +214,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
             }
             if (sp == 0 || sp == TMD_SP_S || sp == TMD_SP_SE) {
                 double dx = tx, dy = ty;
-                if (sp == 0) sim_specimen_to_pixel(w, t, s->sx, s->sy, &dx, &dy);
+                if (sp == 0) tmd_sim_specimen_to_pixel(w, t, s->sx, s->sy, &dx, &dy);
                 int8_t type = sp == 0 ? (s->sub == 0 ? TMD_DEF_VM : TMD_DEF_VX2) : TMD_DEF_VX;
                 st = tmd_defect_table_push(ctx, &truth->defects, (int32_t)t, dx, dy, type);
                 if (st) goto cleanup;
@@ -222,7 +222,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
         }
         if (truth && want_sites && t == 0) {
             double fx, fy;
-            sim_specimen_to_pixel(w, 0, s->sx, s->sy, &fx, &fy);
+            tmd_sim_specimen_to_pixel(w, 0, s->sx, s->sy, &fx, &fy);
             if (owned(fx, fy, y0, ny, W)) {
                 int64_t i;
                 st = tmd_site_table_push(ctx, &truth->sites, &i);
@@ -244,7 +244,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
                 for (int64_t tt = 0; tt < T; tt++) {
                     int8_t sp2;
                     double a, b;
-                    st = sim_site_state(ctx, w, s, tt, &sp2, &a, &b, NULL);
+                    st = tmd_sim_site_state(ctx, w, s, tt, &sp2, &a, &b, NULL);
                     if (st) goto cleanup;
                     ns[i * T + tt] = sp2;
                     if (tt > 0 && (sp2 != prev)) changes++;
@@ -258,18 +258,18 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
     /* amorphous contamination: scatterers in 2 Angstrom cells, density from a patchy field */
     if (p->contamination > 0 && p->contamination_cover > 0) {
         const double L = 2.0;
-        double thr = sim_norm_ppf(1 - p->contamination_cover);
+        double thr = tmd_sim_norm_ppf(1 - p->contamination_cover);
         int64_t ci0 = (int64_t)floor(sx0 / L), ci1 = (int64_t)floor(sx1 / L);
         int64_t cj0 = (int64_t)floor(sy0 / L), cj1 = (int64_t)floor(sy1 / L);
         for (int64_t ci = ci0; ci <= ci1; ci++)
             for (int64_t cj = cj0; cj <= cj1; cj++) {
                 double mx = ((double)ci + 0.5) * L, my = ((double)cj + 0.5) * L;
-                double g = sim_field_cont(w, mx, my);
+                double g = tmd_sim_field_cont(w, mx, my);
                 double cov = fmin(1, fmax(0, (g - thr) / 0.6 + 0.5));
                 if (cov <= 0) continue;
-                cov *= sim_film_factor(w, mx, my) * 0.9 + 0.1; /* a little hangs over vacuum */
+                cov *= tmd_sim_film_factor(w, mx, my) * 0.9 + 0.1; /* a little hangs over vacuum */
                 uint64_t code = ((uint64_t)(ci + (1LL << 31)) << 32) ^ (uint64_t)(cj + (1LL << 31));
-                int nsc = (int)sim_poisson(cov * w->cont_density * L * L, w->key, SP_CONT_ATOM, code);
+                int nsc = (int)tmd_sim_poisson(cov * w->cont_density * L * L, w->key, SP_CONT_ATOM, code);
                 for (int a = 0; a < nsc; a++) {
                     double ax = ((double)ci + sim_unif(w->key, SP_CONT_ATOM, code, 100 + 3 * (uint64_t)a)) * L;
                     double ay = ((double)cj + sim_unif(w->key, SP_CONT_ATOM, code, 101 + 3 * (uint64_t)a)) * L;
@@ -294,8 +294,8 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
                 double qx = (double)(gi * BG_STEP) - w->cx - w->drift[2 * t];
                 double qy = (double)(gy0 + gj * BG_STEP) - w->cy - w->drift[2 * t + 1];
                 double sx = (w->M[0][0] * qx + w->M[0][1] * qy) * w->px, sy = (w->M[1][0] * qx + w->M[1][1] * qy) * w->px;
-                double v = p->background + p->background_var * sim_field_bg(w, sx, sy);
-                bgc[gj * nx + gi] = fmax(0, v) * base * sim_film_factor(w, sx, sy);
+                double v = p->background + p->background_var * tmd_sim_field_bg(w, sx, sy);
+                bgc[gj * nx + gi] = fmax(0, v) * base * tmd_sim_film_factor(w, sx, sy);
             }
         for (int64_t y = y0; y < y0 + ny; y++) {
             int64_t gj = (y - gy0) / BG_STEP;
@@ -334,7 +334,7 @@ int sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64_t n
         for (int64_t x = 0; x < W; x++) {
             uint64_t idx = ((uint64_t)t * (uint64_t)H + (uint64_t)y) * (uint64_t)W + (uint64_t)x;
             double lam = row[x] * w->counts_scale;
-            double n = sim_poisson(lam, w->key, SP_NOISE, idx);
+            double n = tmd_sim_poisson(lam, w->key, SP_NOISE, idx);
             if (p->read_noise > 0) { /* Irwin-Hall: sum of four 16-bit uniforms, unit variance */
                 uint64_t h = sim_hash(w->key, SP_READ, idx, 0);
                 double sum = (double)(h & 0xffff) + (double)((h >> 16) & 0xffff) + (double)((h >> 32) & 0xffff) +

@@ -87,14 +87,14 @@ static tmd_status render_example(tmd_ctx *ctx, uint64_t seed, int64_t index, int
     tmd_status st = tmd_sim_params_finish(ctx, &p);
     if (st) return st;
     sim_world w;
-    st = sim_world_init(ctx, &w, &p);
+    st = tmd_sim_world_init(ctx, &w, &p);
     sim_site_list scratch = {0};
     if (!st) {
         if (classes) memset(classes, 0, (size_t)size * (size_t)size);
-        st = sim_render_rows(ctx, &w, 0, 0, size, image, classes, truth, 0, &scratch);
+        st = tmd_sim_render_rows(ctx, &w, 0, 0, size, image, classes, truth, 0, &scratch);
     }
     free(scratch.s);
-    sim_world_free(&w);
+    tmd_sim_world_free(&w);
     if (!st) tmd_sim_normalise(image, (int64_t)size * size);
     return st;
 }

@@ -13,7 +13,7 @@
 
 /* ---- random helpers ------------------------------------------------------------------ */
 
-double sim_norm_ppf(double p)
+double tmd_sim_norm_ppf(double p)
 {
     static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
                                 1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00};
@@ -42,7 +42,7 @@ double sim_norm_ppf(double p)
            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
 }
 
-double sim_poisson(double lam, uint64_t key, uint64_t purpose, uint64_t idx)
+double tmd_sim_poisson(double lam, uint64_t key, uint64_t purpose, uint64_t idx)
 {
     if (!(lam > 0)) return 0;
     if (lam < 12) { /* inversion */
@@ -96,7 +96,7 @@ static double field(const sim_mode *m, double x, double y)
 
 /* ---- world ---------------------------------------------------------------------------- */
 
-int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p)
+int tmd_sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p)
 {
     memset(w, 0, sizeof *w);
     w->p = *p;
@@ -140,8 +140,8 @@ int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p)
     make_modes(w->alloy_x, key, SP_ALLOY_X, p->cluster_length, unit);
     make_modes(w->bgmode, key, SP_BG, p->background_length, unit);
     make_modes(w->contmode, key, SP_CONT_FIELD, p->contamination_length, unit);
-    w->thr_w = p->comp_w <= 0 ? -1e9 : p->comp_w >= 1 ? 1e9 : sim_norm_ppf(p->comp_w);
-    w->thr_se = p->comp_se <= 0 ? -1e9 : p->comp_se >= 1 ? 1e9 : sim_norm_ppf(p->comp_se);
+    w->thr_w = p->comp_w <= 0 ? -1e9 : p->comp_w >= 1 ? 1e9 : tmd_sim_norm_ppf(p->comp_w);
+    w->thr_se = p->comp_se <= 0 ? -1e9 : p->comp_se >= 1 ? 1e9 : tmd_sim_norm_ppf(p->comp_se);
     double n = p->z_exponent, zw = pow(74, n);
     w->wsp[0] = 0;
     w->wsp[TMD_SP_MO] = pow(42, n) / zw;
@@ -189,7 +189,7 @@ int sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p)
     return TMD_OK;
 }
 
-void sim_world_free(sim_world *w)
+void tmd_sim_world_free(sim_world *w)
 {
     if (!w) return;
     free(w->drift);
@@ -206,7 +206,7 @@ void sim_world_free(sim_world *w)
 
 /* ---- geometry -------------------------------------------------------------------------- */
 
-double sim_row_jitter(const sim_world *w, int64_t t, int64_t y)
+double tmd_sim_row_jitter(const sim_world *w, int64_t t, int64_t y)
 {
     const tmd_sim_params *p = &w->p;
     double j = 0;
@@ -230,13 +230,13 @@ static double mean_jitter(const sim_world *w, int64_t t, double y)
     for (int64_t yy = yc - r; yy <= yc + r; yy++) {
         double d = (double)yy - y, wt = exp(-d * d / (2 * s * s));
         int64_t o = yy - w->jt_y0;
-        num += wt * (w->jt && t == w->jt_t && o >= 0 && o < w->jt_n ? w->jt[o] : sim_row_jitter(w, t, yy));
+        num += wt * (w->jt && t == w->jt_t && o >= 0 && o < w->jt_n ? w->jt[o] : tmd_sim_row_jitter(w, t, yy));
         den += wt;
     }
     return num / den;
 }
 
-void sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, double *x, double *y)
+void tmd_sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, double *x, double *y)
 {
     double ux = sx / w->px, uy = sy / w->px;
     double qx = w->Minv[0][0] * ux + w->Minv[0][1] * uy + w->cx + w->drift[2 * t];
@@ -245,7 +245,7 @@ void sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, 
     *y = qy;
 }
 
-void sim_pixel_box_to_specimen(const sim_world *w, int64_t t, double x0, double x1, double y0, double y1,
+void tmd_sim_pixel_box_to_specimen(const sim_world *w, int64_t t, double x0, double x1, double y0, double y1,
                                double margin_px, double *sx0, double *sx1, double *sy0, double *sy1)
 {
     double xs[2] = {x0 - margin_px, x1 + margin_px}, ys[2] = {y0 - margin_px, y1 + margin_px};
@@ -376,7 +376,7 @@ static int64_t region_index(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, d
     return w->nregions++;
 }
 
-void sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg)
+void tmd_sim_regions_in_box(const sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_region_fn fn, void *arg)
 {
     const tmd_sim_params *p = &w->p;
     if (p->region_prob <= 0) return;
@@ -431,7 +431,7 @@ static void chalcogen_counts(int sp, int *ns, int *nse)
     *nse = sp == TMD_SP_SE2 ? 2 : (sp == TMD_SP_SSE || sp == TMD_SP_SE) ? 1 : 0;
 }
 
-int sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_site_list *out)
+int tmd_sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double sy0, double sy1, sim_site_list *out)
 {
     const tmd_sim_params *p = &w->p;
     out->n = 0;
@@ -511,7 +511,7 @@ int sim_sites_in_box(tmd_ctx *ctx, sim_world *w, double sx0, double sx1, double 
     return TMD_OK;
 }
 
-double sim_species_weight(const sim_world *w, int species, const sim_site *s)
+double tmd_sim_species_weight(const sim_world *w, int species, const sim_site *s)
 {
     return w->wsp[species] * s->weight;
 }
@@ -541,7 +541,7 @@ static int simulate_region(tmd_ctx *ctx, sim_world *w, int64_t gi)
     const tmd_sim_params *p = &w->p;
     sim_site_list l = {0};
     double cx = w->regions[gi].sx, cy = w->regions[gi].sy, r = w->regions[gi].r;
-    int st = sim_sites_in_box(ctx, w, cx - r - 3, cx + r + 3, cy - r - 3, cy + r + 3, &l);
+    int st = tmd_sim_sites_in_box(ctx, w, cx - r - 3, cx + r + 3, cy - r - 3, cy + r + 3, &l);
     if (st) {
         free(l.s);
         return st;
@@ -643,7 +643,7 @@ static int simulate_region(tmd_ctx *ctx, sim_world *w, int64_t gi)
     return TMD_OK;
 }
 
-int sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int8_t *species, double *jx, double *jy,
+int tmd_sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int8_t *species, double *jx, double *jy,
                    int8_t *dynamic)
 {
     *species = s->species;
@@ -672,11 +672,11 @@ int sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t, int
     return TMD_OK;
 }
 
-int sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, double cy, double r, int64_t *n)
+int tmd_sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, double cy, double r, int64_t *n)
 {
     sim_site_list l = {0};
     *n = 0;
-    int st = sim_sites_in_box(ctx, w, cx - r - 3, cx + r + 3, cy - r - 3, cy + r + 3, &l);
+    int st = tmd_sim_sites_in_box(ctx, w, cx - r - 3, cx + r + 3, cy - r - 3, cy + r + 3, &l);
     if (!st)
         for (int64_t k = 0; k < l.n; k++)
             if (l.s[k].region >= 0 && w->regions[l.s[k].region].id == id) (*n)++;
@@ -684,18 +684,18 @@ int sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, do
     return st;
 }
 
-int8_t sim_species_class(int species)
+int8_t tmd_sim_species_class(int species)
 {
     static const int8_t cls[8] = {0, 1, 2, 3, 4, 5, 3, 4};
     return species >= 0 && species < 8 ? cls[species] : 0;
 }
 
 /* Exported for the renderer: film factor and smooth fields. */
-double sim_film_factor(const sim_world *w, double sx, double sy)
+double tmd_sim_film_factor(const sim_world *w, double sx, double sy)
 {
     if (w->p.hole_prob <= 0 && w->p.edge <= 0.5) return 1;
     double d = film_distance(w, sx, sy);
     return fmin(1, fmax(0, 0.5 + d / 1.5));
 }
-double sim_field_bg(const sim_world *w, double sx, double sy) { return field(w->bgmode, sx, sy); }
-double sim_field_cont(const sim_world *w, double sx, double sy) { return field(w->contmode, sx, sy); }
+double tmd_sim_field_bg(const sim_world *w, double sx, double sy) { return field(w->bgmode, sx, sy); }
+double tmd_sim_field_cont(const sim_world *w, double sx, double sy) { return field(w->contmode, sx, sy); }
