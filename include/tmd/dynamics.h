@@ -20,13 +20,16 @@
  *                 All global sums are integer (fixed point) reductions, so a site's score is
  *                 bit-identical on any number of ranks.
  *   3. density    kernel density (Gaussian, sigma px) on a coarse grid of bin px: unstable sites
- *                 (sites per nm^2), and each vacancy kind (vacancies per nm^2 per frame). Each
- *                 rank deposits its points into the rows it touches; rows are summed by their
- *                 owner (row blocks of the coarse grid) in fixed point: seamless across ranks,
- *                 independent of the rank count.
+ *                 (sites per nm^2), and each vacancy kind (vacancies per nm^2 per frame). The
+ *                 coarse grid is split into row blocks, one per rank; each point is sent to
+ *                 every rank whose block its kernel reaches, and the owner sums the kernels
+ *                 band by band (32 rows) in fixed point: seamless across ranks, independent
+ *                 of the rank count, and no rank holds more than its own block of the maps
+ *                 (float32) plus one band of int64 sums.
  *   4. regions    bins above region_threshold (single images, no unstable sites: bins of the
  *                 total vacancy density above twice its image mean and region_threshold),
- *                 8-connected components on each owner's rows,
+ *                 8-connected components on each owner's rows (labelled row by row while the
+ *                 bands stream through: union-find over runs, no per-bin label array),
  *                 merged across row-block edges by a union-find over the edge label pairs of all
  *                 ranks; regions smaller than min_bins dropped; id, centroid (mean bin centre),
  *                 area_px, n_sites (unstable sites in it). Ordered by their first bin.
@@ -143,6 +146,8 @@ typedef struct tmd_dyn_maps {
     float *unstable;        /* (rows, gw) unstable sites per nm^2 */
     float *vacancy;         /* (3, rows, gw) V_M, V_X, V_X2 per nm^2 per frame */
     tmd_dyn_region_list regions; /* every region, the same list on every rank */
+    size_t work_bytes;      /* largest per-bin work buffer this rank allocated besides the maps
+                             * (one band of its rows; does not grow with the image height) */
 } tmd_dyn_maps;
 
 /* Collective. Density maps of unstable sites (sites with unstable = 1; may be NULL) and of

@@ -41,6 +41,77 @@ typedef struct {
     int layer;
 } point;
 
+/* coarse rows [*a, *z) a point deposits into (its one bin's row for the count layer) */
+static void point_rows(const point *p, double reach, int bin, int64_t gh, int64_t *a, int64_t *z)
+{
+    if (p->layer == L_COUNT) {
+        *a = (int64_t)floor((p->y + 0.5) / bin);
+        *z = *a + 1;
+    } else {
+        *a = (int64_t)floor((p->y - reach + 0.5) / bin);
+        *z = (int64_t)floor((p->y + reach + 0.5) / bin) + 1;
+    }
+    if (*a < 0) *a = 0;
+    if (*z > gh) *z = gh;
+}
+
+/* Adds the fixed-point kernel values of every point to band rows [b0, b1) of buf
+ * (NLAYER, b1 - b0, gw). Integer sums: the result does not depend on the order of points. */
+static void deposit_band(const point *pts, int64_t np, int64_t b0, int64_t b1, int64_t gw, int bin, double sig,
+                         double norm, int64_t *buf)
+{
+    double reach = 4 * sig;
+    int64_t brows = b1 - b0;
+    for (int64_t k = 0; k < np; k++) {
+        const point *p = &pts[k];
+        if (p->layer == L_COUNT) {
+            int64_t gy = (int64_t)floor((p->y + 0.5) / bin), gx = (int64_t)floor((p->x + 0.5) / bin);
+            if (gy >= b0 && gy < b1 && gx >= 0 && gx < gw) buf[((int64_t)L_COUNT * brows + gy - b0) * gw + gx] += 1;
+            continue;
+        }
+        int64_t y0 = (int64_t)floor((p->y - reach + 0.5) / bin), y1 = (int64_t)floor((p->y + reach + 0.5) / bin);
+        if (y1 < b0 || y0 >= b1) continue;
+        int64_t x0 = (int64_t)floor((p->x - reach + 0.5) / bin), x1 = (int64_t)floor((p->x + reach + 0.5) / bin);
+        for (int64_t gy = y0 < b0 ? b0 : y0; gy <= y1 && gy < b1; gy++) {
+            double cy = (gy + 0.5) * bin - 0.5;
+            for (int64_t gx = x0 < 0 ? 0 : x0; gx <= x1 && gx < gw; gx++) {
+                double cx = (gx + 0.5) * bin - 0.5;
+                double r2 = (cx - p->x) * (cx - p->x) + (cy - p->y) * (cy - p->y);
+                if (r2 > reach * reach) continue;
+                double v = p->w * norm * exp(-r2 / (2 * sig * sig));
+                buf[((int64_t)p->layer * brows + gy - b0) * gw + gx] += llround(v * QSCALE);
+            }
+        }
+    }
+}
+
+/* provisional components of the streaming row-by-row labelling */
+typedef struct {
+    int64_t n, cap;
+    int64_t *parent;        /* union-find over provisional ids (union keeps the smaller id) */
+    int64_t *stat;          /* (cap, 5): first global bin index, bins, sum gx, sum gy, sites */
+} comps;
+
+static int comps_new(comps *c, int64_t first)
+{
+    if (c->n == c->cap) {
+        int64_t cap = c->cap ? 2 * c->cap : 1024;
+        int64_t *p = realloc(c->parent, (size_t)cap * sizeof(int64_t));
+        if (!p) return -1;
+        c->parent = p;
+        int64_t *s = realloc(c->stat, (size_t)cap * 5 * sizeof(int64_t));
+        if (!s) return -1;
+        c->stat = s;
+        c->cap = cap;
+    }
+    int64_t id = c->n++;
+    c->parent[id] = id;
+    memset(c->stat + 5 * id, 0, 5 * sizeof(int64_t));
+    c->stat[5 * id] = first;
+    return 0;
+}
+
+enum { BAND_ROWS = 32 };
 
 tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *prm, int64_t H, int64_t W, int64_t T,
                              const tmd_site_table *sites, const tmd_defect_table *defects, const double *drift,
@@ -50,15 +121,15 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     int rank, nranks;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &nranks);
-    point *pts = NULL;
-    int64_t *loc = NULL;     /* (NLAYER, lrows, gw) this rank's deposits */
-    int64_t *own = NULL;     /* (NLAYER, rows, gw) summed owned block */
-    int64_t *sbuf = NULL, *rbuf = NULL;
+    point *pts = NULL, *rpts = NULL, *spts = NULL;
+    int64_t *buf = NULL;     /* (NLAYER, BAND_ROWS, gw) fixed-point sums of one band of this rank's rows */
     int *sc = NULL, *sd = NULL, *rc = NULL, *rd = NULL;
-    int64_t *ext = NULL;     /* (nranks, 2) every rank's deposit rows [lr0, lr1) */
-    int64_t *parent = NULL, *lab = NULL, *edges = NULL, *all_edges = NULL, *pairs = NULL, *uniq = NULL, *uparent = NULL;
+    int64_t *cur = NULL, *prev = NULL, *first = NULL; /* provisional ids of a row (gw each) */
+    comps cp = {0};
+    int64_t *edges = NULL, *all_edges = NULL, *pairs = NULL, *uniq = NULL, *uparent = NULL;
     int64_t *stats = NULL, *all_stats = NULL;
     int *ecounts = NULL, *edispl = NULL;
+    int64_t *o0s = NULL, *cnt = NULL; /* (nranks + 1) first row of every rank's block; points per rank */
     memset(maps, 0, sizeof *maps);
     if (prm->bin_px < 1 || H < 1 || W < 1 || T < 1)
         st = TMD_FAIL(ctx, TMD_ERR_ARG, "maps: bin %d px, image %lldx%lld, %lld frames", prm->bin_px, (long long)H,
@@ -73,8 +144,10 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     double sig = sqrt(prm->sigma_px * prm->sigma_px + bin * bin / 12.0);
     double ang = prm->pixel_size > 0 ? prm->pixel_size : 1.0;
     double sig_nm = sig * ang / 10.0, norm = 1.0 / (2 * M_PI * sig_nm * sig_nm);
+    double reach = 4 * sig;
     int64_t ns = sites ? sites->n : 0, nd = defects ? defects->n : 0, np = 0;
     if (!st) st = tmd_calloc(ctx, (void **)&pts, (size_t)(2 * ns + nd + 1), sizeof(point), "density points");
+    if (!st) st = tmd_calloc(ctx, (void **)&sc, (size_t)nranks * 4, sizeof(int), "density counts");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     for (int64_t k = 0; k < ns; k++) {
@@ -89,148 +162,165 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
         double dx = drift ? drift[2 * t] : 0, dy = drift ? drift[2 * t + 1] : 0;
         pts[np++] = (point){defects->x[k] - dx, defects->y[k] - dy, 1.0 / (double)T, ty};
     }
-    /* rows of the coarse grid this rank deposits into */
-    double reach = 4 * sig;
-    int64_t lr0 = gh, lr1 = 0;
-    for (int64_t k = 0; k < np; k++) {
-        int64_t a = (int64_t)floor((pts[k].y - reach + 0.5) / bin), z = (int64_t)floor((pts[k].y + reach + 0.5) / bin) + 1;
-        if (a < 0) a = 0;
-        if (z > gh) z = gh;
-        if (a < lr0) lr0 = a;
-        if (z > lr1) lr1 = z;
-    }
-    if (lr1 <= lr0) lr0 = lr1 = 0;
-    int64_t lrows = lr1 - lr0;
-    st = tmd_calloc(ctx, (void **)&loc, (size_t)(NLAYER * lrows * gw + 1), sizeof(int64_t), "density deposits");
-    if (!st) st = tmd_calloc(ctx, (void **)&own, (size_t)(NLAYER * maps->rows * gw + 1), sizeof(int64_t), "density block");
-    if (!st) st = tmd_calloc(ctx, (void **)&ext, (size_t)nranks * 2, sizeof(int64_t), "deposit extents");
-    if (!st) st = tmd_calloc(ctx, (void **)&sc, (size_t)nranks * 4, sizeof(int), "density counts");
-    st = tmd_agree(ctx, comm, st);
-    if (st) goto cleanup;
-    for (int64_t k = 0; k < np; k++) {
-        const point *p = &pts[k];
-        if (p->layer == L_COUNT) {
-            int64_t gy = (int64_t)floor((p->y + 0.5) / bin), gx = (int64_t)floor((p->x + 0.5) / bin);
-            if (gy >= lr0 && gy < lr1 && gx >= 0 && gx < gw) loc[((int64_t)L_COUNT * lrows + gy - lr0) * gw + gx] += 1;
-            continue;
-        }
-        int64_t y0 = (int64_t)floor((p->y - reach + 0.5) / bin), y1 = (int64_t)floor((p->y + reach + 0.5) / bin);
-        int64_t x0 = (int64_t)floor((p->x - reach + 0.5) / bin), x1 = (int64_t)floor((p->x + reach + 0.5) / bin);
-        for (int64_t gy = y0 < lr0 ? lr0 : y0; gy <= y1 && gy < lr1; gy++) {
-            double cy = (gy + 0.5) * bin - 0.5;
-            for (int64_t gx = x0 < 0 ? 0 : x0; gx <= x1 && gx < gw; gx++) {
-                double cx = (gx + 0.5) * bin - 0.5;
-                double r2 = (cx - p->x) * (cx - p->x) + (cy - p->y) * (cy - p->y);
-                if (r2 > reach * reach) continue;
-                double v = p->w * norm * exp(-r2 / (2 * sig * sig));
-                loc[((int64_t)p->layer * lrows + gy - lr0) * gw + gx] += llround(v * QSCALE);
-            }
-        }
-    }
-    /* send each owner the rows of its block that this rank touched */
-    int64_t mine[2] = {lr0, lr1};
-    MPI_Allgather(mine, 2, MPI_INT64_T, ext, 2, MPI_INT64_T, comm);
+    /* every point goes to each rank whose row block it deposits into (points, not grid rows,
+     * cross the network: no rank ever holds more of the grid than one band of its own rows) */
     sd = sc + nranks;
     rc = sc + 2 * nranks;
     rd = sc + 3 * nranks;
-    int64_t stot = 0, rtot = 0;
+    st = tmd_calloc(ctx, (void **)&o0s, (size_t)nranks + 1, sizeof(int64_t), "row blocks");
+    if (!st) st = tmd_calloc(ctx, (void **)&cnt, (size_t)nranks, sizeof(int64_t), "density counts");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
     for (int r = 0; r < nranks; r++) {
-        int64_t o0, on;
-        row_block(gh, r, nranks, &o0, &on);
-        int64_t a = lr0 > o0 ? lr0 : o0, z = lr1 < o0 + on ? lr1 : o0 + on;
-        int64_t cnt = z > a ? NLAYER * (z - a) * gw : 0;
-        int64_t b0 = ext[2 * r] > maps->row0 ? ext[2 * r] : maps->row0;
-        int64_t b1 = ext[2 * r + 1] < maps->row0 + maps->rows ? ext[2 * r + 1] : maps->row0 + maps->rows;
-        int64_t rcnt = b1 > b0 ? NLAYER * (b1 - b0) * gw : 0;
-        if (stot + cnt > INT_MAX || rtot + rcnt > INT_MAX) {
-            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "maps: the coarse grid %lldx%lld is too large for one exchange; raise density_bin_px",
-                          (long long)gh, (long long)gw);
+        int64_t on;
+        row_block(gh, r, nranks, &o0s[r], &on);
+    }
+    o0s[nranks] = gh;
+    for (int64_t k = 0; k < np; k++) {
+        int64_t a, z;
+        point_rows(&pts[k], reach, bin, gh, &a, &z);
+        for (int r = 0; r < nranks; r++)
+            if (a < o0s[r + 1] && z > o0s[r] && o0s[r + 1] > o0s[r]) cnt[r]++;
+    }
+    int64_t stot = 0;
+    for (int r = 0; r < nranks; r++) {
+        if (cnt[r] * (int64_t)sizeof(point) > INT_MAX || stot * (int64_t)sizeof(point) > INT_MAX) {
+            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "maps: %lld points for rank %d are too many for one exchange",
+                          (long long)cnt[r], r);
             break;
         }
-        sc[r] = (int)cnt;
-        sd[r] = (int)stot;
-        rc[r] = (int)rcnt;
+        sc[r] = (int)(cnt[r] * (int64_t)sizeof(point));
+        sd[r] = (int)(stot * (int64_t)sizeof(point));
+        stot += cnt[r];
+    }
+    if (!st) st = tmd_calloc(ctx, (void **)&spts, (size_t)stot + 1, sizeof(point), "density send");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    for (int r = 0; r < nranks; r++) cnt[r] = sd[r] / (int64_t)sizeof(point);
+    for (int64_t k = 0; k < np; k++) {
+        int64_t a, z;
+        point_rows(&pts[k], reach, bin, gh, &a, &z);
+        for (int r = 0; r < nranks; r++)
+            if (a < o0s[r + 1] && z > o0s[r] && o0s[r + 1] > o0s[r]) spts[cnt[r]++] = pts[k];
+    }
+    free(pts);
+    pts = NULL;
+    st = TMD_MPI(ctx, MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, comm));
+    int64_t rtot = 0;
+    for (int r = 0; r < nranks && !st; r++) {
+        if (rtot + rc[r] > INT_MAX) {
+            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "maps: rank %d receives too many points for one exchange", rank);
+            break;
+        }
         rd[r] = (int)rtot;
-        stot += cnt;
-        rtot += rcnt;
+        rtot += rc[r];
     }
-    if (!st) st = tmd_calloc(ctx, (void **)&sbuf, (size_t)stot + 1, sizeof(int64_t), "density send");
-    if (!st) st = tmd_calloc(ctx, (void **)&rbuf, (size_t)rtot + 1, sizeof(int64_t), "density receive");
+    int64_t nrp = rtot / (int64_t)sizeof(point);
+    if (!st) st = tmd_calloc(ctx, (void **)&rpts, (size_t)nrp + 1, sizeof(point), "density receive");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    for (int r = 0; r < nranks; r++) {
-        int64_t o0, on;
-        row_block(gh, r, nranks, &o0, &on);
-        int64_t a = lr0 > o0 ? lr0 : o0, z = lr1 < o0 + on ? lr1 : o0 + on;
-        if (z <= a) continue;
-        int64_t *dst = sbuf + sd[r];
-        for (int l = 0; l < NLAYER; l++)
-            for (int64_t gy = a; gy < z; gy++, dst += gw) memcpy(dst, loc + ((int64_t)l * lrows + gy - lr0) * gw, gw * sizeof(int64_t));
-    }
-    st = TMD_MPI(ctx, MPI_Alltoallv(sbuf, sc, sd, MPI_INT64_T, rbuf, rc, rd, MPI_INT64_T, comm));
+    st = TMD_MPI(ctx, MPI_Alltoallv(spts, sc, sd, MPI_BYTE, rpts, rc, rd, MPI_BYTE, comm));
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    for (int r = 0; r < nranks; r++) {
-        int64_t b0 = ext[2 * r] > maps->row0 ? ext[2 * r] : maps->row0;
-        int64_t b1 = ext[2 * r + 1] < maps->row0 + maps->rows ? ext[2 * r + 1] : maps->row0 + maps->rows;
-        if (b1 <= b0) continue;
-        const int64_t *src = rbuf + rd[r];
-        for (int l = 0; l < NLAYER; l++)
-            for (int64_t gy = b0; gy < b1; gy++, src += gw) {
-                int64_t *d = own + ((int64_t)l * maps->rows + gy - maps->row0) * gw;
-                for (int64_t x = 0; x < gw; x++) d[x] += src[x];
-            }
-    }
+    free(spts);
+    spts = NULL;
+
     int64_t nb = maps->rows * gw;
+    size_t band_bins = (size_t)NLAYER * BAND_ROWS * (size_t)gw;
     st = tmd_calloc(ctx, (void **)&maps->unstable, (size_t)nb + 1, sizeof(float), "unstable density map");
     if (!st) st = tmd_calloc(ctx, (void **)&maps->vacancy, (size_t)3 * nb + 1, sizeof(float), "vacancy density map");
-    if (!st) st = tmd_calloc(ctx, (void **)&parent, (size_t)nb + 1, sizeof(int64_t), "region labels");
-    if (!st) st = tmd_calloc(ctx, (void **)&lab, (size_t)nb + 1, sizeof(int64_t), "region labels");
+    if (!st) st = tmd_calloc(ctx, (void **)&buf, band_bins + 1, sizeof(int64_t), "density band");
+    if (!st) st = tmd_calloc(ctx, (void **)&cur, (size_t)gw + 1, sizeof(int64_t), "region row labels");
+    if (!st) st = tmd_calloc(ctx, (void **)&prev, (size_t)gw + 1, sizeof(int64_t), "region row labels");
+    if (!st) st = tmd_calloc(ctx, (void **)&first, (size_t)gw + 1, sizeof(int64_t), "region row labels");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    for (int64_t i = 0; i < nb; i++) {
-        maps->unstable[i] = (float)(own[L_UNSTABLE * nb + i] / QSCALE);
-        for (int l = 0; l < 3; l++) maps->vacancy[l * nb + i] = (float)(own[(L_VM + l) * nb + i] / QSCALE);
-    }
-    /* regions: 8-connected components of the bins above the threshold */
+    maps->work_bytes = band_bins * sizeof(int64_t);
+    /* regions: 8-connected components of the bins above the threshold. Single images need
+     * the image's total vacancy density first (an exact integer sum over every rank's bins):
+     * a first pass over the bands makes the maps and the sum, a second labels; stacks label
+     * in the first pass. */
     int64_t qthr = llround(prm->region_threshold * QSCALE);
-    if (!sites) {
-        /* single images: defect-rich = at least twice the image's mean vacancy density (and
-         * above region_threshold), from an exact integer sum over every rank's bins */
-        int64_t sum = 0;
-        for (int64_t i = 0; i < nb; i++) sum += own[L_VM * nb + i] + own[L_VX * nb + i] + own[L_VX2 * nb + i];
-        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_INT64_T, MPI_SUM, comm));
-        if (st) goto cleanup;
-        int64_t twice_mean = gh * gw > 0 ? 2 * (sum / (gh * gw)) : 0;
-        if (twice_mean > qthr) qthr = twice_mean;
-    }
-    for (int64_t i = 0; i < nb; i++) {
-        int64_t v = sites ? own[L_UNSTABLE * nb + i] : own[L_VM * nb + i] + own[L_VX * nb + i] + own[L_VX2 * nb + i];
-        parent[i] = v > qthr ? i : -1;
-    }
-    for (int64_t r = 0; r < maps->rows; r++)
-        for (int64_t c = 0; c < gw; c++) {
-            int64_t i = r * gw + c;
-            if (parent[i] < 0) continue;
-            if (c > 0 && parent[i - 1] >= 0) tmd_uf_union(parent, i, i - 1);
-            if (r > 0) {
-                for (int64_t dc = -1; dc <= 1; dc++) {
-                    int64_t cc = c + dc;
-                    if (cc >= 0 && cc < gw && parent[i - gw + dc] >= 0) tmd_uf_union(parent, i, i - gw + dc);
-                }
-            }
+    int passes = sites ? 1 : 2;
+    int64_t sum = 0;
+    for (int64_t c = 0; c < gw; c++) prev[c] = first[c] = -1;
+    for (int pass = 0; pass < passes; pass++) {
+        int make_maps = pass == 0, label = pass == passes - 1;
+        if (label && !sites) {
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_INT64_T, MPI_SUM, comm));
+            if (st) goto cleanup;
+            int64_t twice_mean = gh * gw > 0 ? 2 * (sum / (gh * gw)) : 0;
+            if (twice_mean > qthr) qthr = twice_mean;
         }
-    /* provisional label: global index of the component's first bin (its root is its minimum) */
-    int64_t base = maps->row0 * gw;
-    for (int64_t i = 0; i < nb; i++) lab[i] = parent[i] >= 0 ? base + tmd_uf_find(parent, i) : -1;
+        for (int64_t b0 = 0; b0 < maps->rows; b0 += BAND_ROWS) {
+            int64_t b1 = b0 + BAND_ROWS < maps->rows ? b0 + BAND_ROWS : maps->rows, brows = b1 - b0;
+            memset(buf, 0, band_bins * sizeof(int64_t));
+            deposit_band(rpts, nrp, maps->row0 + b0, maps->row0 + b1, gw, bin, sig, norm, buf);
+#define BAND(l, r, c) buf[((int64_t)(l) * brows + (r)) * gw + (c)]
+            if (make_maps)
+                for (int64_t r = 0; r < brows; r++)
+                    for (int64_t c = 0; c < gw; c++) {
+                        int64_t i = (b0 + r) * gw + c;
+                        maps->unstable[i] = (float)(BAND(L_UNSTABLE, r, c) / QSCALE);
+                        for (int l = 0; l < 3; l++) maps->vacancy[l * nb + i] = (float)(BAND(L_VM + l, r, c) / QSCALE);
+                        if (!sites) sum += BAND(L_VM, r, c) + BAND(L_VX, r, c) + BAND(L_VX2, r, c);
+                    }
+            if (!label) continue;
+            for (int64_t r = 0; r < brows; r++) {
+                int64_t grow = maps->row0 + b0 + r;
+                for (int64_t c = 0; c < gw; c++) {
+                    int64_t v = sites ? BAND(L_UNSTABLE, r, c) : BAND(L_VM, r, c) + BAND(L_VX, r, c) + BAND(L_VX2, r, c);
+                    if (v <= qthr) {
+                        cur[c] = -1;
+                        continue;
+                    }
+                    int64_t id;
+                    if (c > 0 && cur[c - 1] >= 0) id = cur[c - 1];
+                    else {
+                        if (comps_new(&cp, grow * gw + c)) {
+                            st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "maps: no memory for %lld region pieces", (long long)cp.n);
+                            break;
+                        }
+                        id = cp.n - 1;
+                    }
+                    cur[c] = id;
+                    for (int64_t dc = -1; dc <= 1; dc++)
+                        if (c + dc >= 0 && c + dc < gw && prev[c + dc] >= 0) tmd_uf_union(cp.parent, id, prev[c + dc]);
+                    int64_t *s = cp.stat + 5 * id;
+                    s[1] += 1;
+                    s[2] += c;
+                    s[3] += grow;
+                    s[4] += BAND(L_COUNT, r, c);
+                }
+                if (st) break;
+                if (b0 + r == 0) memcpy(first, cur, (size_t)gw * sizeof(int64_t));
+                int64_t *t = prev;
+                prev = cur;
+                cur = t;
+            }
+#undef BAND
+            st = tmd_agree(ctx, comm, st);
+            if (st) goto cleanup;
+        }
+    }
+    /* roots: the smallest provisional id of a component is its first bin in row-major order;
+     * its label is that bin's global index (the same label on any number of ranks) */
+    for (int64_t id = 0; id < cp.n; id++) {
+        int64_t root = tmd_uf_find(cp.parent, id);
+        if (root == id) continue;
+        int64_t *s = cp.stat + 5 * id, *d = cp.stat + 5 * root;
+        if (s[0] < d[0]) d[0] = s[0];
+        for (int q = 1; q < 5; q++) d[q] += s[q];
+        s[1] = 0; /* merged into its root */
+    }
     /* edge rows of every rank: (first row, last row) labels */
     st = tmd_calloc(ctx, (void **)&edges, (size_t)2 * gw + 1, sizeof(int64_t), "edge labels");
     if (!st) st = tmd_calloc(ctx, (void **)&all_edges, (size_t)2 * gw * nranks + 1, sizeof(int64_t), "edge labels");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     for (int64_t c = 0; c < gw; c++) {
-        edges[c] = maps->rows > 0 ? lab[c] : -1;
-        edges[gw + c] = maps->rows > 0 ? lab[(maps->rows - 1) * gw + c] : -1;
+        edges[c] = maps->rows > 0 && first[c] >= 0 ? cp.stat[5 * tmd_uf_find(cp.parent, first[c])] : -1;
+        edges[gw + c] = maps->rows > 0 && prev[c] >= 0 ? cp.stat[5 * tmd_uf_find(cp.parent, prev[c])] : -1;
     }
     st = TMD_MPI(ctx, MPI_Allgather(edges, (int)(2 * gw), MPI_INT64_T, all_edges, (int)(2 * gw), MPI_INT64_T, comm));
     if (st) goto cleanup;
@@ -239,12 +329,12 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     /* row blocks are consecutive in rank order; empty blocks are skipped */
-    for (int r = 0, prev = -1; r < nranks; r++) {
+    for (int r = 0, prv = -1; r < nranks; r++) {
         int64_t o0, on;
         row_block(gh, r, nranks, &o0, &on);
         if (on == 0) continue;
-        if (prev >= 0) {
-            const int64_t *lo = all_edges + (size_t)prev * 2 * gw + gw, *hi = all_edges + (size_t)r * 2 * gw;
+        if (prv >= 0) {
+            const int64_t *lo = all_edges + (size_t)prv * 2 * gw + gw, *hi = all_edges + (size_t)r * 2 * gw;
             for (int64_t c = 0; c < gw; c++) {
                 if (hi[c] < 0) continue;
                 for (int64_t dc = -1; dc <= 1; dc++)
@@ -255,7 +345,7 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
                     }
             }
         }
-        prev = r;
+        prv = r;
     }
     /* union-find over the labels that appear in pairs: the same on every rank */
     st = tmd_calloc(ctx, (void **)&uniq, (size_t)2 * npairs + 1, sizeof(int64_t), "edge labels");
@@ -270,49 +360,25 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     for (int64_t i = 0; i < nu; i++) uparent[i] = i;
     for (int64_t k = 0; k < npairs; k++)
         tmd_uf_union(uparent, tmd_i64_find_sorted(uniq, nu, pairs[2 * k]), tmd_i64_find_sorted(uniq, nu, pairs[2 * k + 1]));
-    for (int64_t i = 0; i < nb; i++) {
-        if (lab[i] < 0) continue;
-        int64_t u = tmd_i64_find_sorted(uniq, nu, lab[i]);
-        if (u >= 0) lab[i] = uniq[tmd_uf_find(uparent, u)]; /* sorted: the root is the smallest label */
-    }
-    /* per local piece: (label, bins, sum gx, sum gy, sites) -> all ranks */
+    /* one piece per local component: (label, bins, sum gx, sum gy, sites) -> all ranks */
     int64_t npiece = 0;
-    st = tmd_calloc(ctx, (void **)&stats, (size_t)5 * nb + 5, sizeof(int64_t), "region pieces");
+    st = tmd_calloc(ctx, (void **)&stats, (size_t)5 * cp.n + 5, sizeof(int64_t), "region pieces");
     if (!st) st = tmd_calloc(ctx, (void **)&ecounts, (size_t)nranks * 2, sizeof(int), "region counts");
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    /* the distinct labels of this block, sorted; one piece per label */
-    for (int64_t i = 0; i < nb; i++)
-        if (lab[i] >= 0) stats[npiece++] = lab[i];
-    qsort(stats, (size_t)npiece, sizeof(int64_t), tmd_i64_compare);
-    {
-        int64_t nl = 0;
-        for (int64_t k = 0; k < npiece; k++)
-            if (nl == 0 || stats[nl - 1] != stats[k]) stats[nl++] = stats[k];
-        npiece = nl;
-        /* spread to rows of 5, from the end so nothing is overwritten */
-        for (int64_t k = npiece - 1; k >= 0; k--) {
-            int64_t l = stats[k];
-            memset(stats + 5 * k, 0, 5 * sizeof(int64_t));
-            stats[5 * k] = l;
-        }
-    }
-    for (int64_t i = 0; i < nb; i++) {
-        if (lab[i] < 0) continue;
-        int64_t lo = 0, hi = npiece - 1, p = -1;
-        while (lo <= hi) {
-            int64_t mid = (lo + hi) / 2;
-            if (stats[5 * mid] == lab[i]) { p = mid; break; }
-            if (stats[5 * mid] < lab[i]) lo = mid + 1;
-            else hi = mid - 1;
-        }
-        if (p < 0) continue; /* cannot happen: every label was listed */
-        stats[5 * p + 1] += 1;
-        stats[5 * p + 2] += i % gw;
-        stats[5 * p + 3] += maps->row0 + i / gw;
-        stats[5 * p + 4] += own[L_COUNT * nb + i];
+    for (int64_t id = 0; id < cp.n; id++) {
+        const int64_t *s = cp.stat + 5 * id;
+        if (tmd_uf_find(cp.parent, id) != id) continue;
+        int64_t lab = s[0], u = tmd_i64_find_sorted(uniq, nu, lab);
+        if (u >= 0) lab = uniq[tmd_uf_find(uparent, u)]; /* sorted: the root is the smallest label */
+        int64_t *d = stats + 5 * npiece++;
+        d[0] = lab;
+        for (int q = 1; q < 5; q++) d[q] = s[q];
     }
     edispl = ecounts + nranks;
+    if (5 * npiece > INT_MAX) st = TMD_FAIL(ctx, TMD_ERR_RANGE, "maps: %lld region pieces on rank %d", (long long)npiece, rank);
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
     int mycount = (int)(5 * npiece), total = 0;
     MPI_Allgather(&mycount, 1, MPI_INT, ecounts, 1, MPI_INT, comm);
     for (int r = 0; r < nranks; r++) { edispl[r] = total; total += ecounts[r]; }
@@ -322,7 +388,7 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     st = TMD_MPI(ctx, MPI_Allgatherv(stats, mycount, MPI_INT64_T, all_stats, ecounts, edispl, MPI_INT64_T, comm));
     if (st) goto cleanup;
     int64_t nall = total / 5;
-    /* sort pieces by label (rows of 5) and merge */
+    /* sort pieces by label (rows of 5) and merge (integer sums: the order of equal labels does not matter) */
     {
         int64_t *idx = NULL;
         st = tmd_calloc(ctx, (void **)&idx, (size_t)nall + 1, sizeof(int64_t) * 2, "region sort");
@@ -361,14 +427,17 @@ tmd_status tmd_dynamics_maps(tmd_ctx *ctx, MPI_Comm comm, const tmd_dyn_params *
     }
 cleanup:
     free(pts);
-    free(loc);
-    free(own);
-    free(sbuf);
-    free(rbuf);
+    free(o0s);
+    free(cnt);
+    free(spts);
+    free(rpts);
+    free(buf);
     free(sc);
-    free(ext);
-    free(parent);
-    free(lab);
+    free(cur);
+    free(prev);
+    free(first);
+    free(cp.parent);
+    free(cp.stat);
     free(edges);
     free(all_edges);
     free(pairs);
