@@ -68,6 +68,9 @@ typedef struct {
  * into *t and stay valid while *t lives. */
 int tmd_atom_table_columns(tmd_atom_table *t, tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS]);
 tmd_status tmd_atom_table_reserve(tmd_ctx *ctx, tmd_atom_table *t, int64_t cap);
+/* Releases the capacity beyond the n rows (cap = n; a later push grows it again). The
+ * pipeline calls it after the tile pass: the doubling leaves up to half the rows unused. */
+tmd_status tmd_atom_table_shrink(tmd_ctx *ctx, tmd_atom_table *t);
 /* Appends a zeroed row (site = -1) and returns its index. */
 tmd_status tmd_atom_table_push(tmd_ctx *ctx, tmd_atom_table *t, int64_t *index);
 /* Allocates (or resizes) latent to (cap, nlatent), zeroed. */

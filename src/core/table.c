@@ -55,6 +55,22 @@ tmd_status tmd_atom_table_reserve(tmd_ctx *ctx, tmd_atom_table *t, int64_t cap)
     return TMD_OK;
 }
 
+tmd_status tmd_atom_table_shrink(tmd_ctx *ctx, tmd_atom_table *t)
+{
+    if (t->n == 0 || t->n == t->cap) return TMD_OK;
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(t, cols);
+    for (int c = 0; c < ncols; c++) {
+        size_t bytes, rb = cols[c].row_bytes ? cols[c].row_bytes : sizeof(float);
+        TMD_CHECK(tmd_mul_size(ctx, (size_t)t->n, rb, &bytes, "atom table"));
+        void *p = realloc(*cols[c].data, bytes);
+        if (!p) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory shrinking the atom table to %lld rows", (long long)t->n);
+        *cols[c].data = p;
+    }
+    t->cap = t->n;
+    return TMD_OK;
+}
+
 tmd_status tmd_atom_table_push(tmd_ctx *ctx, tmd_atom_table *t, int64_t *index)
 {
     if (t->n == t->cap) TMD_CHECK(tmd_atom_table_reserve(ctx, t, t->cap ? t->cap * 2 : 256));

@@ -230,6 +230,8 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
             tmd_atom_table_init(&merged, run->atoms.nprob);
         }
     }
+    /* the table keeps only its rows from here on (classify and write size by cap) */
+    if (!st) st = tmd_atom_table_shrink(ctx, &run->atoms);
     tmd_atom_table_free(&loaded);
     tmd_atom_table_free(&merged);
     free(r0);
