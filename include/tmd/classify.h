@@ -92,6 +92,9 @@ typedef struct tmd_classify_opts {
     int drop_empty;          /* 1 (default): a detected column whose posterior "empty" exceeds empty_prob on
                                 an A / B site is reported as V_M / V_X2 and removed from the atom table (a
                                 site is empty or occupied, not both); 0: it stays, species unknown */
+    int heavy_tail;          /* 1 (default): the contrast noise has a broad second component (share and
+                                width fitted) besides the Gaussian core, so a contaminated column is not
+                                named by its distance to the nearest level alone; 0: one Gaussian */
     float *carry;            /* optional (atoms->n) per-atom values moved along when rows are removed (the
                                 pipeline's integrated intensity while atoms->intensity holds the contrast) */
 } tmd_classify_opts;
@@ -105,6 +108,10 @@ typedef struct tmd_classify_report {
     double n_exponent;       /* fitted exponent of the largest component (frame 0) */
     double x_w, y_se;        /* fitted composition of the largest component (frame 0) */
     double a_vegard;         /* lattice constant of that composition, Angstrom */
+    double vegard_gap;       /* how sure that lattice constant is: the fit's score (log units) of that
+                                composition minus the best score of any composition whose Vegard
+                                constant differs by more than 1 % (a tie: MoS2 at n 1.75 against
+                                W(S0.5Se1.5)2 at n 2.0 can differ by < 1 log unit at high noise) */
     int64_t n_vm, n_vx, n_vx2; /* vacancies found on this rank */
     int64_t n_dropped;       /* proposed empty sites whose contrast showed a column (this rank) */
     int64_t n_removed;       /* detected columns judged empty, reported as vacancies and removed (this rank) */
