@@ -74,8 +74,10 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    int features = 1, descriptor = 0, run_drift = 0, no_blend = 0;
-    const char *atoms_from = NULL, *dump = NULL;
+    int features = 1, descriptor = 0, run_drift = 0, no_blend = 0, drift_only = 0;
+    int64_t max_frames = 0;
+    double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
+    const char *atoms_from = NULL, *dump = NULL, *dump_drift = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
         else if (!strcmp(argv[i], "--no-blend")) no_blend = 1; /* instability without the neighbour blend */
@@ -83,6 +85,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--descriptor")) descriptor = 1; /* ring descriptor even if the run has latents */
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
+        else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--drift-only")) drift_only = 1; /* register, print the RMSE, stop */
+        else if (!strcmp(argv[i], "--frames") && i + 1 < argc) max_frames = atoll(argv[++i]); /* first N frames (with --drift-only) */
+        else if (!strcmp(argv[i], "--dump-drift") && i + 1 < argc) dump_drift = argv[++i]; /* t dx dy true_dx true_dy */
     }
     char spec[1100];
     snprintf(spec, sizeof spec, "%s:/image", argv[1]);
@@ -93,6 +99,7 @@ int main(int argc, char **argv)
     }
     const tmd_image_info *info = tmd_reader_info(rd);
     int64_t T = info->frames, H = info->height, W = info->width, n, k;
+    if (max_frames > 0 && max_frames < T && drift_only) T = max_frames;
     hid_t f;
     tmd_h5_open_read(&ctx, argv[1], &f);
     double px = 0;
@@ -129,6 +136,19 @@ int main(int argc, char **argv)
     }
     double se = 0;
     for (int64_t i = 0; i < T; i++) se += pow(drift[2 * i] - tdrift[2 * i], 2) + pow(drift[2 * i + 1] - tdrift[2 * i + 1], 2);
+    if (dump_drift && ctx.rank == 0) {
+        FILE *fd = fopen(dump_drift, "w");
+        for (int64_t i = 0; fd && i < T; i++)
+            fprintf(fd, "%lld %.4f %.4f %.4f %.4f\n", (long long)i, drift[2 * i], drift[2 * i + 1], tdrift[2 * i], tdrift[2 * i + 1]);
+        if (fd) fclose(fd);
+    }
+    if (drift_only) {
+        if (ctx.rank == 0)
+            printf("dyn_bench %s: %lld frames, drift %.3f s wall, %.3f CPU s (rank 0); drift RMSE %.4f px\n", argv[1],
+                   (long long)T, t[0], cpu[0], sqrt(se / T));
+        MPI_Finalize();
+        return 0;
+    }
     /* the atoms of this rank's frames: the simulator's, or a run's (--atoms) */
     hid_t fa = f;
     if (atoms_from && tmd_h5_open_read(&ctx, atoms_from, &fa)) {
@@ -208,6 +228,7 @@ int main(int argc, char **argv)
     tmd_dyn_params prm;
     tmd_dyn_params_from_config(&prm, &cfg, px);
     if (no_blend) prm.nb_frames = 0;
+    if (nb_radius >= 0) prm.nb_radius = nb_radius;
     tmd_site_table s;
     tmd_site_table_init(&s);
     c0 = MPI_Wtime();

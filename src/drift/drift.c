@@ -25,6 +25,9 @@ struct tmd_drift_plan {
     double complex *tmp;    /* (nu, nh) partial sums over ky */
     double *up;             /* (nu, nu) upsampled correlation */
     float *frame_buf;       /* (n, n) window read from a frame */
+    double *integral;       /* (n + 1, n + 1) summed-area table for the local mean */
+    double *ramp;           /* (2 n) edge weights of columns, rows */
+    int64_t fh, fw;         /* frame size of the stack being registered (window_spectrum) */
 };
 
 void tmd_drift_opts_default(tmd_drift_opts *o)
@@ -61,6 +64,8 @@ void tmd_drift_plan_destroy(tmd_drift_plan **pp)
     free(p->tmp);
     free(p->up);
     free(p->frame_buf);
+    free(p->integral);
+    free(p->ramp);
     free(p);
     *pp = NULL;
 }
@@ -118,7 +123,9 @@ tmd_status tmd_drift_plan_create(tmd_ctx *ctx, int n, const tmd_drift_opts *opts
     p->tmp = malloc((size_t)p->nu * p->nh * sizeof(double complex));
     p->up = malloc((size_t)p->nu * p->nu * sizeof(double));
     p->frame_buf = malloc(nr * sizeof(float));
-    if (!p->win || !p->cc || !p->spec || !p->fa || !p->fb || !p->cross || !p->c2r_in || !p->apod || !p->weight ||
+    p->integral = malloc((size_t)(n + 1) * (n + 1) * sizeof(double));
+    p->ramp = malloc((size_t)2 * n * sizeof(double));
+    if (!p->integral || !p->ramp || !p->win || !p->cc || !p->spec || !p->fa || !p->fb || !p->cross || !p->c2r_in || !p->apod || !p->weight ||
         !p->ey || !p->ex || !p->tmp || !p->up || !p->frame_buf) {
         st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "drift: no memory for a %dx%d registration plan", n, n);
         goto cleanup;
@@ -294,27 +301,61 @@ tmd_status tmd_drift_register(tmd_ctx *ctx, tmd_drift_plan *p, const float *ref,
     return find_peak(ctx, p, gx, gy, radius, d, quality);
 }
 
-tmd_status tmd_drift_period(tmd_ctx *ctx, tmd_drift_plan *p, const float *win, double *period)
+/* Shortest period of the band-passed power spectrum F (see tmd_drift_period). */
+static double period_of(const tmd_drift_plan *p, const fftwf_complex *F)
 {
-    /* strongest frequency of the band-passed power spectrum (the first-order Bragg peaks of a
-     * lattice; contamination and noise are outside the band) */
-    (void)ctx;
     int n = p->n, nh = p->nh;
-    spectrum(p, win, p->spec);
     double best = 0, total = 0;
     int bky = 0, bkx = 0;
     for (int ky = 0; ky < n; ky++)
         for (int kx = 0; kx < nh; kx++) {
             size_t i = (size_t)ky * nh + kx;
-            double v = (double)p->weight[i] * (crealf(p->spec[i]) * crealf(p->spec[i]) + cimagf(p->spec[i]) * cimagf(p->spec[i]));
+            double v = (double)p->weight[i] * (crealf(F[i]) * crealf(F[i]) + cimagf(F[i]) * cimagf(F[i]));
             total += v;
             if (v > best) { best = v; bky = ky; bkx = kx; }
         }
     double f = sqrt((double)signed_freq(bky, n) * signed_freq(bky, n) + (double)bkx * bkx) / n;
     /* a lattice peak stands far above the mean of the band; otherwise there is no period */
     double mean = total / ((double)n * nh);
-    *period = (f > 0 && best > 20 * mean) ? 1.0 / f : n / 2.0;
-    if (*period > n / 2.0) *period = n / 2.0;
+    double period = (f > 0 && best > 20 * mean) ? 1.0 / f : n / 2.0;
+    return period > n / 2.0 ? n / 2.0 : period;
+}
+
+/* Lattice content of the spectrum F: band-passed power in the bins that stand above ten times
+ * the band's mean (Bragg peaks; noise, amorphous contamination and single atoms spread their
+ * power over the whole band and contribute little). */
+static double lattice_score(const tmd_drift_plan *p, const fftwf_complex *F)
+{
+    /* unweighted power (noise is white: a flat floor) at periods of 4 to 64 px (the first-order
+     * Bragg peaks at any usable pixel size); large blobs (contamination, the step of a film
+     * edge) put their power next to the origin, single atoms spread theirs smoothly */
+    int n = p->n, nh = p->nh;
+    double kmin2 = (n / 64.0) * (n / 64.0), kmax2 = (n / 4.0) * (n / 4.0), total = 0, peaks = 0;
+    size_t cnt = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        double thr = pass ? 30 * total / (double)(cnt ? cnt : 1) : 0;
+        for (int ky = 0; ky < n; ky++) {
+            double fy = signed_freq(ky, n);
+            for (int kx = 0; kx < nh; kx++) {
+                double k2 = fy * fy + (double)kx * kx;
+                if (k2 < kmin2 || k2 > kmax2) continue;
+                size_t i = (size_t)ky * nh + kx;
+                double v = (double)crealf(F[i]) * crealf(F[i]) + (double)cimagf(F[i]) * cimagf(F[i]);
+                if (!pass) { total += v; cnt++; }
+                else if (v > thr) peaks += v;
+            }
+        }
+    }
+    return peaks;
+}
+
+tmd_status tmd_drift_period(tmd_ctx *ctx, tmd_drift_plan *p, const float *win, double *period)
+{
+    /* strongest frequency of the band-passed power spectrum (the first-order Bragg peaks of a
+     * lattice; contamination and noise are outside the band) */
+    (void)ctx;
+    spectrum(p, win, p->spec);
+    *period = period_of(p, p->spec);
     return TMD_OK;
 }
 
@@ -325,14 +366,195 @@ void tmd_drift_block(int64_t frames, int rank, int nranks, int64_t *t0, int64_t 
     *nt = base + (rank < rem ? 1 : 0);
 }
 
-static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-
-/* Reads the (n, n) window of frame t at (y0, x0) (clamped into the frame) and transforms it. */
-static tmd_status window_spectrum(tmd_ctx *ctx, tmd_drift_plan *p, tmd_frame_read_fn read, void *user, int64_t t,
-                                  int64_t y0, int64_t x0, fftwf_complex *F)
+/* Spectrum of the (n, n) window of frame t whose top-left corner is (y0, x0). Only the part
+ * inside the frame (frame size p->fh x p->fw) and inside the support `sup` = {x0, x1, y0, y1}
+ * (frame t's coordinates, half-open; NULL = the whole frame) counts. A window entirely inside
+ * both: mean removed, Hann-apodised (spectrum()). Otherwise (a window placed where the content
+ * is, near a frame edge; or the content region that every frame of a segment shows): the local
+ * mean (box of 2 EDGE_BOX + 1 px, clipped to the part) is removed, so that the part's border
+ * carries no step of its own, and the part is faded out over EDGE_RAMP px towards each of its
+ * borders inside the window, then Hann-apodised. Windows of different frames given the same
+ * support in content coordinates therefore weight the same content the same way (no bias from
+ * the border). No overlap at all: F = 0. */
+#define EDGE_BOX 12
+#define EDGE_RAMP 16
+static double edge_ramp(int64_t d) /* d = pixels from the border, 0 = the first one inside */
 {
-    TMD_CHECK(read(ctx, user, t, y0, x0, p->n, p->n, p->frame_buf));
-    spectrum(p, p->frame_buf, F);
+    return d >= EDGE_RAMP ? 1.0 : 0.5 - 0.5 * cos(M_PI * (d + 0.5) / EDGE_RAMP);
+}
+
+static tmd_status window_spectrum(tmd_ctx *ctx, tmd_drift_plan *p, tmd_frame_read_fn read, void *user, int64_t t,
+                                  int64_t y0, int64_t x0, const int64_t *sup, fftwf_complex *F)
+{
+    int n = p->n;
+    int64_t lx = 0, hx = p->fw, ly = 0, hy = p->fh; /* the region that counts */
+    if (sup) {
+        lx = sup[0] > lx ? sup[0] : lx;
+        hx = sup[1] < hx ? sup[1] : hx;
+        ly = sup[2] > ly ? sup[2] : ly;
+        hy = sup[3] < hy ? sup[3] : hy;
+    }
+    if (y0 >= ly && x0 >= lx && y0 + n <= hy && x0 + n <= hx) {
+        TMD_CHECK(read(ctx, user, t, y0, x0, n, n, p->frame_buf));
+        spectrum(p, p->frame_buf, F);
+        return TMD_OK;
+    }
+    int64_t ya = y0 > ly ? y0 : ly, xa = x0 > lx ? x0 : lx;
+    int64_t yb = y0 + n < hy ? y0 + n : hy, xb = x0 + n < hx ? x0 + n : hx;
+    if (ya >= yb || xa >= xb) {
+        memset(F, 0, (size_t)n * p->nh * sizeof(fftwf_complex));
+        return TMD_OK;
+    }
+    int h = (int)(yb - ya), w = (int)(xb - xa);
+    TMD_CHECK(read(ctx, user, t, ya, xa, h, w, p->frame_buf)); /* (h, w) */
+    /* ramps towards the part's borders that lie inside the window */
+    double *rx = p->ramp, *ry = p->ramp + n;
+    for (int x = 0; x < w; x++) {
+        double r = 1;
+        if (xa > x0) r *= edge_ramp(x);
+        if (xb < x0 + n) r *= edge_ramp(w - 1 - x);
+        rx[x] = r;
+    }
+    for (int y = 0; y < h; y++) {
+        double r = 1;
+        if (ya > y0) r *= edge_ramp(y);
+        if (yb < y0 + n) r *= edge_ramp(h - 1 - y);
+        ry[y] = r;
+    }
+    /* summed-area table of the part, (h + 1, w + 1) */
+    double *S = p->integral;
+    for (int x = 0; x <= w; x++) S[x] = 0;
+    for (int y = 0; y < h; y++) {
+        double row = 0;
+        S[(size_t)(y + 1) * (w + 1)] = 0;
+        for (int x = 0; x < w; x++) {
+            row += p->frame_buf[(size_t)y * w + x];
+            S[(size_t)(y + 1) * (w + 1) + x + 1] = S[(size_t)y * (w + 1) + x + 1] + row;
+        }
+    }
+    for (size_t i = 0; i < (size_t)n * n; i++) p->win[i] = 0;
+    double sum = 0, wsum = 0;
+    for (int y = 0; y < h; y++) {
+        int y1 = y - EDGE_BOX < 0 ? 0 : y - EDGE_BOX, y2 = y + EDGE_BOX + 1 > h ? h : y + EDGE_BOX + 1;
+        for (int x = 0; x < w; x++) {
+            int x1 = x - EDGE_BOX < 0 ? 0 : x - EDGE_BOX, x2 = x + EDGE_BOX + 1 > w ? w : x + EDGE_BOX + 1;
+            double box = S[(size_t)y2 * (w + 1) + x2] - S[(size_t)y1 * (w + 1) + x2] - S[(size_t)y2 * (w + 1) + x1] +
+                         S[(size_t)y1 * (w + 1) + x1];
+            double v = p->frame_buf[(size_t)y * w + x] - box / ((double)(y2 - y1) * (x2 - x1));
+            size_t wi = (size_t)(ya + y - y0) * n + (size_t)(xa + x - x0);
+            double a = ry[y] * rx[x] * p->apod[wi];
+            p->win[wi] = (float)(v * a);
+            sum += v * a;
+            wsum += a;
+        }
+    }
+    /* what is left of the mean, in proportion to the weights */
+    double mean = wsum > 0 ? sum / wsum : 0;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            size_t wi = (size_t)(ya + y - y0) * n + (size_t)(xa + x - x0);
+            p->win[wi] -= (float)(mean * ry[y] * rx[x] * p->apod[wi]);
+        }
+    fftwf_execute_dft_r2c(p->fwd, p->win, F);
+    return TMD_OK;
+}
+
+/* sup shifted by (ox, oy) into out */
+static const int64_t *shifted(const int64_t *sup, int64_t ox, int64_t oy, int64_t out[4])
+{
+    out[0] = sup[0] + ox;
+    out[1] = sup[1] + ox;
+    out[2] = sup[2] + oy;
+    out[3] = sup[3] + oy;
+    return out;
+}
+
+/* Window origins tried per axis: k points from -3n/8 (the frame border at 3/8 of the window)
+ * to size - 5n/8, plus the centred origin; out[0] is the centred one. Returns the count. */
+static int window_origins(int64_t size, int n, int k, int64_t *out)
+{
+    int64_t lo = -3 * (int64_t)n / 8, hi = size - 5 * (int64_t)n / 8, c = (size - n) / 2;
+    int m = 0;
+    out[m++] = c;
+    for (int i = 0; i < k; i++) {
+        int64_t v = k > 1 ? lo + (hi - lo) * i / (k - 1) : c;
+        int dup = 0;
+        for (int j = 0; j < m; j++) dup |= out[j] == v;
+        if (!dup) out[m++] = v;
+    }
+    return m;
+}
+
+/* The window for frames showing the content of frame `ref` at its origin: among the
+ * candidate origins (k per axis), the one whose lattice content is largest, taking the smaller
+ * of frame `ref` and frame `other` (read at the origin plus (ox, oy); other < 0: ref alone).
+ * The centred window is kept unless another has twice its content, so stacks whose centre
+ * shows lattice are registered as before. The candidates are split over the ranks of comm and
+ * their scores summed (exact: one rank each), so every rank chooses the same window.
+ * Collective. If F is not NULL it receives the spectrum of `ref` at the chosen window (every
+ * rank computes it). */
+static tmd_status choose_window(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_frame_read_fn read, void *user,
+                                int64_t ref, int64_t other, int64_t ox, int64_t oy, int k, int64_t win[2],
+                                fftwf_complex *F)
+{
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    int64_t ys[16], xs[16];
+    if (k > 14) k = 14;
+    int ny = window_origins(p->fh, p->n, k, ys), nx = window_origins(p->fw, p->n, k, xs);
+    double score[16 * 16] = {0};
+    tmd_status st = TMD_OK;
+    for (int c = 0; c < ny * nx && !st; c++) {
+        if (c % nranks != rank) continue;
+        int64_t y0 = ys[c / nx], x0 = xs[c % nx];
+        st = window_spectrum(ctx, p, read, user, ref, y0, x0, NULL, p->spec);
+        if (st) break;
+        double e = lattice_score(p, p->spec);
+        if (other >= 0) {
+            st = window_spectrum(ctx, p, read, user, other, y0 + oy, x0 + ox, NULL, p->spec);
+            if (st) break;
+            double e2 = lattice_score(p, p->spec);
+            e = e < e2 ? e : e2;
+        }
+        score[c] = e;
+    }
+    st = tmd_agree(ctx, comm, st);
+    if (st) return st;
+    TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, score, ny * nx, MPI_DOUBLE, MPI_SUM, comm)));
+    int best = 0; /* centred */
+    for (int c = 1; c < ny * nx; c++)
+        if (score[c] > score[best] && score[c] > 2 * score[0]) best = c;
+    tmd_debug(ctx, "drift: frame %lld: window at (%lld, %lld), lattice content %.3g (centred %.3g)", (long long)ref,
+              (long long)xs[best % nx], (long long)ys[best / nx], score[best], score[0]);
+    win[0] = xs[best % nx];
+    win[1] = ys[best / nx];
+    if (F) TMD_CHECK(window_spectrum(ctx, p, read, user, ref, win[1], win[0], NULL, F));
+    return TMD_OK;
+}
+
+/* Chain step: the window for the pair (t - 1, t), chosen on frame t - 1 alone among 3 x 3
+ * origins (not collective: the owner of t decides from the data, so on any rank count the
+ * same). F receives frame t - 1's spectrum there. */
+static tmd_status pair_window(tmd_ctx *ctx, tmd_drift_plan *p, tmd_frame_read_fn read, void *user, int64_t t,
+                              int64_t win[2], fftwf_complex *F)
+{
+    int64_t ys[8], xs[8];
+    int ny = window_origins(p->fh, p->n, 3, ys), nx = window_origins(p->fw, p->n, 3, xs);
+    double s0 = 0, sb = -1;
+    int best = 0;
+    for (int c = 0; c < ny * nx; c++) {
+        TMD_CHECK(window_spectrum(ctx, p, read, user, t - 1, ys[c / nx], xs[c % nx], NULL, p->spec));
+        double e = lattice_score(p, p->spec);
+        if (c == 0) s0 = e;
+        if (c == 0 || (e > sb && e > 2 * s0)) {
+            sb = e;
+            best = c;
+            memcpy(F, p->spec, (size_t)p->n * p->nh * sizeof(fftwf_complex));
+        }
+    }
+    win[0] = xs[best % nx];
+    win[1] = ys[best / nx];
     return TMD_OK;
 }
 
@@ -342,6 +564,37 @@ static tmd_status reg_spectra(tmd_ctx *ctx, tmd_drift_plan *p, const fftwf_compl
 {
     cross_power(p, Fm, Fr);
     return find_peak(ctx, p, g[0], g[1], radius, d, NULL);
+}
+
+/* q += fixed-point (F shifted by (rx, ry) px) / len: a frame's part of a segment mean */
+static void accumulate(const tmd_drift_plan *p, const fftwf_complex *F, double rx, double ry, int64_t len, double qscale,
+                       int64_t *q)
+{
+    int n = p->n;
+    for (int ky = 0; ky < n; ky++)
+        for (int kx = 0; kx < p->nh; kx++) {
+            size_t i = (size_t)ky * p->nh + kx;
+            double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
+            double complex v = F[i] * cexp(I * ph) / (double)len;
+            q[2 * i] += llround(creal(v) * qscale);
+            q[2 * i + 1] += llround(cimag(v) * qscale);
+        }
+}
+
+static void dequantise(const tmd_drift_plan *p, const int64_t *q, double qscale, fftwf_complex *F)
+{
+    size_t nc = (size_t)p->n * p->nh;
+    for (size_t i = 0; i < nc; i++) F[i] = (float)(q[2 * i] / qscale) + I * (float)(q[2 * i + 1] / qscale);
+}
+
+/* Sum of fixed-point means over comm, in pieces of at most 2^27 values (MPI counts are int). */
+static tmd_status allreduce_q(tmd_ctx *ctx, MPI_Comm comm, int64_t *q, size_t qn)
+{
+    for (size_t o = 0; o < qn; o += (size_t)1 << 27) {
+        size_t cnt = qn - o < ((size_t)1 << 27) ? qn - o : ((size_t)1 << 27);
+        TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, q + o, (int)cnt, MPI_INT64_T, MPI_SUM, comm)));
+    }
+    return TMD_OK;
 }
 
 tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_frame_read_fn read, void *user,
@@ -360,6 +613,8 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
     int64_t *qsum = NULL;            /* (nseg, n, nh, 2) fixed-point segment mean spectra */
     fftwf_complex *fk = NULL, *fm = NULL, *fm2 = NULL; /* (n, nh) keyframe / mean spectra */
     int *counts = NULL, *displs = NULL;
+    int64_t *wseg = NULL;            /* (nseg, 2) window origin (x, y) of each segment, then sup, lsup */
+    int64_t *sup = NULL, *lsup = NULL;
     int64_t nseg = 0;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &nranks);
@@ -383,29 +638,33 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         fm2 = fftwf_malloc(nc * sizeof(fftwf_complex));
         if (!fk || !fm || !fm2) st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "drift: no memory for reference spectra");
     }
-    int64_t wy0 = (H - n) / 2, wx0 = (W - n) / 2;
+    p->fh = H;
+    p->fw = W;
     double radius = 0, period = 0;
-    /* frame 0's window: the lattice period (search radius, band-pass) */
-    if (!st) st = read(ctx, user, 0, wy0, wx0, n, n, p->frame_buf);
-    if (!st) st = tmd_drift_period(ctx, p, p->frame_buf, &period);
+    /* frame 0's window with the most lattice (the centred one unless that shows little, e.g.
+     * vacuum beyond a film edge): the lattice period (search radius, band-pass) */
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    int64_t w0[2];
+    st = choose_window(ctx, comm, p, read, user, 0, -1, 0, 0, 5, w0, fk);
+    if (!st) period = period_of(p, fk);
     if (!st) {
         /* keep the lattice's own frequencies in the band whatever the pixel size */
         if (period < p->n / 2.0 && 2.5 * period > p->o.highpass_px) set_weights(p, 2.5 * period);
         radius = 0.45 * period;
         if (p->o.max_radius_px > 0 && radius > p->o.max_radius_px) radius = p->o.max_radius_px;
-        tmd_debug(ctx, "drift: shortest period %.2f px, search radius %.2f px", period, radius);
+        tmd_debug(ctx, "drift: shortest period %.2f px, search radius %.2f px (frame-0 window at %lld, %lld)", period,
+                  radius, (long long)w0[0], (long long)w0[1]);
     }
     /* 1. frame-to-frame steps of this block: pair (t-1, t) measured by the owner of t */
     double cum[2] = {0, 0};
-    int have_prev = 0; /* p->fa holds the spectrum of frame t - 1 */
     for (int64_t k = 0; !st && k < nt; k++) {
         int64_t t = t0 + k;
         if (t == 0) continue;
-        if (!have_prev) {
-            st = window_spectrum(ctx, p, read, user, t - 1, wy0, wx0, p->fa);
-            if (st) break;
-        }
-        st = window_spectrum(ctx, p, read, user, t, wy0, wx0, p->fb);
+        int64_t pw[2]; /* the pair's window, chosen on frame t - 1 */
+        st = pair_window(ctx, p, read, user, t, pw, p->fa);
+        if (st) break;
+        st = window_spectrum(ctx, p, read, user, t, pw[1], pw[0], NULL, p->fb);
         if (st) break;
         const double g0[2] = {0, 0};
         double d[2];
@@ -415,8 +674,6 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         cum[1] += d[1];
         local[2 * k] = cum[0];
         local[2 * k + 1] = cum[1];
-        memcpy(p->fa, p->fb, nc * sizeof(fftwf_complex));
-        have_prev = 1;
         if (tmd_interrupted(ctx)) st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "drift: interrupted at frame %lld", (long long)t);
     }
     st = tmd_agree(ctx, comm, st);
@@ -453,19 +710,59 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
     }
     seg_start[nseg] = T;
     if (nseg > 1) tmd_debug(ctx, "drift: %lld keyframe segments", (long long)nseg);
+    /* each segment's window: where its keyframe and its last frame both show the most lattice
+     * (the same content, read at the chained offset); its support: the content (keyframe
+     * coordinates) that every frame of the segment shows at its integer chained offset, so that
+     * every registration within the segment weights the same content the same way */
+    st = tmd_calloc(ctx, (void **)&wseg, (size_t)nseg * 10, sizeof(int64_t), "drift segment windows");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    sup = wseg + 2 * nseg;   /* (nseg, 4) segment supports */
+    lsup = wseg + 6 * nseg;  /* (nseg, 4) link supports: segment s-1's content shown by segment s */
+    for (int64_t s = 0; !st && s < nseg; s++) {
+        int64_t key = seg_start[s], last = seg_start[s + 1] - 1;
+        int64_t ox = llround(chain[2 * last] - chain[2 * key]), oy = llround(chain[2 * last + 1] - chain[2 * key + 1]);
+        st = choose_window(ctx, comm, p, read, user, key, last > key ? last : -1, ox, oy, 5, &wseg[2 * s], NULL);
+        if (!st && (wseg[2 * s] != (W - n) / 2 || wseg[2 * s + 1] != (H - n) / 2))
+            tmd_debug(ctx, "drift: segment %lld (frames %lld-%lld) registered in the window at (%lld, %lld)", (long long)s,
+                      (long long)key, (long long)last, (long long)wseg[2 * s], (long long)wseg[2 * s + 1]);
+        int64_t *u = sup + 4 * s;
+        u[0] = 0, u[1] = W, u[2] = 0, u[3] = H;
+        for (int64_t t = key; t <= last; t++) {
+            int64_t fx = llround(chain[2 * t] - chain[2 * key]), fy = llround(chain[2 * t + 1] - chain[2 * key + 1]);
+            if (t == key) fx = fy = 0;
+            u[0] = u[0] > -fx ? u[0] : -fx;
+            u[1] = u[1] < W - fx ? u[1] : W - fx;
+            u[2] = u[2] > -fy ? u[2] : -fy;
+            u[3] = u[3] < H - fy ? u[3] : H - fy;
+        }
+        if (s > 0) {
+            int64_t prev = seg_start[s - 1], *l = lsup + 4 * s;
+            memcpy(l, sup + 4 * (s - 1), 4 * sizeof(int64_t));
+            for (int64_t t = key; t <= last; t++) {
+                int64_t fx = llround(chain[2 * t] - chain[2 * prev]), fy = llround(chain[2 * t + 1] - chain[2 * prev + 1]);
+                l[0] = l[0] > -fx ? l[0] : -fx;
+                l[1] = l[1] < W - fx ? l[1] : W - fx;
+                l[2] = l[2] > -fy ? l[2] : -fy;
+                l[3] = l[3] < H - fy ? l[3] : H - fy;
+            }
+        }
+    }
+    if (st) goto cleanup;
     /* 3. every own frame against its keyframe's window content */
-    int64_t cur_key = -1;
+    int64_t cur_key = -1, sh[4];
     for (int64_t k = 0; !st && k < nt; k++) {
         int64_t t = t0 + k, s = seg_of[t], key = seg_start[s];
+        int64_t wx0 = wseg[2 * s], wy0 = wseg[2 * s + 1];
         if (key != cur_key) {
-            st = window_spectrum(ctx, p, read, user, key, wy0, wx0, fk);
+            st = window_spectrum(ctx, p, read, user, key, wy0, wx0, sup + 4 * s, fk);
             cur_key = key;
             if (st) break;
         }
         double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
-        int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
+        int64_t ox = llround(dx), oy = llround(dy);
         if (t == key) continue; /* rel = 0 */
-        st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+        st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, shifted(sup + 4 * s, ox, oy, sh), p->fb);
         if (st) break;
         double g[2] = {dx - ox, dy - oy}, d[2];
         st = reg_spectra(ctx, p, p->fb, fk, g, radius, d);
@@ -475,8 +772,19 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
     }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    st = tmd_calloc(ctx, (void **)&m, (size_t)nseg * 2, sizeof(double), "drift keyframe offsets");
+    st = tmd_calloc(ctx, (void **)&m, (size_t)nseg * 4, sizeof(double), "drift keyframe offsets");
     if (!st) st = tmd_calloc(ctx, (void **)&K, (size_t)nseg * 2, sizeof(double), "drift keyframes");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    double *m2 = m + 2 * nseg; /* (nseg, 2) keyframe s-1 against its link mean (link s) */
+    /* fixed-point scale from frame 0's spectrum: |mean| stays within 4 max|F0| */
+    double qscale = 1;
+    {
+        st = window_spectrum(ctx, p, read, user, 0, wseg[1], wseg[0], sup, fk);
+        double fmax = 0;
+        for (size_t i = 0; !st && i < nc; i++) fmax = fmax > cabsf(fk[i]) ? fmax : cabsf(fk[i]);
+        qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1;
+    }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
     /* 4. segment means: every frame's window aligned to its keyframe, averaged (fixed point,
@@ -487,43 +795,24 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         st = tmd_calloc(ctx, (void **)&qsum, qn, sizeof(int64_t), "drift mean references");
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
-        /* scale from frame 0's spectrum: |mean| stays within 4 max|F0| */
-        st = window_spectrum(ctx, p, read, user, 0, wy0, wx0, fk);
-        double fmax = 0;
-        for (size_t i = 0; i < nc; i++) fmax = fmax > cabsf(fk[i]) ? fmax : cabsf(fk[i]);
-        double qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1;
         for (int64_t k = 0; !st && k < nt; k++) {
             int64_t t = t0 + k, s = seg_of[t], key = seg_start[s], len = seg_start[s + 1] - key;
             double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
-            int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
+            int64_t ox = llround(dx), oy = llround(dy), wx0 = wseg[2 * s], wy0 = wseg[2 * s + 1];
             if (t == key) ox = oy = 0;
-            double rx = rel[2 * k] - ox, ry = rel[2 * k + 1] - oy;
-            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, shifted(sup + 4 * s, ox, oy, sh), p->fb);
             if (st) break;
-            int64_t *q = qsum + (size_t)s * 2 * nc;
-            for (int ky = 0; ky < n; ky++)
-                for (int kx = 0; kx < p->nh; kx++) {
-                    size_t i = (size_t)ky * p->nh + kx;
-                    double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
-                    double complex v = p->fb[i] * cexp(I * ph) / (double)len;
-                    q[2 * i] += llround(creal(v) * qscale);
-                    q[2 * i + 1] += llround(cimag(v) * qscale);
-                }
+            accumulate(p, p->fb, rel[2 * k] - ox, rel[2 * k + 1] - oy, len, qscale, qsum + (size_t)s * 2 * nc);
         }
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
-        /* reduce in pieces of at most 2^27 values (MPI counts are int) */
-        for (size_t o = 0; o < qn && !st; o += (size_t)1 << 27) {
-            size_t cnt = qn - o < ((size_t)1 << 27) ? qn - o : ((size_t)1 << 27);
-            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, qsum + o, (int)cnt, MPI_INT64_T, MPI_SUM, comm));
-        }
+        st = allreduce_q(ctx, comm, qsum, qn);
         if (st) goto cleanup;
         /* m_k: keyframe against its mean (every rank, every segment: the same numbers) */
         const double g0[2] = {0, 0};
         for (int64_t s = 0; !st && s < nseg; s++) {
-            const int64_t *q = qsum + (size_t)s * 2 * nc;
-            for (size_t i = 0; i < nc; i++) fm[i] = (float)(q[2 * i] / qscale) + I * (float)(q[2 * i + 1] / qscale);
-            st = window_spectrum(ctx, p, read, user, seg_start[s], wy0, wx0, fk);
+            dequantise(p, qsum + (size_t)s * 2 * nc, qscale, fm);
+            st = window_spectrum(ctx, p, read, user, seg_start[s], wseg[2 * s + 1], wseg[2 * s], sup + 4 * s, fk);
             if (!st) st = reg_spectra(ctx, p, fk, fm, g0, radius, &m[2 * s]);
         }
         /* own frames against their segment mean */
@@ -532,13 +821,13 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
             int64_t t = t0 + k, s = seg_of[t], key = seg_start[s];
             if (t == key) continue;
             if (s != cur) {
-                const int64_t *q = qsum + (size_t)s * 2 * nc;
-                for (size_t i = 0; i < nc; i++) fm[i] = (float)(q[2 * i] / qscale) + I * (float)(q[2 * i + 1] / qscale);
+                dequantise(p, qsum + (size_t)s * 2 * nc, qscale, fm);
                 cur = s;
             }
             double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
-            int64_t ox = clamp64((int64_t)llround(dx), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(dy), -wy0, H - n - wy0);
-            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
+            int64_t ox = llround(dx), oy = llround(dy);
+            st = window_spectrum(ctx, p, read, user, t, wseg[2 * s + 1] + oy, wseg[2 * s] + ox,
+                                 shifted(sup + 4 * s, ox, oy, sh), p->fb);
             if (st) break;
             double g[2] = {rel[2 * k] - ox + m[2 * s], rel[2 * k + 1] - oy + m[2 * s + 1]}, d[2];
             st = reg_spectra(ctx, p, p->fb, fm, g, radius, d);
@@ -549,65 +838,72 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
     }
-    /* 5. keyframes chained: segment s's frames are read once more where the previous
-     *    segment's content sits in them (a small residual shift, so the apodisation does not
-     *    bias it), aligned with their drift relative to keyframe s plus the chained step
-     *    dc = chain(key s) - chain(key s-1), and averaged into M'_s. Then M'_s against M_s-1
-     *    gives e = K_s - K_s-1 - dc + m_s-1. Without mean references the keyframe alone is used. */
+    /* 5. keyframes chained: for link s, the content of segment s-1 that every frame of segment
+     *    s still shows (link support). Segment s's frames are read where that content sits in
+     *    them (a small residual shift, so the apodisation does not bias it), aligned with their
+     *    drift relative to keyframe s plus the chained step dc = chain(key s) - chain(key s-1),
+     *    and averaged into M'_s; segment s-1's frames are averaged over the same support into
+     *    M''_s-1 (aligned as in 4). M'_s against M''_s-1 gives e = K_s - K_s-1 - dc + m''_s-1,
+     *    with m''_s-1 = keyframe s-1 against M''_s-1. Without mean references the keyframes
+     *    alone are used. */
     if (nseg > 1) {
         size_t qn = (size_t)nseg * 2 * nc;
-        int64_t *q2 = NULL; /* (nseg, n, nh, 2) M'_s */
-        double qscale = 0;
+        int64_t *q2 = NULL, *q3 = NULL; /* (nseg, n, nh, 2) M'_s, M''_s-1 (indexed by s) */
         st = tmd_calloc(ctx, (void **)&q2, qn, sizeof(int64_t), "drift keyframe links");
-        if (!st) st = window_spectrum(ctx, p, read, user, 0, wy0, wx0, fk);
-        double fmax = 0;
-        for (size_t i = 0; !st && i < nc; i++) fmax = fmax > cabsf(fk[i]) ? fmax : cabsf(fk[i]);
-        qscale = fmax > 0 ? 0x1p40 / (fmax * 4) : 1;
+        if (!st) st = tmd_calloc(ctx, (void **)&q3, qn, sizeof(int64_t), "drift keyframe links");
         for (int64_t k = 0; !st && k < nt; k++) {
-            int64_t t = t0 + k, s = seg_of[t];
-            if (s == 0) continue;
-            int64_t key = seg_start[s], prev = seg_start[s - 1];
+            int64_t t = t0 + k, s = seg_of[t], key = seg_start[s];
             if (!use_mean && t != key) continue;
-            int64_t len = use_mean ? seg_start[s + 1] - key : 1;
-            double dcx = chain[2 * key] - chain[2 * prev], dcy = chain[2 * key + 1] - chain[2 * prev + 1];
-            double ex = dcx + rel[2 * k], ey = dcy + rel[2 * k + 1]; /* drift of t relative to key s-1, estimated */
-            int64_t ox = clamp64((int64_t)llround(ex), -wx0, W - n - wx0), oy = clamp64((int64_t)llround(ey), -wy0, H - n - wy0);
-            st = window_spectrum(ctx, p, read, user, t, wy0 + oy, wx0 + ox, p->fb);
-            if (st) break;
-            double rx = ex - ox, ry = ey - oy;
-            int64_t *q = q2 + (size_t)s * 2 * nc;
-            for (int ky = 0; ky < n; ky++)
-                for (int kx = 0; kx < p->nh; kx++) {
-                    size_t i = (size_t)ky * p->nh + kx;
-                    double ph = 2 * M_PI * (signed_freq(ky, n) * ry + kx * rx) / n;
-                    double complex v = p->fb[i] * cexp(I * ph) / (double)len;
-                    q[2 * i] += llround(creal(v) * qscale);
-                    q[2 * i + 1] += llround(cimag(v) * qscale);
-                }
+            /* as a frame of segment s: M'_s */
+            if (s > 0) {
+                int64_t prev = seg_start[s - 1];
+                int64_t len = use_mean ? seg_start[s + 1] - key : 1;
+                double dcx = chain[2 * key] - chain[2 * prev], dcy = chain[2 * key + 1] - chain[2 * prev + 1];
+                double ex = dcx + rel[2 * k], ey = dcy + rel[2 * k + 1]; /* drift of t relative to key s-1, estimated */
+                int64_t ox = llround(chain[2 * t] - chain[2 * prev]), oy = llround(chain[2 * t + 1] - chain[2 * prev + 1]);
+                st = window_spectrum(ctx, p, read, user, t, wseg[2 * s - 1] + oy, wseg[2 * s - 2] + ox,
+                                     shifted(lsup + 4 * s, ox, oy, sh), p->fb);
+                if (st) break;
+                accumulate(p, p->fb, ex - ox, ey - oy, len, qscale, q2 + (size_t)s * 2 * nc);
+            }
+            /* as a frame of segment s, content of link s+1: M''_s */
+            if (use_mean && s + 1 < nseg) {
+                int64_t len = seg_start[s + 1] - key;
+                double dx = chain[2 * t] - chain[2 * key], dy = chain[2 * t + 1] - chain[2 * key + 1];
+                int64_t ox = llround(dx), oy = llround(dy);
+                if (t == key) ox = oy = 0;
+                st = window_spectrum(ctx, p, read, user, t, wseg[2 * s + 1] + oy, wseg[2 * s] + ox,
+                                     shifted(lsup + 4 * (s + 1), ox, oy, sh), p->fb);
+                if (st) break;
+                accumulate(p, p->fb, rel[2 * k] - ox, rel[2 * k + 1] - oy, len, qscale, q3 + (size_t)(s + 1) * 2 * nc);
+            }
         }
         st = tmd_agree(ctx, comm, st);
-        for (size_t o = 0; o < qn && !st; o += (size_t)1 << 27) {
-            size_t cnt = qn - o < ((size_t)1 << 27) ? qn - o : ((size_t)1 << 27);
-            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, q2 + o, (int)cnt, MPI_INT64_T, MPI_SUM, comm));
-        }
+        if (!st) st = allreduce_q(ctx, comm, q2, qn);
+        if (!st) st = allreduce_q(ctx, comm, q3, qn);
         for (int64_t s = 1; !st && s < nseg; s++) {
             int64_t key = seg_start[s], prev = seg_start[s - 1];
-            const int64_t *q1 = q2 + (size_t)s * 2 * nc;
-            for (size_t i = 0; i < nc; i++) fm2[i] = (float)q1[2 * i] + I * (float)q1[2 * i + 1];
+            dequantise(p, q2 + (size_t)s * 2 * nc, qscale, fm2);
+            st = window_spectrum(ctx, p, read, user, prev, wseg[2 * s - 1], wseg[2 * s - 2], lsup + 4 * s, fk);
+            if (st) break;
+            const double g0[2] = {0, 0};
+            double *ms = m2 + 2 * (s - 1);
             if (use_mean) {
-                const int64_t *q0 = qsum + (size_t)(s - 1) * 2 * nc;
-                for (size_t i = 0; i < nc; i++) fm[i] = (float)q0[2 * i] + I * (float)q0[2 * i + 1];
-            } else {
-                st = window_spectrum(ctx, p, read, user, prev, wy0, wx0, fm);
+                dequantise(p, q3 + (size_t)s * 2 * nc, qscale, fm);
+                st = reg_spectra(ctx, p, fk, fm, g0, radius, ms);
                 if (st) break;
+            } else {
+                memcpy(fm, fk, nc * sizeof(fftwf_complex));
+                ms[0] = ms[1] = 0;
             }
-            double g[2] = {m[2 * s - 2], m[2 * s - 1]}, e[2];
+            double g[2] = {ms[0], ms[1]}, e[2];
             st = reg_spectra(ctx, p, fm2, fm, g, radius, e);
             if (st) break;
-            K[2 * s] = K[2 * s - 2] + (chain[2 * key] - chain[2 * prev]) + e[0] - m[2 * s - 2];
-            K[2 * s + 1] = K[2 * s - 1] + (chain[2 * key + 1] - chain[2 * prev + 1]) + e[1] - m[2 * s - 1];
+            K[2 * s] = K[2 * s - 2] + (chain[2 * key] - chain[2 * prev]) + e[0] - ms[0];
+            K[2 * s + 1] = K[2 * s - 1] + (chain[2 * key + 1] - chain[2 * prev + 1]) + e[1] - ms[1];
         }
         free(q2);
+        free(q3);
     }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -628,6 +924,7 @@ cleanup:
     free(K);
     free(qsum);
     free(counts);
+    free(wseg);
     fftwf_free(fk);
     fftwf_free(fm);
     fftwf_free(fm2);
