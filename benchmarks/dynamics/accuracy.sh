@@ -4,6 +4,8 @@
 # training; 101-107 were used to choose the instability weights and the neighbour blend, so
 # report figures from another block (SEED=111 gives 111-117).
 # ONLY="default fast_drift" runs those conditions only (seeds still numbered by the full list).
+# film_edge: frame 0 shows lattice only in its left ~40 px (vacuum beyond a film edge), the film
+# drifts into the field (2 px/frame): the drift reference (frame 0) is poor.
 # Usage: [SEED=S] [SIZE=N] [FRAMES=T] [ONLY=...] accuracy.sh TMDFLOW_BIN OUTDIR [RANKS]   -> OUTDIR/accuracy.csv
 set -euo pipefail
 BIN=${1:?tmdflow binary}; OUT=${2:?output directory}; RANKS=${3:-1}
@@ -20,6 +22,7 @@ CONDITIONS=(
   "coarse_pixels|--pixel-size 0.15 region_spacing=50 region_prob=0.9"
   "fast_drift|--pixel-size 0.1 drift_vx=2.5 drift_vy=-1.5 drift_step=0.8 region_spacing=40 region_prob=0.9"
   "contaminated|--pixel-size 0.1 contamination=0.3 contamination_cover=0.5 region_spacing=40 region_prob=0.9"
+  "film_edge|--pixel-size 0.1 edge=1 edge_angle=0 edge_offset=-0.56 hole_prob=0 drift_vx=2 drift_vy=0.5 drift_step=0.5 region_spacing=40 region_prob=0.9"
 )
 SIZE=${SIZE:-384}; FRAMES=${FRAMES:-40}
 seed=${SEED:-101}
