@@ -61,15 +61,23 @@ typedef struct tmd_classify_opts {
     double bond_tol;         /* relative tolerance of a bond's length (default 0.35) */
     double bond_angle_tol;   /* tolerance of a bond's direction against the lattice's, degrees (default 25) */
     int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */
-    double n_prior;          /* prior mean of the HAADF exponent (default 1.6) */
-    double n_prior_sd;       /* its standard deviation (default 0.2) */
+    double n_prior;          /* centre of the HAADF exponent's prior (default 1.75) */
+    double n_prior_sd;       /* its half width: flat over n_prior +- n_prior_sd (default 0.25: n 1.5-2.0),
+                                Gaussian edges (sd 0.05) outside. Flat, because for a pure compound the
+                                exponent is not identifiable from the contrast: MoS2 at n and WSe2 at
+                                1.24 n give the same Mo/S2 = W/Se2 ratio and the same likelihood (with n
+                                fitted continuously), so a Gaussian prior (1.6 +- 0.2) named every WSe2
+                                image at n > 1.8 MoS2 (held-out seed 7004) */
     double vote_weight;      /* weight of the segmentation/classifier vote, the mean per-atom log-odds
                                 difference of the two colours (a tie-breaker: default 0.5) */
     double empty_prob;       /* a detected column whose posterior "empty" exceeds this is a vacancy (default
-                                0.95: the atom finder's detection is evidence of a column, so only strong
+                                0.85: the atom finder's detection is evidence of a column, so only strong
                                 contrast evidence overrules it. At 0.5, 11 real S2 columns of a contaminated
                                 0.061 A/px image (held-out random5) were removed: detection F1 0.966; at 0.95
-                                0.983, and 0.9934 -> 0.9942 on the 12 sims of benchmarks/classify) */
+                                0.983. With the heavy-tailed noise (heavy_tail) an empty site's posterior is
+                                lower (a dark S2 is plausible): at 0.95 the 12 sims of benchmarks/classify
+                                kept true V_X2 sites at contrast ~0 (P 0.87-0.92) as S2, V_X2 F1 0.744; at
+                                0.85 0.799, detection 0.9945 -> 0.9950, random5 0.9889 -> 0.9831) */
     double pixel_size;       /* Angstrom per pixel when known independently of the lattice (given by the
                                 user), else 0. Then the measured lattice constant enters the fit through
                                 Vegard's law (sd a_sd_rel): it tells S from Se where the contrast ratio
@@ -112,6 +120,10 @@ typedef struct tmd_classify_report {
                                 composition minus the best score of any composition whose Vegard
                                 constant differs by more than 1 % (a tie: MoS2 at n 1.75 against
                                 W(S0.5Se1.5)2 at n 2.0 can differ by < 1 log unit at high noise) */
+    double a_post;           /* the posterior mean of the lattice constant over the compositions fitted
+                                (each weighted by exp(score - best)): what the pixel size is refined
+                                with; = a_vegard when the composition is settled, between the
+                                candidates' constants when they tie */
     int64_t n_vm, n_vx, n_vx2; /* vacancies found on this rank */
     int64_t n_dropped;       /* proposed empty sites whose contrast showed a column (this rank) */
     int64_t n_removed;       /* detected columns judged empty, reported as vacancies and removed (this rank) */

@@ -25,6 +25,11 @@
  * 7002, dose 18) let the core collapse to a bin width and the broad part carry the noise
  * (chalcogen 0.55); 0.25: 12 sims species 0.9579, 0.5: 0.9562, 0.15: 0.9552 */
 #define WC_MAX 0.25
+#ifdef TMD_CLASSIFY_DEBUG
+#define QEXP (getenv("TMD_QEXP") ? atof(getenv("TMD_QEXP")) : 0.5)
+#else
+#define QEXP 0.5
+#endif
 
 void tmd_classify_opts_default(tmd_classify_opts *o)
 {
@@ -32,10 +37,10 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->bond_tol = 0.35;
     o->bond_angle_tol = 25.0;
     o->min_fit_atoms = 40;
-    o->n_prior = 1.6;
-    o->n_prior_sd = 0.2;
+    o->n_prior = 1.75;
+    o->n_prior_sd = 0.25;
     o->vote_weight = 0.5;
-    o->empty_prob = 0.95;
+    o->empty_prob = 0.85;
     o->pixel_size = 0.0;
     o->a_sd_rel = 0.0075;
     o->local_radius = 4.0;
@@ -59,6 +64,7 @@ typedef struct {
     double n, s, sa2, rho, x, y, v, em, ex; /* exponent, scale, abs. variance, rel. noise, composition, vacancies */
     double wc, c2;                           /* heavy tail: share and extra variance of the broad noise component */
     double agap;                             /* score gap to the best model whose Vegard constant differs > 1 % */
+    double apost;                            /* posterior mean of the Vegard constant over the compositions */
     int hyp;                                 /* colour that is the metal sublattice */
     int fixx, fixy;                          /* composition held at its start (a pure end member) */
     double score;
@@ -280,13 +286,56 @@ static double mean_vote(const int64_t *h)
 
 /* Best model over n, rho, starts and both colour assignments. h0, h1: histograms of colours
  * 0 and 1; vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). */
+/* One candidate: EM at exponent n from composition start (x0, y0) (held when fixx / fixy), scored
+ * by likelihood, BIC for a free composition, the exponent's prior, the vote and, when the
+ * pixel size is known, the measured lattice constant against Vegard's law. */
+static model_t fit_one(const tmd_classify_opts *o, const int64_t *hm, const int64_t *hx, int hyp, double n, double x0,
+                       double y0, int fixx, int fixy, double pen_x, double pen_y, double vote, double a_meas)
+{
+    model_t m;
+    memset(&m, 0, sizeof m);
+    m.n = n;
+    m.rho = 0.06;
+    m.x = x0;
+    m.y = y0;
+    m.fixx = fixx;
+    m.fixy = fixy;
+    m.hyp = hyp;
+    m.wc = o->heavy_tail ? 0.1 : 0.0;
+    double ll = em_fit(&m, hm, hx);
+    ll -= (m.fixx ? 0 : pen_x) + (m.fixy ? 0 : pen_y);
+    /* flat within n_prior +- n_prior_sd, Gaussian edges of sd 0.05 outside */
+    double pr = -0.5 * pow(fmax(0.0, fabs(m.n - o->n_prior) - o->n_prior_sd) / 0.05, 2);
+    m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
+    if (a_meas > 0) m.score -= 0.5 * pow((a_meas - tmd_lattice_vegard(m.x, m.y)) / (o->a_sd_rel * a_meas), 2);
+    m.ok = 1;
+#ifdef TMD_CLASSIFY_DEBUG
+    if (getenv("TMD_FITDUMP"))
+        fprintf(stderr, "FIT hyp %d n %.3f x %.3f y %.3f fix %d%d ll %.2f score %.2f wc %.3f c2sd %.4f sa %.4f rho %.3f v %.3f\n",
+                hyp, m.n, m.x, m.y, m.fixx, m.fixy, ll, m.score, m.wc, sqrt(m.c2), sqrt(m.sa2), m.rho, m.v);
+#endif
+    return m;
+}
+
+/* Best model over n, starts and both colour assignments. h0, h1: histograms of colours 0 and 1;
+ * vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). The exponent is searched
+ * on a 0.05 grid, then refined per start by golden section within +-0.05 of its best grid
+ * point: with ~1000 columns the likelihood changes by 25-100 log units over 0.05 in n, so on the
+ * grid alone the composition whose exact optimum fell nearer a grid point won (a MoS2 image at
+ * n 1.61 was named WSe2 at n 2.00 by 4 log units; both reach the same likelihood at their own
+ * exponent: the contrast ratio Mo/S2 at n 1.61 is W/Se2 at n 2.0). */
 static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote, double a_meas)
 {
-    static const double NS[15] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1}, RHO[1] = {0.06};
+    enum { NN = 15, NC = 5, NREF = 8 };
+    static const double NS[NN] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1};
+    /* compositions: free (three starts) or a pure end member (0 or 1, held); a free composition
+     * costs 0.5 ln(columns) (BIC), so a pure compound is not read as an alloy whose minority
+     * species soaks up noise */
+    static const double C0[NC] = {0.05, 0.5, 0.95, 0.0, 1.0};
     model_t best;
     memset(&best, 0, sizeof best);
     best.score = -1e300;
-    double cand_a[2 * 15 * 25], cand_s[2 * 15 * 25];
+    double cand_a[2 * NC * NC], cand_s[2 * NC * NC];
     int ncand = 0;
     for (int hyp = 0; hyp < 2; hyp++) {
         const int64_t *hm = hyp ? h1 : h0, *hx = hyp ? h0 : h1;
@@ -296,47 +345,73 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
             cx += hx[b];
         }
         if (cm == 0 || cx == 0) continue;
-        /* compositions: free (three starts) or a pure end member (0 or 1, held); a free
-         * composition costs 0.5 ln(columns) (BIC), so a pure compound is not read as an alloy
-         * whose minority species soaks up noise */
-        static const double C0[5] = {0.05, 0.5, 0.95, 0.0, 1.0};
         double pen_x = 0.5 * log((double)cm), pen_y = 0.5 * log((double)cx);
-        for (int a = 0; a < 15; a++)
-            for (int r = 0; r < 1; r++)
-                for (int i = 0; i < 5; i++)
-                    for (int j = 0; j < 5; j++) {
-                        model_t m;
-                        memset(&m, 0, sizeof m);
-                        m.n = NS[a];
-                        m.rho = RHO[r];
-                        m.x = C0[i];
-                        m.y = C0[j];
-                        m.fixx = i >= 3;
-                        m.fixy = j >= 3;
-                        m.hyp = hyp;
-                        m.wc = o->heavy_tail ? 0.1 : 0.0;
-                        double ll = em_fit(&m, hm, hx);
-                        ll -= (m.fixx ? 0 : pen_x) + (m.fixy ? 0 : pen_y);
-                        double pr = -0.5 * pow((m.n - o->n_prior) / o->n_prior_sd, 2);
-                        m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
-                        if (a_meas > 0)
-                            m.score -= 0.5 * pow((a_meas - tmd_lattice_vegard(m.x, m.y)) / (o->a_sd_rel * a_meas), 2);
-                        m.ok = 1;
-#ifdef TMD_CLASSIFY_DEBUG
-                        if (getenv("TMD_FITDUMP"))
-                            fprintf(stderr, "FIT hyp %d n %.2f x %.3f y %.3f fix %d%d ll %.2f score %.2f wc %.3f c2sd %.4f sa %.4f rho %.3f v %.3f\n", hyp, m.n, m.x, m.y,
-                                    m.fixx, m.fixy, ll, m.score, m.wc, sqrt(m.c2), sqrt(m.sa2), m.rho, m.v);
-#endif
-                        cand_a[ncand] = tmd_lattice_vegard(m.x, m.y);
-                        cand_s[ncand++] = m.score;
-                        if (m.score > best.score) best = m;
+        for (int i = 0; i < NC; i++)
+            for (int j = 0; j < NC; j++) {
+                model_t bs;
+                bs.score = -1e300;
+                int ba = 0;
+                for (int a = 0; a < NN; a++) {
+                    model_t m = fit_one(o, hm, hx, hyp, NS[a], C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                    if (m.score > bs.score) {
+                        bs = m;
+                        ba = a;
                     }
+                }
+                /* golden section on [n - 0.05, n + 0.05] (clipped to the grid's range) */
+                double lo = NS[ba > 0 ? ba - 1 : 0], hi = NS[ba < NN - 1 ? ba + 1 : NN - 1], g = 0.5 * (sqrt(5.0) - 1);
+                double c1 = hi - g * (hi - lo), c2 = lo + g * (hi - lo);
+                model_t m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                model_t m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                for (int it = 0; it < NREF; it++) {
+                    if (m1.score > bs.score) bs = m1;
+                    if (m2.score > bs.score) bs = m2;
+                    if (m1.score >= m2.score) {
+                        hi = c2;
+                        c2 = c1;
+                        m2 = m1;
+                        c1 = hi - g * (hi - lo);
+                        m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                    } else {
+                        lo = c1;
+                        c1 = c2;
+                        m1 = m2;
+                        c2 = lo + g * (hi - lo);
+                        m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                    }
+                }
+                if (m1.score > bs.score) bs = m1;
+                if (m2.score > bs.score) bs = m2;
+                cand_a[ncand] = tmd_lattice_vegard(bs.x, bs.y);
+                cand_s[ncand++] = bs.score;
+                if (bs.score > best.score) best = bs;
+            }
     }
     {
         double ab = tmd_lattice_vegard(best.x, best.y), alt = -1e300;
         for (int c = 0; c < ncand; c++)
             if (fabs(cand_a[c] - ab) > 0.01 * ab && cand_s[c] > alt) alt = cand_s[c];
         best.agap = alt > -1e299 ? best.score - alt : 1e3;
+        /* posterior mean of a: the candidates grouped by their constant (0.005 A bins; the
+         * starts that reach the same composition count once), each group at its best score */
+        double ga[2 * NC * NC], gs[2 * NC * NC], sw = 0, swa = 0;
+        int ng = 0;
+        for (int c = 0; c < ncand; c++) {
+            int g = 0;
+            while (g < ng && fabs(ga[g] - cand_a[c]) > 0.005) g++;
+            if (g == ng) {
+                ga[ng] = cand_a[c];
+                gs[ng++] = cand_s[c];
+            } else if (cand_s[c] > gs[g]) {
+                gs[g] = cand_s[c];
+            }
+        }
+        for (int g = 0; g < ng; g++) {
+            double w = exp(gs[g] - best.score);
+            sw += w;
+            swa += w * ga[g];
+        }
+        best.apost = sw > 0 ? swa / sw : ab;
     }
     return best;
 }
@@ -459,6 +534,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
 #ifdef TMD_CLASSIFY_DEBUG /* diagnostics: TMD_HT=0|1 overrides heavy_tail */
     tmd_classify_opts oe = *opt;
     if (getenv("TMD_HT")) oe.heavy_tail = atoi(getenv("TMD_HT"));
+    if (getenv("TMD_EP")) oe.empty_prob = atof(getenv("TMD_EP"));
     opt = &oe;
 #endif
     tmd_classify_report rp;
@@ -769,7 +845,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     {
         int64_t *bsize = NULL, *bid = NULL;
         double *params = NULL;
-        int PW = 13;
+        int PW = 14;
         st = tmd_calloc(ctx, (void **)&bsize, (size_t)nframes, sizeof *bsize, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&bid, (size_t)nframes, sizeof *bid, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&params, (size_t)nframes * PW, sizeof *params, "classify");
@@ -811,7 +887,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                     for (int64_t f = 0; f < nframes; f++)
                         if (gcomp[c] == bid[f] && holder[f] == rank) {
                             const model_t *q = &models[sl];
-                            double pv[13] = {q->n, q->s, q->sa2, q->rho, q->x, q->y, q->v, q->em, q->ex, 1.0, q->wc, q->c2, q->agap};
+                            double pv[14] = {q->n, q->s, q->sa2, q->rho, q->x, q->y, q->v, q->em, q->ex, 1.0, q->wc, q->c2, q->agap, q->apost};
                             memcpy(params + f * PW, pv, sizeof pv);
                         }
                 }
@@ -833,6 +909,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                 ref[f].wc = pv[10];
                 ref[f].c2 = pv[11];
                 ref[f].agap = pv[12];
+                ref[f].apost = pv[13];
             }
             if (!st && nframes > 0 && ref[0].ok) {
                 rp.n_exponent = ref[0].n;
@@ -840,6 +917,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                 rp.y_se = ref[0].y;
                 rp.a_vegard = tmd_lattice_vegard(ref[0].x, ref[0].y);
                 rp.vegard_gap = ref[0].agap;
+                rp.a_post = ref[0].apost;
             }
         }
         free(bsize);
@@ -961,7 +1039,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
                 double v;
                 if (np == TMD_SP_COUNT) v = p[k];
                 else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[5] : k == 0 ? p[0] : p[k];
-                q[k] = sqrt(v + 1e-3);
+                q[k] = pow(v + 1e-3, QEXP);
             }
             double tot = 0;
             for (int k = 0; k < TMD_SP_COUNT; k++) tot += (P[k] *= q[k]);

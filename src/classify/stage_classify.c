@@ -207,19 +207,18 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
              "vacancies V_M %lld, V_X %lld, V_X2 %lld",
              (long long)rep.n_components, rep.n_exponent, 1 - rep.x_w, rep.x_w, 2 * (1 - rep.y_se), 2 * rep.y_se,
              rep.a_vegard, (long long)v[0], (long long)v[1], (long long)v[2]);
-    /* Vegard's law refines the pixel size only when the composition is settled: its score beats
-     * every composition with a lattice constant > 1 % away by >= 3 log units (odds 20:1). At high
-     * noise the contrast can tie MoS2 (n 1.75) with W(S,Se)2 (n 2.0), 3 % apart in a (extsim
-     * mos2_80kV: 0.3 log units); then the lattice stage's a = 3.22 A stays (error <= 2.2 %). */
-    if (!strcmp(run->pixel_size_source, "lattice") && rep.a_vegard > 0 && rep.vegard_gap < 3.0)
-        tmd_info(ctx, "pixel size not refined by Vegard's law: the composition is uncertain (a = %.3f A leads "
-                 "another composition's lattice constant by only %.1f log units)", rep.a_vegard, rep.vegard_gap);
-    if (!strcmp(run->pixel_size_source, "lattice") && rep.a_vegard > 0 && rep.vegard_gap >= 3.0) {
+    /* Vegard's law refines the pixel size with the posterior mean of the lattice constant over
+     * the fitted compositions: the composition's own constant when it is settled, a weighted mean
+     * when compositions of different constants tie (at high noise the contrast can tie MoS2 at
+     * n 1.75 with W(S,Se)2 at n 2.0, 3 % apart in a: extsim mos2_80kV; for a pure compound MoS2
+     * at n and WSe2 at 1.24 n always give the same contrast) */
+    if (!strcmp(run->pixel_size_source, "lattice") && rep.a_post > 0) {
         double ps = 0;
-        st = tmd_lattice_run_pixel_size(ctx, run, rep.a_vegard, &ps);
+        st = tmd_lattice_run_pixel_size(ctx, run, rep.a_post, &ps);
         if (!st) {
-            tmd_info(ctx, "pixel size refined by Vegard's law: %.4f -> %.4f A (composition ahead by %.1f log units)",
-                     run->pixel_size, ps, rep.vegard_gap);
+            tmd_info(ctx, "pixel size refined by Vegard's law: %.4f -> %.4f A (a = %.3f A; the composition leads "
+                     "the best one of a > 1 %% different constant by %.1f log units)", run->pixel_size, ps, rep.a_post,
+                     rep.vegard_gap);
             run->pixel_size = ps;
             snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "lattice+Vegard");
         }
