@@ -346,46 +346,58 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
         }
         if (cm == 0 || cx == 0) continue;
         double pen_x = 0.5 * log((double)cm), pen_y = 0.5 * log((double)cx);
+        model_t bs[NC * NC];
+        int ba[NC * NC];
         for (int i = 0; i < NC; i++)
             for (int j = 0; j < NC; j++) {
-                model_t bs;
-                bs.score = -1e300;
-                int ba = 0;
+                model_t *q = &bs[i * NC + j];
+                q->score = -1e300;
+                ba[i * NC + j] = 0;
                 for (int a = 0; a < NN; a++) {
                     model_t m = fit_one(o, hm, hx, hyp, NS[a], C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
-                    if (m.score > bs.score) {
-                        bs = m;
-                        ba = a;
+                    if (m.score > q->score) {
+                        *q = m;
+                        ba[i * NC + j] = a;
                     }
                 }
-                /* golden section on [n - 0.05, n + 0.05] (clipped to the grid's range) */
-                double lo = NS[ba > 0 ? ba - 1 : 0], hi = NS[ba < NN - 1 ? ba + 1 : NN - 1], g = 0.5 * (sqrt(5.0) - 1);
-                double c1 = hi - g * (hi - lo), c2 = lo + g * (hi - lo);
-                model_t m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
-                model_t m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
-                for (int it = 0; it < NREF; it++) {
-                    if (m1.score > bs.score) bs = m1;
-                    if (m2.score > bs.score) bs = m2;
-                    if (m1.score >= m2.score) {
-                        hi = c2;
-                        c2 = c1;
-                        m2 = m1;
-                        c1 = hi - g * (hi - lo);
-                        m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
-                    } else {
-                        lo = c1;
-                        c1 = c2;
-                        m1 = m2;
-                        c2 = lo + g * (hi - lo);
-                        m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
-                    }
-                }
-                if (m1.score > bs.score) bs = m1;
-                if (m2.score > bs.score) bs = m2;
-                cand_a[ncand] = tmd_lattice_vegard(bs.x, bs.y);
-                cand_s[ncand++] = bs.score;
-                if (bs.score > best.score) best = bs;
+                if (q->score > best.score) best = *q;
             }
+        for (int i = 0; i < NC; i++)
+            for (int j = 0; j < NC; j++) {
+                model_t *q = &bs[i * NC + j];
+                /* golden section on [n - 0.05, n + 0.05] (clipped to the grid's range), for the
+                 * starts within 30 log units of the best grid point (the others cannot win) */
+                if (q->score >= best.score - 30.0) {
+                    int a0 = ba[i * NC + j];
+                    double lo = NS[a0 > 0 ? a0 - 1 : 0], hi = NS[a0 < NN - 1 ? a0 + 1 : NN - 1], g = 0.5 * (sqrt(5.0) - 1);
+                    double c1 = hi - g * (hi - lo), c2 = lo + g * (hi - lo);
+                    model_t m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                    model_t m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                    for (int it = 0; it < NREF; it++) {
+                        if (m1.score > q->score) *q = m1;
+                        if (m2.score > q->score) *q = m2;
+                        if (m1.score >= m2.score) {
+                            hi = c2;
+                            c2 = c1;
+                            m2 = m1;
+                            c1 = hi - g * (hi - lo);
+                            m1 = fit_one(o, hm, hx, hyp, c1, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                        } else {
+                            lo = c1;
+                            c1 = c2;
+                            m1 = m2;
+                            c2 = lo + g * (hi - lo);
+                            m2 = fit_one(o, hm, hx, hyp, c2, C0[i], C0[j], i >= 3, j >= 3, pen_x, pen_y, vote, a_meas);
+                        }
+                    }
+                    if (m1.score > q->score) *q = m1;
+                    if (m2.score > q->score) *q = m2;
+                }
+                cand_a[ncand] = tmd_lattice_vegard(q->x, q->y);
+                cand_s[ncand++] = q->score;
+            }
+        for (int c = 0; c < NC * NC; c++)
+            if (bs[c].score > best.score) best = bs[c];
     }
     {
         double ab = tmd_lattice_vegard(best.x, best.y), alt = -1e300;
