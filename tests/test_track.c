@@ -11,6 +11,8 @@
 
 #define T 12
 
+static double strip0 = 1e9; /* frame 0 keeps only atoms with x below this (a film edge) */
+
 static const double A = 30.7, ROT = 0.31;
 
 static void truth_site(int i, int j, int s, double *x, double *y)
@@ -44,6 +46,7 @@ static void make_atoms(tmd_ctx *ctx, tmd_atom_table *a, int64_t **truth_key, dou
                     y += drift[2 * t + 1];
                     float r1 = tmd_test_randf(&rng), r2 = tmd_test_randf(&rng), r3 = tmd_test_randf(&rng);
                     if (x < 0 || y < 0 || x > 400 || y > 400) continue;
+                    if (t == 0 && x > strip0) continue;
                     if (r3 < 0.05f) continue; /* vacancy in this frame */
                     if (counter++ % nranks != rank) continue;
                     int64_t k;
@@ -154,6 +157,47 @@ static void test_empty(void)
     tmd_atom_table_free(&a);
 }
 
+/* Frame 0 shows lattice only in a strip 45 px wide (vacuum beyond a film edge): the basis
+ * refined on every frame's drift-corrected atoms (tmd_track_basis_fit_stack) recovers the
+ * lattice constant to 0.01 px, puts every atom of every frame on its site, and is the same
+ * on 1, 2 and 4 ranks. */
+static void test_stack_basis_poor_frame0(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    double drift[2 * T];
+    tmd_atom_table mine, all;
+    int64_t *key_mine, *key_all;
+    strip0 = 45;
+    make_atoms(&ctx, &mine, &key_mine, drift, tmd_test_rank, tmd_test_size, 1);
+    make_atoms(&ctx, &all, &key_all, drift, 0, 1, 1);
+    strip0 = 1e9;
+    double s = 1.004, r = ROT + 0.005;
+    double a1[2] = {s * A * cos(r), s * A * sin(r)}, a2[2] = {s * A * cos(r + M_PI / 3), s * A * sin(r + M_PI / 3)};
+    tmd_track_basis b, bs;
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, tmd_test_comm, &mine, a1, a2, drift, T, &b), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, MPI_COMM_SELF, &all, a1, a2, drift, T, &bs), TMD_OK);
+    if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG"))
+        printf("\nstack basis |a1| %.4f (true %.4f) from %lld atoms, rms %.3f\n", hypot(b.a1[0], b.a1[1]), A,
+               (long long)b.n_fit, b.rms_px);
+    CU_ASSERT(fabs(hypot(b.a1[0], b.a1[1]) - A) < 0.01);
+    CU_ASSERT(fabs(hypot(b.a2[0], b.a2[1]) - A) < 0.01);
+    CU_ASSERT(b.n_fit > 10 * 40); /* atoms of all frames, not the strip's few */
+    for (int c = 0; c < 2; c++) {
+        CU_ASSERT(fabs(b.a1[c] - bs.a1[c]) < 1e-9);
+        CU_ASSERT(fabs(b.a2[c] - bs.a2[c]) < 1e-9);
+        CU_ASSERT(fabs(b.origin[c] - bs.origin[c]) < 1e-9);
+    }
+    CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
+    int64_t none = 0;
+    for (int64_t k = 0; k < all.n; k++) none += all.site[k] < 0;
+    CU_ASSERT_EQUAL(none, 0);
+    tmd_atom_table_free(&mine);
+    tmd_atom_table_free(&all);
+    free(key_mine);
+    free(key_all);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "track",
@@ -161,5 +205,6 @@ int main(int argc, char **argv)
                                            {"site ids, unlabelled", test_unlabelled},
                                            {"pack/unpack", test_pack},
                                            {"empty frame 0 refused", test_empty},
+                                           {"stack basis, frame 0 a strip", test_stack_basis_poor_frame0},
                                            {0}});
 }

@@ -76,6 +76,7 @@ int main(int argc, char **argv)
     }
     int features = 1, descriptor = 0, run_drift = 0, no_blend = 0, drift_only = 0;
     int64_t max_frames = 0;
+    int basis0 = 0; /* --basis-frame0: the track basis from frame 0 only (as before 2026-11-25 evening) */
     double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
     const char *atoms_from = NULL, *dump = NULL, *dump_drift = NULL;
     for (int i = 2; i < argc; i++) {
@@ -86,7 +87,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
         else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--drift-only")) drift_only = 1; /* register, print the RMSE, stop */
+        else if (!strcmp(argv[i], "--drift-only")) drift_only = 1;
+        else if (!strcmp(argv[i], "--basis-frame0")) basis0 = 1; /* register, print the RMSE, stop */
         else if (!strcmp(argv[i], "--frames") && i + 1 < argc) max_frames = atoll(argv[++i]); /* first N frames (with --drift-only) */
         else if (!strcmp(argv[i], "--dump-drift") && i + 1 < argc) dump_drift = argv[++i]; /* t dx dy true_dx true_dy */
     }
@@ -219,8 +221,17 @@ int main(int argc, char **argv)
     c0 = MPI_Wtime();
     u0 = cpu_now();
     tmd_track_basis b;
-    st = tmd_track_basis_fit(&ctx, comm, &a, a1, a2, &b);
+    if (basis0) st = tmd_track_basis_fit(&ctx, comm, &a, a1, a2, &b);
+    else st = tmd_track_basis_fit_stack(&ctx, comm, &a, a1, a2, drift, T, &b);
     if (!st) st = tmd_track_assign(&ctx, &b, drift, T, 0.45, &a);
+    if (!st) {
+        int64_t on[2] = {0, a.n};
+        for (int64_t q = 0; q < a.n; q++) on[0] += a.site[q] >= 0;
+        MPI_Allreduce(MPI_IN_PLACE, on, 2, MPI_INT64_T, MPI_SUM, comm);
+        if (ctx.rank == 0)
+            printf("  track: %lld of %lld atoms on lattice sites (basis from %lld atoms, rms %.2f px)\n", (long long)on[0],
+                   (long long)on[1], (long long)b.n_fit, b.rms_px);
+    }
     t[2] = MPI_Wtime() - c0;
     cpu[2] = cpu_now() - u0;
     tmd_config cfg;

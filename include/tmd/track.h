@@ -56,6 +56,15 @@ int64_t tmd_track_nearest(const tmd_track_basis *b, double x, double y, double *
 tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
                                const double a2[2], tmd_track_basis *out);
 
+/* Collective over comm. tmd_track_basis_fit on frame 0 (phase, first least squares), then the
+ * least squares again on the drift-corrected atoms (x, y) - drift[frame] of every frame 0..T-1,
+ * over a region growing by factors of 2 from the one frame 0's atoms cover, so that a1, a2 are
+ * measured over the whole area the stack shows (a frame 0 that shows little lattice no longer
+ * sets them alone). n_fit and rms_px then count all those atoms. drift (T, 2); NULL or T < 2:
+ * as tmd_track_basis_fit. */
+tmd_status tmd_track_basis_fit_stack(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
+                                     const double a2[2], const double *drift, int64_t T, tmd_track_basis *out);
+
 /* Not collective. Sets atoms->site for every row: the site nearest to (x, y) - drift[frame],
  * or -1 when it is farther than tol * bond (tol ~ 0.45). drift is (T, 2); a frame outside
  * 0..T-1 is an error naming it. */

@@ -161,7 +161,8 @@ tmd_status tmd_stage_track(tmd_ctx *ctx, tmd_run *run)
         memcpy(a1, lat.a1, sizeof a1);
         memcpy(a2, lat.a2, sizeof a2);
     }
-    st = tmd_track_basis_fit(ctx, run->comm, &run->atoms, a1, a2, &run->dyn->basis);
+    /* phase from frame 0, lattice vectors refined on every frame's drift-corrected atoms */
+    st = tmd_track_basis_fit_stack(ctx, run->comm, &run->atoms, a1, a2, run->drift, run->info.frames, &run->dyn->basis);
     if (!st) st = tmd_track_assign(ctx, &run->dyn->basis, run->drift, run->info.frames, 0.45, &run->atoms);
     st = tmd_agree(ctx, run->comm, st);
     if (!st) {
@@ -171,7 +172,7 @@ tmd_status tmd_stage_track(tmd_ctx *ctx, tmd_run *run)
         n = run->atoms.n;
         int64_t l[2] = {n, none};
         MPI_Allreduce(l, g, 2, MPI_INT64_T, MPI_SUM, run->comm);
-        tmd_info(ctx, "track: %lld atoms on lattice sites (%lld off-lattice); basis from %lld frame-0 atoms, rms %.2f px",
+        tmd_info(ctx, "track: %lld atoms on lattice sites (%lld off-lattice); basis from %lld atoms of all frames, rms %.2f px",
                  (long long)(g[0] - g[1]), (long long)g[1], (long long)run->dyn->basis.n_fit, run->dyn->basis.rms_px);
     }
     return st;

@@ -86,6 +86,68 @@ static double circ_dist(double a, double b)
     return d > 0.5 ? 1 - d : d;
 }
 
+/* Least squares p0 = o + U a1 + V a2 (+ c on B) over atoms near their sites (0.35 bond), `iters`
+ * times. drift == NULL: the frame-0 atoms. Otherwise the drift-corrected atoms of every frame
+ * (p0 = p - drift[frame]) within R of (cx, cy). The origin stays near the atoms' centre of mass
+ * through U, V, so the normal equations are well conditioned. Collective. */
+static tmd_status ls_refine(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double *drift, int64_t T,
+                            double cx, double cy, double R, int iters, tmd_track_basis *out)
+{
+    tmd_status st = TMD_OK;
+    for (int iter = 0; iter < iters; iter++) {
+        double bond = sqrt(pow((out->a1[0] + out->a2[0]) / 3, 2) + pow((out->a1[1] + out->a2[1]) / 3, 2));
+        out->bond = bond;
+        double S[13] = {0}; /* n, U, V, UU, UV, VV, X, UX, VX, Y, UY, VY, r^2 */
+        for (int64_t k = 0; k < atoms->n; k++) {
+            double X = atoms->x[k], Y = atoms->y[k];
+            if (!drift) {
+                if (atoms->frame[k] != 0) continue;
+            } else {
+                int64_t t = atoms->frame[k];
+                if (t < 0 || t >= T) continue;
+                X -= drift[2 * t];
+                Y -= drift[2 * t + 1];
+                if ((X - cx) * (X - cx) + (Y - cy) * (Y - cy) > R * R) continue;
+            }
+            double d;
+            int64_t id = tmd_track_nearest(out, X, Y, &d);
+            if (d > 0.35 * bond) continue;
+            int64_t i, j;
+            int s;
+            tmd_site_unpack(id, &i, &j, &s);
+            double U = (double)i + (s == 2 ? out->c : 0), V = (double)j + (s == 2 ? out->c : 0);
+            S[0] += 1; S[1] += U; S[2] += V; S[3] += U * U; S[4] += U * V; S[5] += V * V;
+            S[6] += X; S[7] += U * X; S[8] += V * X; S[9] += Y; S[10] += U * Y; S[11] += V * Y;
+            S[12] += d * d;
+        }
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, S, 13, MPI_DOUBLE, MPI_SUM, comm));
+        if (st) return st;
+        out->n_fit = (int64_t)S[0];
+        out->rms_px = S[0] > 0 ? sqrt(S[12] / S[0]) : 0;
+        if (S[0] < 8) break;
+        /* solve [n U V; U UU UV; V UV VV] [o a1 a2] = [X UX VX] (and Y) by Cramer's rule */
+        double m[3][3] = {{S[0], S[1], S[2]}, {S[1], S[3], S[4]}, {S[2], S[4], S[5]}};
+        double D = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+                   m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        if (!(fabs(D) > 1e-9 * S[0] * S[3] * S[5])) break; /* atoms on one line: keep the given vectors */
+        for (int c = 0; c < 2; c++) {
+            double r[3] = {S[6 + 3 * c], S[7 + 3 * c], S[8 + 3 * c]}, sol[3];
+            for (int q = 0; q < 3; q++) {
+                double mm[3][3];
+                memcpy(mm, m, sizeof mm);
+                for (int row = 0; row < 3; row++) mm[row][q] = r[row];
+                sol[q] = (mm[0][0] * (mm[1][1] * mm[2][2] - mm[1][2] * mm[2][1]) -
+                          mm[0][1] * (mm[1][0] * mm[2][2] - mm[1][2] * mm[2][0]) +
+                          mm[0][2] * (mm[1][0] * mm[2][1] - mm[1][1] * mm[2][0])) / D;
+            }
+            out->origin[c] = sol[0];
+            out->a1[c] = sol[1];
+            out->a2[c] = sol[2];
+        }
+    }
+    return TMD_OK;
+}
+
 tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
                                const double a2[2], tmd_track_basis *out)
 {
@@ -158,57 +220,54 @@ tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table
     memcpy(out->a2, a2, sizeof out->a2);
     out->origin[0] = phu * a1[0] + phv * a2[0];
     out->origin[1] = phu * a1[1] + phv * a2[1];
-    /* least squares: p = o + U a1 + V a2 over the frame-0 atoms near their sites; the origin is
-     * kept near the centre of mass of the atoms so that the normal equations are well conditioned */
-    for (int iter = 0; iter < 3; iter++) {
-        double bond = sqrt(pow((out->a1[0] + out->a2[0]) / 3, 2) + pow((out->a1[1] + out->a2[1]) / 3, 2));
-        out->bond = bond;
-        double S[13] = {0}; /* n, U, V, UU, UV, VV, X, UX, VX, Y, UY, VY, r^2 */
-        for (int64_t k = 0; k < atoms->n; k++) {
-            if (atoms->frame[k] != 0) continue;
-            double d;
-            int64_t id = tmd_track_nearest(out, atoms->x[k], atoms->y[k], &d);
-            if (d > 0.35 * bond) continue;
-            int64_t i, j;
-            int s;
-            tmd_site_unpack(id, &i, &j, &s);
-            double U = (double)i + (s == 2 ? out->c : 0), V = (double)j + (s == 2 ? out->c : 0);
-            double X = atoms->x[k], Y = atoms->y[k];
-            S[0] += 1; S[1] += U; S[2] += V; S[3] += U * U; S[4] += U * V; S[5] += V * V;
-            S[6] += X; S[7] += U * X; S[8] += V * X; S[9] += Y; S[10] += U * Y; S[11] += V * Y;
-            S[12] += d * d;
-        }
-        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, S, 13, MPI_DOUBLE, MPI_SUM, comm));
-        if (st) goto cleanup;
-        out->n_fit = (int64_t)S[0];
-        out->rms_px = S[0] > 0 ? sqrt(S[12] / S[0]) : 0;
-        if (S[0] < 8) break;
-        /* solve [n U V; U UU UV; V UV VV] [o a1 a2] = [X UX VX] (and Y) by Cramer's rule */
-        double m[3][3] = {{S[0], S[1], S[2]}, {S[1], S[3], S[4]}, {S[2], S[4], S[5]}};
-        double D = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
-                   m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-        if (!(fabs(D) > 1e-9 * S[0] * S[3] * S[5])) break; /* atoms on one line: keep the given vectors */
-        for (int c = 0; c < 2; c++) {
-            double r[3] = {S[6 + 3 * c], S[7 + 3 * c], S[8 + 3 * c]}, sol[3];
-            for (int q = 0; q < 3; q++) {
-                double mm[3][3];
-                memcpy(mm, m, sizeof mm);
-                for (int row = 0; row < 3; row++) mm[row][q] = r[row];
-                sol[q] = (mm[0][0] * (mm[1][1] * mm[2][2] - mm[1][2] * mm[2][1]) -
-                          mm[0][1] * (mm[1][0] * mm[2][2] - mm[1][2] * mm[2][0]) +
-                          mm[0][2] * (mm[1][0] * mm[2][1] - mm[1][1] * mm[2][0])) / D;
-            }
-            out->origin[c] = sol[0];
-            out->a1[c] = sol[1];
-            out->a2[c] = sol[2];
-        }
-    }
+    /* least squares over the frame-0 atoms near their sites */
+    st = ls_refine(ctx, comm, atoms, NULL, 0, 0, 0, 0, 3, out);
+    if (st) goto cleanup;
     tmd_debug(ctx, "track: basis a1 (%.4f, %.4f) a2 (%.4f, %.4f) origin (%.3f, %.3f) c %.3f from %lld atoms, rms %.3f px",
               out->a1[0], out->a1[1], out->a2[0], out->a2[1], out->origin[0], out->origin[1], out->c,
               (long long)out->n_fit, out->rms_px);
 cleanup:
     free(hist);
     return st;
+}
+
+tmd_status tmd_track_basis_fit_stack(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
+                                     const double a2[2], const double *drift, int64_t T, tmd_track_basis *out)
+{
+    TMD_CHECK(tmd_track_basis_fit(ctx, comm, atoms, a1, a2, out));
+    if (!drift || T < 2) return TMD_OK;
+    /* the region the frame-0 atoms cover: centre and radius (exact reductions) */
+    int64_t q[3] = {0, 0, 0}; /* sum x, sum y in 1/16 px, count */
+    for (int64_t k = 0; k < atoms->n; k++) {
+        if (atoms->frame[k] != 0) continue;
+        q[0] += llround(atoms->x[k] * 16);
+        q[1] += llround(atoms->y[k] * 16);
+        q[2]++;
+    }
+    TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, q, 3, MPI_INT64_T, MPI_SUM, comm)));
+    double cx = q[2] ? q[0] / 16.0 / q[2] : 0, cy = q[2] ? q[1] / 16.0 / q[2] : 0, r[2] = {0, 0};
+    for (int64_t k = 0; k < atoms->n; k++) {
+        int64_t t = atoms->frame[k];
+        if (t < 0 || t >= T) continue;
+        double X = atoms->x[k] - drift[2 * t], Y = atoms->y[k] - drift[2 * t + 1];
+        double d = sqrt((X - cx) * (X - cx) + (Y - cy) * (Y - cy));
+        if (t == 0 && d > r[0]) r[0] = d;
+        if (d > r[1]) r[1] = d;
+    }
+    TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, r, 2, MPI_DOUBLE, MPI_MAX, comm)));
+    /* grow the region by factors of 2 from frame 0's, refining on the atoms of every frame
+     * inside it (drift-corrected), so the basis is measured where it is used, not extrapolated
+     * from frame 0 (a frame 0 that is mostly vacuum gives a few atoms on a strip) */
+    double R = 2 * (r[0] > 4 * out->bond ? r[0] : 4 * out->bond);
+    int64_t n0 = out->n_fit;
+    for (int round = 0; round < 24; round++) {
+        TMD_CHECK(ls_refine(ctx, comm, atoms, drift, T, cx, cy, R, 2, out));
+        if (R > r[1]) break;
+        R *= 2;
+    }
+    tmd_debug(ctx, "track: basis refined on every frame's drift-corrected atoms: %lld atoms (frame 0: %lld), rms %.3f px",
+              (long long)out->n_fit, (long long)n0, out->rms_px);
+    return TMD_OK;
 }
 
 tmd_status tmd_track_assign(tmd_ctx *ctx, const tmd_track_basis *b, const double *drift, int64_t T, double tol,
