@@ -61,13 +61,13 @@ typedef struct tmd_classify_opts {
     double bond_tol;         /* relative tolerance of a bond's length (default 0.35) */
     double bond_angle_tol;   /* tolerance of a bond's direction against the lattice's, degrees (default 25) */
     int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */
-    double n_prior;          /* centre of the HAADF exponent's prior (default 1.75) */
-    double n_prior_sd;       /* its half width: flat over n_prior +- n_prior_sd (default 0.25: n 1.5-2.0),
-                                Gaussian edges (sd 0.05) outside. Flat, because for a pure compound the
-                                exponent is not identifiable from the contrast: MoS2 at n and WSe2 at
-                                1.24 n give the same Mo/S2 = W/Se2 ratio and the same likelihood (with n
-                                fitted continuously), so a Gaussian prior (1.6 +- 0.2) named every WSe2
-                                image at n > 1.8 MoS2 (held-out seed 7004) */
+    double n_prior;          /* prior mean of the HAADF exponent (default 1.75) */
+    double n_prior_sd;       /* its standard deviation (default 0.25). For a pure compound the exponent is
+                                not identifiable from the contrast: MoS2 at n and WSe2 at 1.24 n give the
+                                same Mo/S2 = W/Se2 ratio and (n fitted continuously) the same likelihood,
+                                so without a pixel size this prior decides: the twin nearer 1.75 wins
+                                (MoS2 above n 1.56, WSe2 below 1.94). The earlier 1.6 +- 0.2 named every
+                                WSe2 at n > 1.77 MoS2 (held-out seed 7004) */
     double vote_weight;      /* weight of the segmentation/classifier vote, the mean per-atom log-odds
                                 difference of the two colours (a tie-breaker: default 0.5) */
     double empty_prob;       /* a detected column whose posterior "empty" exceeds this is a vacancy (default

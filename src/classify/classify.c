@@ -304,8 +304,7 @@ static model_t fit_one(const tmd_classify_opts *o, const int64_t *hm, const int6
     m.wc = o->heavy_tail ? 0.1 : 0.0;
     double ll = em_fit(&m, hm, hx);
     ll -= (m.fixx ? 0 : pen_x) + (m.fixy ? 0 : pen_y);
-    /* flat within n_prior +- n_prior_sd, Gaussian edges of sd 0.05 outside */
-    double pr = -0.5 * pow(fmax(0.0, fabs(m.n - o->n_prior) - o->n_prior_sd) / 0.05, 2);
+    double pr = -0.5 * pow((m.n - o->n_prior) / o->n_prior_sd, 2);
     m.score = ll + pr + (hyp == 0 ? 0.5 : -0.5) * o->vote_weight * vote;
     if (a_meas > 0) m.score -= 0.5 * pow((a_meas - tmd_lattice_vegard(m.x, m.y)) / (o->a_sd_rel * a_meas), 2);
     m.ok = 1;
