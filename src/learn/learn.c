@@ -12,32 +12,21 @@
 static uint64_t h64(uint64_t a, uint64_t b) { return tmd_nn_hash(a * 0x9e3779b97f4a7c15ULL ^ tmd_nn_hash(b)); }
 static double u01(uint64_t a, uint64_t b, uint64_t c) { return (h64(h64(a, b), c) >> 11) * (1.0 / 9007199254740992.0); }
 
-/* Dihedral transform k (0..7) of a square (n x n) array, out-of-place through tmp. */
-static void dihedral_f(float *a, int n, int k, float *tmp)
+/* Dihedral transform k (0..7) of a square (n x n) array of esize-byte elements (the image
+ * and its class mask get the same transform), out-of-place through tmp. */
+static void dihedral(void *a, size_t esize, int n, int k, void *tmp)
 {
     if (!k) return;
+    unsigned char *src = a, *dst = tmp;
     for (int y = 0; y < n; y++)
         for (int x = 0; x < n; x++) {
             int sx = x, sy = y;
             if (k & 1) sx = n - 1 - sx;
             if (k & 2) sy = n - 1 - sy;
             if (k & 4) { int t = sx; sx = sy; sy = t; }
-            tmp[y * n + x] = a[sy * n + sx];
+            memcpy(dst + ((size_t)y * n + x) * esize, src + ((size_t)sy * n + sx) * esize, esize);
         }
-    memcpy(a, tmp, sizeof(float) * n * n);
-}
-static void dihedral_u8(uint8_t *a, int n, int k, uint8_t *tmp)
-{
-    if (!k) return;
-    for (int y = 0; y < n; y++)
-        for (int x = 0; x < n; x++) {
-            int sx = x, sy = y;
-            if (k & 1) sx = n - 1 - sx;
-            if (k & 2) sy = n - 1 - sy;
-            if (k & 4) { int t = sx; sx = sy; sy = t; }
-            tmp[y * n + x] = a[sy * n + sx];
-        }
-    memcpy(a, tmp, (size_t)n * n);
+    memcpy(a, tmp, (size_t)n * n * esize);
 }
 
 /* Intensity augmentation of an image in [0,1]: gamma, contrast, offset, blur, noise; all
@@ -88,8 +77,8 @@ tmd_status tmd_learn_example(tmd_ctx *ctx, const tmd_learn_opts *o, int val, int
         TMD_CHECK(tmd_sim_training_tile(ctx, seed, e, (int)o->tile, px, img, cls));
         if (!val && o->augment) {
             int k = (int)(u01(seed, e, 2) * 8) & 7;
-            dihedral_f(img, (int)o->tile, k, tmp);
-            dihedral_u8(cls, (int)o->tile, k, (uint8_t *)tmp);
+            dihedral(img, sizeof(float), (int)o->tile, k, tmp);
+            dihedral(cls, 1, (int)o->tile, k, tmp);
             augment_intensity(img, (int)o->tile, seed, e, tmp);
         }
         return TMD_OK;
@@ -99,7 +88,7 @@ tmd_status tmd_learn_example(tmd_ctx *ctx, const tmd_learn_opts *o, int val, int
     if (!val && o->augment)
         for (int i = 0; i < o->per_tile; i++) {
             int64_t ee = e * o->per_tile + i;
-            dihedral_f(img + (int64_t)i * P * P, P, (int)(u01(seed, ee, 2) * 8) & 7, tmp);
+            dihedral(img + (int64_t)i * P * P, sizeof(float), P, (int)(u01(seed, ee, 2) * 8) & 7, tmp);
             augment_intensity(img + (int64_t)i * P * P, P, seed, ee, tmp);
         }
     return TMD_OK;
