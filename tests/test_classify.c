@@ -5,8 +5,8 @@
  * vacancies V_M, V_X, V_X2 are found, and no site is both a vacancy and a column; a contaminated half is helped by
  * the local noise estimate; two grains with swapped
  * sublattices are both right (components split); and ranks split by domain boxes with ghosts
- * give exactly the serial answer.
- * TMD_TEST_RANKS: 1 2 3
+ * give exactly the serial answer, also for vacancies right on the rank edges.
+ * TMD_TEST_RANKS: 1 2 3 4
  * TMD_TEST_TIMEOUT: 120
  */
 #include <math.h>
@@ -23,7 +23,16 @@ typedef struct {
     int twin;        /* 1: right half has A and B swapped (mirror grain) */
     double patch_noise; /* extra additive noise (Mo units) on the left half: a contaminated patch */
     unsigned seed;
+    int nlines;         /* every site within 1.5 px of x = line[k] is empty (V_M on A, V_X2 on B) */
+    double line[8];
 } scene_t;
+
+static int on_line(const scene_t *sc, double x)
+{
+    for (int k = 0; k < sc->nlines; k++)
+        if (fabs(x - sc->line[k]) < 1.5) return 1;
+    return 0;
+}
 
 typedef struct {
     int64_t n;
@@ -71,6 +80,12 @@ static void make_scene(const scene_t *sc, truth_t *t)
                 }
                 double Iv;
                 int sp;
+                if (on_line(sc, x)) {
+                    t->vx[t->nv] = x;
+                    t->vy[t->nv] = y;
+                    t->vt[t->nv++] = isA ? TMD_DEF_VM : TMD_DEF_VX2;
+                    continue;
+                }
                 if (isA) {
                     if (tmd_test_randf(&s) < sc->p_vm) {
                         t->vx[t->nv] = x;
@@ -506,6 +521,88 @@ static void test_ranks_agree(void)
     free_truth(&t);
 }
 
+/* Vacancies exactly on the rank edges (the pixel rule's boundary x = lo - 0.5 of 2, 3 and 4
+ * equal strips): a site's proposals (its neighbours' missing bond partners, sd ~ 0.5 px) fall
+ * on both sides of the edge. Each rank must see all of them, average, and own the site by the
+ * averaged position: every planted V_M / V_X2 is found once, of its type, at exactly the
+ * serial position, at any rank count (filtering the proposals by ownership before averaging
+ * moved such a site or lost it, depending on the number of ranks). */
+static void test_vacancy_on_rank_edge(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    scene_t s = base_scene();
+    s.x_w = 0.2;
+    s.y_se = 0.4;
+    s.seed = 7;
+    const double edges[5] = {100, 133, 200, 266, 300}; /* strips of 400 px over 2, 3, 4 ranks */
+    s.nlines = 5;
+    for (int k = 0; k < 5; k++) s.line[k] = edges[k] - 0.5;
+    truth_t t;
+    make_scene(&s, &t);
+    tmd_lattice lat;
+    lattice_of(&s, &lat);
+    double gd = tmd_classify_ghost_distance(&lat), bond = s.period / sqrt(3.0);
+    tmd_atom_table sa, sg;
+    tmd_atom_table_init(&sa, 0);
+    tmd_atom_table_init(&sg, 0);
+    split(&t, NULL, 0, &sa, &sg, NULL);
+    tmd_defect_table sd;
+    tmd_defect_table_init(&sd);
+    CU_ASSERT_EQUAL_FATAL(tmd_classify(&ctx, MPI_COMM_SELF, NULL, 1, &lat, NULL, s.size, s.size, &sa, &sg, &sd, NULL), TMD_OK);
+    /* the serial run finds every planted vacancy, of its type */
+    int planted = 0, found = 0;
+    for (int64_t v = 0; v < t.nv; v++) {
+        /* (sites within a bond of the frame edge are not looked for) */
+        if (!on_line(&s, t.vx[v]) || t.vy[v] < bond || t.vy[v] > s.size - 1 - bond) continue;
+        planted++;
+        for (int64_t q = 0; q < sd.n; q++)
+            if (sd.type[q] == t.vt[v] && hypot(sd.x[q] - t.vx[v], sd.y[q] - t.vy[v]) < 0.3 * bond) {
+                found++;
+                break;
+            }
+    }
+    CU_ASSERT(planted >= 15);
+    CU_ASSERT_EQUAL(found, planted);
+    tmd_box own;
+    memset(&own, 0, sizeof own);
+    own.hi[0] = 1;
+    own.hi[1] = s.size;
+    own.lo[2] = (int64_t)s.size * tmd_test_rank / tmd_test_size;
+    own.hi[2] = (int64_t)s.size * (tmd_test_rank + 1) / tmd_test_size;
+    tmd_atom_table pa, pg;
+    tmd_atom_table_init(&pa, 0);
+    tmd_atom_table_init(&pg, 0);
+    split(&t, &own, gd, &pa, &pg, NULL);
+    tmd_defect_table pd;
+    tmd_defect_table_init(&pd);
+    CU_ASSERT_EQUAL_FATAL(tmd_classify(&ctx, tmd_test_comm, NULL, 1, &lat, &own, s.size, s.size, &pa, &pg, &pd, NULL), TMD_OK);
+    /* all ranks' vacancies together are exactly the serial ones */
+    int64_t nd = pd.n, ndef = 0;
+    MPI_Allreduce(&nd, &ndef, 1, MPI_INT64_T, MPI_SUM, tmd_test_comm);
+    CU_ASSERT_EQUAL(ndef, sd.n);
+    int missing = 0;
+    for (int64_t k = 0; k < pd.n; k++) {
+        int hit = 0;
+        for (int64_t q = 0; q < sd.n && !hit; q++)
+            hit = sd.type[q] == pd.type[k] && fabs(sd.x[q] - pd.x[k]) < 1e-9 && fabs(sd.y[q] - pd.y[k]) < 1e-9;
+        missing += !hit;
+    }
+    int missing_all = 0;
+    MPI_Allreduce(&missing, &missing_all, 1, MPI_INT, MPI_SUM, tmd_test_comm);
+    CU_ASSERT_EQUAL(missing_all, 0);
+    if (tmd_test_rank == 0)
+        printf("\n    rank edge: %d planted on the edges, %d found serially; %lld vacancies serial, %lld over %d ranks, "
+               "%d not at a serial position\n", planted, found, (long long)sd.n, (long long)ndef, tmd_test_size, missing_all);
+    tmd_atom_table_free(&sa);
+    tmd_atom_table_free(&sg);
+    tmd_atom_table_free(&pa);
+    tmd_atom_table_free(&pg);
+    tmd_defect_table_free(&sd);
+    tmd_defect_table_free(&pd);
+    free_truth(&t);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "classify",
@@ -514,5 +611,6 @@ int main(int argc, char **argv)
                                            {"contaminated patch", test_contaminated_patch},
                                            {"mirror grains", test_twin_grains},
                                            {"ranks agree with serial", test_ranks_agree},
+                                           {"vacancy on a rank edge", test_vacancy_on_rank_edge},
                                            {NULL, NULL}});
 }

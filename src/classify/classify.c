@@ -482,6 +482,15 @@ static int owns(const tmd_box *own, int64_t frame, double x, double y)
            px < own->hi[2];
 }
 
+/* Within `margin` pixels of the box (same pixel rule): a vacancy proposal that may belong to a
+ * site this rank owns once the site's proposals are averaged. */
+static int near_own(const tmd_box *own, int64_t frame, double x, double y, double margin)
+{
+    if (!own) return 1;
+    return frame >= own->lo[0] && frame < own->hi[0] && y + 0.5 >= own->lo[1] - margin && y + 0.5 < own->hi[1] + margin &&
+           x + 0.5 >= own->lo[2] - margin && x + 0.5 < own->hi[2] + margin;
+}
+
 /* Local noise (amorphous contamination adds scatterers whose signal is noise at the scale of a
  * column): the robust variance (1.4826 MAD)^2 of the residuals `mres` of the metal columns
  * within `radius` of (x, y) in frame f (NAN: not a metal; node `skip` left out), minus the
@@ -547,6 +556,26 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     if (getenv("TMD_HT")) oe.heavy_tail = atoi(getenv("TMD_HT"));
     if (getenv("TMD_EP")) oe.empty_prob = atof(getenv("TMD_EP"));
     opt = &oe;
+    if (getenv("TMD_CLASSIFY_SAVE")) { /* this call's inputs (one rank, no ghosts), for offline re-runs */
+        FILE *sf = fopen(getenv("TMD_CLASSIFY_SAVE"), "wb");
+        if (sf) {
+            int64_t hd[5] = {nframes, height, width, atoms->n, atoms->nprob};
+            fwrite(hd, sizeof hd, 1, sf);
+            fwrite(lat, sizeof *lat, (size_t)nframes, sf);
+            fwrite(&opt->pixel_size, sizeof(double), 1, sf);
+            fwrite(&opt->constraint, sizeof(int), 1, sf);
+            fwrite(atoms->frame, sizeof(int32_t), (size_t)atoms->n, sf);
+            fwrite(atoms->x, sizeof(double), (size_t)atoms->n, sf);
+            fwrite(atoms->y, sizeof(double), (size_t)atoms->n, sf);
+            fwrite(atoms->intensity, sizeof(float), (size_t)atoms->n, sf);
+            fwrite(atoms->prob, sizeof(float), (size_t)(atoms->n * atoms->nprob), sf);
+            for (int64_t i = 0; i < atoms->n; i++) {
+                float cv = opt->carry ? opt->carry[i] : 0.0f;
+                fwrite(&cv, sizeof cv, 1, sf);
+            }
+            fclose(sf);
+        }
+    }
 #endif
     tmd_classify_report rp;
     memset(&rp, 0, sizeof rp);
@@ -1153,7 +1182,11 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
             }
             double cx = AX(i) + d[0], cy = AY(i) + d[1];
             if (cx < 0.5 * bond || cy < 0.5 * bond || cx > width - 1 - 0.5 * bond || cy > height - 1 - 0.5 * bond) continue;
-            if (!owns(own, f, cx, cy)) continue;
+            /* kept within one bond of the box: a site's proposals scatter (sd ~ 0.5 px) around
+             * it, and the site is owned by where their average falls (below), so a site on the
+             * rank edge gets all its proposals on both sides, as in a serial run (filtering by
+             * ownership first split them: a vacancy moved or vanished with the rank count) */
+            if (!near_own(own, f, cx, cy, bond)) continue;
             /* any column within 0.45 bond? */
             int occupied = 0;
             int64_t ky = (int64_t)floor(cy / cell), kx = (int64_t)floor(cx / cell);
