@@ -9,7 +9,9 @@
  * dropped by the significance test (and kept without it); a column too dim to be significant
  * is kept beside significant neighbours at bond length and dropped when alone; an empty site
  * there (a dip between the neighbours' probe tails) is dropped even where the probability map
- * claims a column; one column seen as two close peaks gives one atom. */
+ * claims a column; one column seen as two close peaks gives one atom; a dim, unsure patch
+ * inside the lattice is found from its significant rim inwards over rounds of the neighbour
+ * rule (and noise is not, whatever the rounds). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,8 +276,18 @@ static void test_noise_only(void)
                 (long long)b.n, (long long)t.n);
     CU_ASSERT(b.n > t.n * 9 / 10);
     CU_ASSERT(a.n < b.n / 20);
+    /* the lattice of the map does not vouch for itself: with the neighbour rule over many
+     * rounds and weak candidates admitted, noise still gives (almost) nothing, because growth
+     * needs significant columns to start from */
+    tmd_atom_table c;
+    tmd_atom_table_init(&c, 6);
+    ap.min_z = 3, ap.min_z_weak = -2, ap.weak_contrast = -0.1, ap.bond = 12.0, ap.weak_rounds = 6, ap.weak_threshold = 0.3;
+    CU_ASSERT_EQUAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &c), TMD_OK);
+    if (getenv("TMDFLOW_TEST_DEBUG")) fprintf(stderr, "noise, 6 rounds: %lld kept\n", (long long)c.n);
+    CU_ASSERT(c.n < b.n / 20);
     tmd_atom_table_free(&a);
     tmd_atom_table_free(&b);
+    tmd_atom_table_free(&c);
     free(img);
     free(prob);
     free(t.x), free(t.y), free(t.cls);
@@ -327,6 +339,91 @@ static void test_dim_neighbour_rule(void)
     CU_ASSERT_EQUAL(centre, 1);
     CU_ASSERT_EQUAL(alone, 0);
     tmd_atom_table_free(&a);
+    free(img);
+    free(prob);
+    free(t.x), free(t.y), free(t.cls);
+}
+
+/* A dim patch inside the lattice (a contaminated or low-dose region): columns there are too
+ * dim to be significant and the probability map is unsure of them (column probability 0.4).
+ * One round of the neighbour rule keeps only the patch's rim; with weak candidates admitted
+ * (weak_threshold 0.3) and 6 rounds the whole patch is found from its rim inwards, every
+ * column once — and tile by tile with the halo of tmd_atoms_margin the atoms are bit-identical
+ * to the whole image's (the rounds reach further, the margin grows with them). Without
+ * weak_threshold the unsure columns are not candidates at all. */
+static void test_dim_patch_rounds(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const int64_t H = 200, W = 240, M = 10;
+    const double b = 12.0, cy = 100, cx = 120, rp = 36; /* patch: 3 bonds in radius */
+    truth_t t;
+    make_truth(&t, H, W, b, 1000);
+    float *img = render(&t, H, W, 2.0, 3, 0.0);
+    unsigned seed = 21;
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            if (hypot(y - cy, x - cx) < rp + 4) img[y * W + x] *= 0.03f;
+            img[y * W + x] += (float)(0.3 * (tmd_test_randf(&seed) - 0.5));
+        }
+    int64_t PH = H + 2 * M, PW = W + 2 * M, np = PH * PW;
+    float *prob = prob_map(&t, M, PH, PW, 1.0, 2.0);
+    for (int64_t Y = 0; Y < PH; Y++)
+        for (int64_t X = 0; X < PW; X++) {
+            if (hypot((double)(Y - M) - cy, (double)(X - M) - cx) >= rp + 4) continue;
+            int64_t i = Y * PW + X;
+            prob[i] = 1 - 0.4f * (1 - prob[i]);
+            for (int c = 1; c < 6; c++) prob[c * np + i] *= 0.4f;
+        }
+    int64_t inside = 0;
+    for (int64_t k = 0; k < t.n; k++) inside += hypot(t.y[k] - cy, t.x[k] - cx) < rp;
+    tmd_box all = {{0, 0, 0}, {1, H, W}};
+    tmd_atoms_seg seg = {prob, 6, -M, -M, PH, PW, 1.0};
+    tmd_atoms_img im = {img, 0, 0, H, W, H, W};
+    struct {
+        int rounds;
+        double weak_threshold;
+    } pass[3] = {{1, 0.3}, {6, 0}, {6, 0.3}};
+    for (int ps = 0; ps < 3; ps++) {
+        tmd_atoms_params ap = {.threshold = 0.5, .sep = 5, .radius = 4, .refine = 1, .px_area = 0.0144, .min_z = 3,
+                               .min_z_weak = -2, .weak_contrast = -0.1, .bond = b, .weak_rounds = pass[ps].rounds,
+                               .weak_threshold = pass[ps].weak_threshold};
+        tmd_atom_table a;
+        tmd_atom_table_init(&a, 6);
+        CU_ASSERT_EQUAL_FATAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &a), TMD_OK);
+        int64_t found_in = 0, matched = 0;
+        for (int64_t k = 0; k < t.n; k++) {
+            int hit = 0;
+            /* within 0.3 bond: the patch's columns are at SNR ~0.2, their centres noise-limited */
+            for (int64_t i = 0; i < a.n; i++) hit += hypot(a.x[i] - t.x[k], a.y[i] - t.y[k]) < 0.3 * b;
+            matched += hit == 1;
+            if (hypot(t.y[k] - cy, t.x[k] - cx) < rp) found_in += hit > 0;
+        }
+        if (getenv("TMDFLOW_TEST_DEBUG"))
+            fprintf(stderr, "rounds %d, weak_threshold %.1f: %lld atoms, %lld of %lld columns once, %lld of %lld in the patch\n",
+                    pass[ps].rounds, pass[ps].weak_threshold, (long long)a.n, (long long)matched, (long long)t.n,
+                    (long long)found_in, (long long)inside);
+        if (ps < 2) {
+            CU_ASSERT(found_in < inside / 2);
+        } else {
+            CU_ASSERT_EQUAL(found_in, inside);
+            CU_ASSERT_EQUAL(matched, t.n);
+            CU_ASSERT_EQUAL(a.n, t.n);
+            tmd_atom_table tiled;
+            tmd_atom_table_init(&tiled, 6);
+            int64_t halo = (int64_t)ceil(tmd_atoms_margin(&ap, 1.0)) + 2;
+            find_tiled(&ap, img, prob, H, W, M, PH, PW, 1.0, 60, halo, &tiled);
+            CU_ASSERT_EQUAL(tiled.n, a.n);
+            if (tiled.n == a.n) {
+                double *r1 = rows_of(&a), *r2 = rows_of(&tiled);
+                CU_ASSERT_EQUAL(memcmp(r1, r2, sizeof(double) * 8 * (size_t)a.n), 0);
+                free(r1);
+                free(r2);
+            }
+            tmd_atom_table_free(&tiled);
+        }
+        tmd_atom_table_free(&a);
+    }
     free(img);
     free(prob);
     free(t.x), free(t.y), free(t.cls);
@@ -482,5 +579,6 @@ int main(int argc, char **argv)
                                            {"dim column kept beside significant neighbours only", test_dim_neighbour_rule},
                                            {"empty site between columns dropped, dim column kept", test_empty_site_dropped},
                                            {"one column seen as two peaks: one atom", test_duplicates_merged},
+                                           {"dim patch found from its rim in rounds, tiled == whole", test_dim_patch_rounds},
                                            {0}});
 }

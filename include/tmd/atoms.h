@@ -62,6 +62,9 @@ typedef struct tmd_atoms_params {
     double min_z;       /* minimum significance of the column in the image (0 = no test) */
     double min_z_weak;  /* a column below min_z kept for its neighbours: if its z is below this, */
     double weak_contrast; /* its amplitude must reach weak_contrast x the neighbours' median */
+    int weak_rounds;      /* rounds of the neighbour rule (1: neighbours must be significant) */
+    double weak_threshold; /* peaks of P in [weak_threshold, threshold) enter only by that rule
+                            * (0 or >= threshold: off) */
     double bond;        /* metal-chalcogen bond length, input pixels (neighbour rule) */
 } tmd_atoms_params;
 

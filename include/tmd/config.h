@@ -52,6 +52,8 @@ typedef struct tmd_config {
     double atom_significance; /* minimum z-score of a column's amplitude over the local noise; 0 = off */
     double atom_weak_significance; /* z below which a column kept for its neighbours is tested as a dip */
     double atom_weak_contrast; /* ... and dropped if its amplitude is below this x its neighbours' */
+    int atom_weak_rounds;     /* rounds of the neighbour rule: a column accepted vouches for the next */
+    double atom_weak_threshold; /* peaks of P between this and atom_threshold: only by the neighbour rule */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
     /* dynamics */

@@ -17,8 +17,16 @@ void tmd_atoms_params_from_config(tmd_atoms_params *p, const tmd_config *cfg, do
     p->min_z = cfg->atom_significance;
     p->min_z_weak = cfg->atom_weak_significance;
     p->weak_contrast = cfg->atom_weak_contrast;
+    p->weak_rounds = cfg->atom_weak_rounds;
+    p->weak_threshold = cfg->atom_weak_threshold;
     /* metal-chalcogen bond a / sqrt(3): 1.82-1.90 A over a = 3.15-3.29 A */
     p->bond = 1.859 / input_px;
+}
+
+/* Lowest column probability of a candidate: weak_threshold when it is set below threshold. */
+static double candidate_threshold(const tmd_atoms_params *p)
+{
+    return p->weak_threshold > 0 && p->weak_threshold < p->threshold ? p->weak_threshold : p->threshold;
 }
 
 #ifndef MERGE_KEY
@@ -62,9 +70,12 @@ double tmd_atoms_margin(const tmd_atoms_params *p, double s)
     /* peak search (sep + smoothing) on the nominal grid, then up to 2 recentrings of the
      * disc, the fit's one-pixel tolerance and the integration disc */
     double m = (p->sep + 2) * s + 3 * p->radius + 4;
-    /* the significance rule looks at neighbours up to 1.3 bonds away, and they need their
-     * own neighbourhoods */
-    if (p->min_z > 0) m += 1.3 * p->bond + 2;
+    /* the significance rule looks at neighbours up to 1.3 bonds away in its first round and
+     * up to 2 bonds (second neighbours, 1.15 a) in each further one (a column accepted in
+     * round r vouches for its neighbours in round r + 1); the outermost need their own
+     * neighbourhoods */
+    if (p->min_z > 0 || candidate_threshold(p) < p->threshold)
+        m += (1.3 + 2.0 * ((p->weak_rounds > 1 ? p->weak_rounds : 1) - 1)) * p->bond + 2;
     else m += TMD_ATOMS_MERGE * p->bond + 2; /* the duplicate rule's partners */
     return m;
 }
@@ -211,6 +222,7 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
         double pk;      /* column probability at the peak */
     } cand_t;
     cand_t *cand = NULL; /* (ncand) every peak out to the neighbour ring */
+    uint8_t *shown = NULL, *next = NULL; /* (ncand) accepted by the significance rule */
     int64_t ncand = 0, candcap = 0;
     double *py = NULL, *pxs = NULL, *pv = NULL;
     int cap = (int)((2 * p->radius + 3) * (2 * p->radius + 3)) + 8;
@@ -232,13 +244,18 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     const int r = (int)ceil(p->sep);
     /* how far a final centre can be from its peak, plus the neighbour ring of the
      * significance rule: candidates are measured out to there, kept only inside the core */
-    const double reach = p->radius * 3 + 3 + (p->min_z > 0 ? 1.3 * p->bond + 1 : TMD_ATOMS_MERGE * p->bond + 1);
+    const int rounds = p->weak_rounds > 1 ? p->weak_rounds : 1;
+    const double cand_thr = candidate_threshold(p);
+    const double reach =
+        p->radius * 3 + 3 +
+        (p->min_z > 0 || candidate_threshold(p) < p->threshold ? (1.3 + 2.0 * (rounds - 1)) * p->bond + 1
+                                                                : TMD_ATOMS_MERGE * p->bond + 1);
     for (int64_t Y = r + 1; Y + r + 1 < ph; Y++) {
         double cyn = (double)(seg->Y0 + Y) * s;
         if (cyn < (double)core->lo[1] - 0.5 - reach || cyn > (double)core->hi[1] - 0.5 + reach) continue;
         for (int64_t X = r + 1; X + r + 1 < pw; X++) {
             float v = P[Y * pw + X];
-            if (v < p->threshold) continue;
+            if (v < cand_thr) continue;
             double cxn = (double)(seg->X0 + X) * s;
             if (cxn < (double)core->lo[2] - 0.5 - reach || cxn > (double)core->hi[2] - 0.5 + reach) continue;
             /* strict maximum within sep (ties: lower index wins) */
@@ -303,29 +320,38 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
             cand[ncand++] = (cand_t){cy, cx, isnan(z) ? -INFINITY : z, amp, (double)v};
         }
     }
-    /* keep the candidates whose centre lies in the core and that the image shows: significant
-     * themselves, or sitting at bond length from at least two significant columns (a dim
-     * single chalcogen beside its metals is a column; a peak alone in vacuum is not) */
-    for (int64_t k = 0; k < ncand; k++) {
-        double cy = cand[k].y, cx = cand[k].x;
-        int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
-        if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
-        if (p->min_z > 0 && cand[k].z < p->min_z) {
-            if (cand[k].z == -INFINITY) { /* its disc was not inside the region read */
-                st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
-                              "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
-                goto cleanup;
-            }
-            int nb = 0;
+    /* which candidates the image shows: significant ones, and, round after round, those
+     * sitting at bond length from at least two already shown (a dim single chalcogen beside
+     * its metals; in a dim patch — contamination, low dose — the lattice is accepted from
+     * its significant rim inwards, one bond per round; a peak alone in vacuum has no such
+     * neighbours). Rounds update synchronously, so a decision depends only on candidates
+     * within 1.3 + 2 (rounds - 1) bonds, all measured (reach). */
+    st = tmd_calloc(ctx, (void **)&shown, (size_t)(ncand > 0 ? ncand : 1), 1, "atom acceptance");
+    if (!st) st = tmd_calloc(ctx, (void **)&next, (size_t)(ncand > 0 ? ncand : 1), 1, "atom acceptance");
+    if (st) goto cleanup;
+    for (int64_t k = 0; k < ncand; k++)
+        shown[k] = cand[k].pk >= p->threshold && (!(p->min_z > 0) || cand[k].z >= p->min_z);
+    for (int round = 0; (p->min_z > 0 || candidate_threshold(p) < p->threshold) && round < rounds; round++) {
+        int64_t added = 0;
+        for (int64_t k = 0; k < ncand; k++) {
+            next[k] = shown[k];
+            if (shown[k] || cand[k].z == -INFINITY) continue;
+            int nb = 0, nb2 = 0;
             double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond, nbamp[8];
+            double lo2b = 3 * 0.85 * p->bond * 0.85 * p->bond, hi2b = 3 * 1.15 * p->bond * 1.15 * p->bond;
             for (int64_t j = 0; j < ncand; j++) {
-                if (j == k || cand[j].z < p->min_z) continue;
-                double dy = cand[j].y - cy, dx = cand[j].x - cx, d2 = dy * dy + dx * dx;
+                if (j == k || !shown[j]) continue;
+                double dy = cand[j].y - cand[k].y, dx = cand[j].x - cand[k].x, d2 = dy * dy + dx * dx;
+                if (d2 >= lo2b && d2 <= hi2b) nb2++;
                 if (d2 < lo2 || d2 > hi2) continue;
                 if (nb < 8) nbamp[nb] = cand[j].amp;
                 nb++;
             }
-            if (nb < 2) continue;
+            /* round 1: two bond partners. Later rounds grow into a patch: a honeycomb site at
+             * the edge of a hole has one partner outside it (three in all), so two bond
+             * partners never fill even one empty hexagon; one bond partner and two accepted
+             * columns of its own sublattice (at a = sqrt(3) bonds, six in all) do. */
+            if (!(nb >= 2 || (round > 0 && nb >= 1 && nb2 >= 2))) continue;
             /* an empty site between columns is a dip: the probe tails of its neighbours raise
              * the ring around it. Dropped when it is both a significant dip (z below
              * min_z_weak) and deep against its neighbours (amplitude below weak_contrast times
@@ -342,13 +368,29 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                 double med = m % 2 ? nbamp[m / 2] : 0.5 * (nbamp[m / 2 - 1] + nbamp[m / 2]);
                 if (!(cand[k].amp >= p->weak_contrast * med)) continue;
             }
+            next[k] = 1;
+            added++;
         }
+        memcpy(shown, next, (size_t)ncand);
+        if (!added) break;
+    }
+    /* keep the shown candidates whose centre lies in the core */
+    for (int64_t k = 0; k < ncand; k++) {
+        double cy = cand[k].y, cx = cand[k].x;
+        int64_t iy = tmd_decomp_pixel_of(cy), ix = tmd_decomp_pixel_of(cx);
+        if (iy < core->lo[1] || iy >= core->hi[1] || ix < core->lo[2] || ix >= core->hi[2]) continue;
+        if (cand[k].z == -INFINITY) { /* its disc was not inside the region read */
+            st = TMD_FAIL(ctx, TMD_ERR_INTERNAL,
+                          "atoms: column at (%.2f, %.2f) reads beyond the tile's halo; the halo is too small", cx, cy);
+            goto cleanup;
+        }
+        if (!shown[k]) continue;
         /* one column seen as two peaks: of candidates closer than TMD_ATOMS_MERGE bonds, only
          * the most significant is kept (ties: the upper centre, then the left one) */
         int dup = 0;
         double m2 = TMD_ATOMS_MERGE * p->bond * TMD_ATOMS_MERGE * p->bond;
         for (int64_t j = 0; j < ncand && !dup; j++) {
-            if (j == k) continue;
+            if (j == k || !shown[j]) continue;
             double dy = cand[j].y - cy, dx = cand[j].x - cx;
             if (dy * dy + dx * dx >= m2) continue;
             double zj = MERGE_KEY(cand[j]), zk = MERGE_KEY(cand[k]);
@@ -397,6 +439,8 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     }
 cleanup:
     free(cand);
+    free(shown);
+    free(next);
     free(P);
     free(py);
     free(pxs);
