@@ -1,6 +1,8 @@
 /* Score: the truth scored against itself gives 1.0 on every defined metric (0 errors);
  * perturbing the truth by known amounts (dropped, shifted, relabelled and spurious atoms,
- * offset drift, reversed instability, missing groups) gives exactly the expected scores;
+ * offset drift, reversed instability, missing groups) gives exactly the expected scores; the
+ * instability truth counts only changes between frames in which a site is in view (a site that
+ * changes only out of view is a negative; a jump counts) and the any-frame AUC is kept beside it;
  * greedy one-to-one matching and the AUC on hand-made cases; a million atoms match. */
 /* TMD_TEST_TIMEOUT: 120 */
 #include <hdf5.h>
@@ -242,12 +244,94 @@ static void test_million_atoms(void)
 
 static void test_setup(void) { make_truth(); }
 
+/* Observable truth: a copy of the truth with a hand-made drift (frame 2 moves the right half of
+ * the field out of view) and hand-made site histories: A (left, in view in every frame) changes
+ * species in frame 2, B (right) changes only in frame 2 while out of view, C (right) changes in
+ * frame 1 while in view, D (left) jumps in frame 1; every other site is constant. Scores: B 10,
+ * A C D 5, others 0. Observable positives A C D, B a negative ranked above them: AUC exactly
+ * (neg - 1) / neg; against the any-frame truth (A B C D) exactly 1. */
+static void test_observable_truth(void)
+{
+    const char *cp = tmd_test_path("obs.h5");
+    {
+        FILE *in = fopen(TRUTH, "rb"), *out = fopen(cp, "wb");
+        CU_ASSERT_PTR_NOT_NULL_FATAL(in);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+        char buf[65536];
+        size_t k;
+        while ((k = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, k, out);
+        fclose(in);
+        fclose(out);
+    }
+    hid_t f;
+    int64_t ns, k;
+    double *sx = NULL, *sy = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_h5_open_read(&C, cp, &f), TMD_OK);
+    tmd_h5_read_rows(&C, f, "/sites/x", TMD_F64, &ns, &k, (void **)&sx);
+    tmd_h5_read_rows(&C, f, "/sites/y", TMD_F64, &ns, &k, (void **)&sy);
+    H5Fclose(f);
+    CU_ASSERT_FATAL(ns > 20);
+    double b = A / 2 / PX, shift = W / 2.0;
+    int8_t *state = calloc((size_t)ns * T, 1), *jump = calloc((size_t)ns * T, 1), *dyn = calloc((size_t)ns, 1);
+    float *inst = calloc((size_t)ns, sizeof(float));
+    double drift[2 * 3] = {0, 0, 0, 0, shift, 0};
+    int64_t ia = -1, ib = -1, ic = -1, id = -1, nin = 0;
+    for (int64_t i = 0; i < ns; i++) {
+        for (int64_t t = 0; t < T; t++) state[i * T + t] = 3;
+        if (!inside(sx[i], sy[i])) continue;
+        nin++;
+        int left = sx[i] + shift <= W - 0.5 - b - 1, right = sx[i] + shift > W - 0.5 + 1;
+        if (left && ia < 0) ia = i;
+        else if (left && id < 0) id = i;
+        else if (right && ib < 0) ib = i;
+        else if (right && ic < 0) ic = i;
+    }
+    CU_ASSERT_FATAL(ia >= 0 && ib >= 0 && ic >= 0 && id >= 0);
+    state[ia * T + 2] = 4;
+    state[ib * T + 2] = 4;
+    state[ic * T + 1] = 5;
+    state[ic * T + 2] = 5;
+    jump[id * T + 1] = 2;
+    dyn[ia] = dyn[ib] = dyn[ic] = dyn[id] = 1;
+    inst[ib] = 10;
+    inst[ia] = inst[ic] = inst[id] = 5;
+    hid_t fw = H5Fopen(cp, H5F_ACC_RDWR, H5P_DEFAULT);
+    CU_ASSERT_FATAL(fw >= 0);
+    struct { const char *name; hid_t type; const void *data; } sets[] = {
+        {"/sites/state", H5T_NATIVE_INT8, state}, {"/sites/jump", H5T_NATIVE_INT8, jump},
+        {"/sites/dynamic", H5T_NATIVE_INT8, dyn}, {"/sites/instability", H5T_NATIVE_FLOAT, inst},
+        {"/drift", H5T_NATIVE_DOUBLE, drift}};
+    for (size_t q = 0; q < sizeof sets / sizeof sets[0]; q++) {
+        hid_t d = H5Dopen2(fw, sets[q].name, H5P_DEFAULT);
+        CU_ASSERT_FATAL(d >= 0);
+        CU_ASSERT(H5Dwrite(d, sets[q].type, H5S_ALL, H5S_ALL, H5P_DEFAULT, sets[q].data) >= 0);
+        H5Dclose(d);
+    }
+    H5Fclose(fw);
+    tmd_score s;
+    CU_ASSERT_EQUAL_FATAL(tmd_score_files(&C, cp, cp, &s), TMD_OK);
+    CU_ASSERT_EQUAL(s.auc_sites, nin);
+    CU_ASSERT(s.has_observable);
+    CU_ASSERT(s.observable_jumps);
+    CU_ASSERT_EQUAL(s.auc_positives, 3);
+    CU_ASSERT_EQUAL(s.auc_positives_any, 4);
+    CU_ASSERT_DOUBLE_EQUAL(s.instability_auc, (double)(nin - 3 - 1) / (double)(nin - 3), 1e-12);
+    CU_ASSERT_EQUAL(s.instability_auc_any, 1.0);
+    char *json = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_score_json(&C, &s, cp, cp, &json), TMD_OK);
+    CU_ASSERT_PTR_NOT_NULL(strstr(json, "\"instability_truth\": \"changes_in_view\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(json, "\"instability_positives_any_frame\": 4"));
+    free(json);
+    free(sx); free(sy); free(state); free(jump); free(dyn); free(inst);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "score",
                          (tmd_test_case[]){{"simulate a truth stack", test_setup},
                                            {"truth against itself", test_truth_against_itself},
                                            {"known perturbations", test_known_perturbations},
+                                           {"observable dynamic truth", test_observable_truth},
                                            {"matching and AUC", test_matching_and_auc},
                                            {"a million atoms", test_million_atoms},
                                            {0}});

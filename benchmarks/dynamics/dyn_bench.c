@@ -68,7 +68,7 @@ int main(int argc, char **argv)
     MPI_Comm comm = MPI_COMM_WORLD;
     tmd_ctx ctx;
     tmd_ctx_init(&ctx, comm);
-    ctx.log_level = TMD_LOG_QUIET;
+    if (!getenv("TMDFLOW_LOG")) ctx.log_level = TMD_LOG_QUIET; /* TMDFLOW_LOG=debug shows the stages' debug lines */
     if (argc < 2) {
         if (ctx.rank == 0) fprintf(stderr, "usage: dyn_bench STACK.h5 [--no-features]\n");
         MPI_Finalize();
@@ -78,6 +78,7 @@ int main(int argc, char **argv)
     int64_t max_frames = 0;
     int basis0 = 0; /* --basis-frame0: the track basis from frame 0 only (as before 2026-11-25 evening) */
     double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
+    int win_opt = 0;           /* --window N: drift window edge */
     const char *atoms_from = NULL, *dump = NULL, *dump_drift = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
@@ -88,6 +89,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
         else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
         else if (!strcmp(argv[i], "--drift-only")) drift_only = 1;
+        else if (!strcmp(argv[i], "--window") && i + 1 < argc) win_opt = atoi(argv[++i]); /* drift window edge (default min(256, side)) */
         else if (!strcmp(argv[i], "--basis-frame0")) basis0 = 1; /* register, print the RMSE, stop */
         else if (!strcmp(argv[i], "--frames") && i + 1 < argc) max_frames = atoll(argv[++i]); /* first N frames (with --drift-only) */
         else if (!strcmp(argv[i], "--dump-drift") && i + 1 < argc) dump_drift = argv[++i]; /* t dx dy true_dx true_dy */
@@ -115,6 +117,7 @@ int main(int argc, char **argv)
     double *drift = calloc((size_t)T * 2, sizeof(double));
     tmd_drift_plan *dp = NULL;
     int win = (int)((H < W ? H : W) < 256 ? (H < W ? H : W) : 256) & ~1;
+    if (win_opt > 0) win = win_opt & ~1;
     MPI_Barrier(comm);
     double c0 = MPI_Wtime();
     u0 = cpu_now();

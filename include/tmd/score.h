@@ -42,8 +42,16 @@ typedef struct tmd_score {
     int64_t confusion[8][8];         /* [true species][found species], DESIGN.md codes */
     int has_vacancies;               /* result has /defects */
     tmd_prf vacancy[4];              /* index 1 V_M, 2 V_X, 3 V_X2 (0 unused) */
-    double instability_auc;          /* ROC AUC of /sites/instability vs truth /sites/dynamic */
+    /* ROC AUC of /sites/instability against the observable truth: a site counts as dynamic if
+     * its state (/sites/state species, /sites/jump) differs between two frames in which it is in
+     * view (frame-0 position + true /drift inside the frame less the border). Without
+     * /sites/state in the truth: against /sites/dynamic (has_observable = 0). */
+    double instability_auc;
     int64_t auc_sites, auc_positives;
+    int has_observable, observable_jumps; /* truth had /sites/state (+ /drift), and /sites/jump */
+    /* the same sites against /sites/dynamic (changes in any frame, also out of view) */
+    double instability_auc_any;
+    int64_t auc_positives_any;
     double drift_rmse_px;            /* sqrt(mean |drift_found - drift_true|^2) over frames */
     double region_iou;               /* IoU of found and true defect-rich regions (as disks) */
 } tmd_score;

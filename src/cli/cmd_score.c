@@ -43,6 +43,12 @@ static void print_score(const tmd_score *s)
     }
     if (s->frames > 1) {
         pct("instability ROC AUC", s->instability_auc);
+        printf("  instability truth: %lld dynamic of %lld sites (%s)\n", (long long)s->auc_positives,
+               (long long)s->auc_sites,
+               !s->has_observable ? "/sites/dynamic: changes in any frame"
+               : s->observable_jumps ? "state or jump changes between frames in view"
+                                     : "species changes between frames in view; truth has no /sites/jump");
+        pct("AUC vs any-frame truth", s->instability_auc_any);
         pct("drift RMSE (px)", s->drift_rmse_px);
         pct("region IoU", s->region_iou);
     }

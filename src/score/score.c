@@ -287,13 +287,14 @@ tmd_status tmd_score_files(tmd_ctx *ctx, const char *result, const char *truth, 
     int64_t *match = NULL, *dmatch = NULL;
     double *tsx = NULL, *tsy = NULL, *fsx = NULL, *fsy = NULL, *finst = NULL, *tdrift = NULL, *fdrift = NULL;
     double *trx = NULL, *try_ = NULL, *trr = NULL, *frx = NULL, *fry = NULL, *fra = NULL;
-    int8_t *tdyn = NULL, *lab = NULL;
+    int8_t *tdyn = NULL, *lab = NULL, *tstate = NULL, *tjump = NULL, *lab_any = NULL;
+    double *tdrift_v = NULL;
     double *sc = NULL;
     int64_t *smatch = NULL;
     uint8_t *mt = NULL, *mf = NULL;
     memset(s, 0, sizeof *s);
     s->rmse_px = s->species_acc = s->metal_acc = s->chalcogen_acc = NAN;
-    s->instability_auc = s->drift_rmse_px = s->region_iou = NAN;
+    s->instability_auc = s->instability_auc_any = s->drift_rmse_px = s->region_iou = NAN;
     for (int k = 0; k < 4; k++) s->vacancy[k].precision = s->vacancy[k].recall = s->vacancy[k].f1 = NAN;
     st = tmd_h5_open_read(ctx, truth, &ft);
     if (st) goto cleanup;
@@ -407,16 +408,54 @@ tmd_status tmd_score_files(tmd_ctx *ctx, const char *result, const char *truth, 
         if (!st) st = tmd_calloc(ctx, (void **)&sc, (size_t)(nts ? nts : 1), sizeof *sc, "site scores");
         if (!st) st = tmd_calloc(ctx, (void **)&lab, (size_t)(nts ? nts : 1), 1, "site labels");
         if (st) goto cleanup;
+        /* observable truth: a site is dynamic if its state (species, or a column jump) differs
+         * between two frames in which it is in view (inside the frame less the border, at its
+         * frame-0 position plus the true drift). Needs /sites/state (and /sites/jump, written by
+         * the simulator since 2026-11-26; without it only species changes count) and /drift. */
+        int64_t T = s->frames, kst = 0, kj = 0, ntd = 0, kd = 0;
+        int have_state = 0;
+        if (!st && T > 1 && tmd_h5_exists(ft, "/sites/state") && tmd_h5_exists(ft, "/drift")) {
+            int64_t ns2;
+            st = tmd_h5_read_rows(ctx, ft, "/sites/state", TMD_I8, &ns2, &kst, (void **)&tstate);
+            if (!st) st = tmd_h5_read_rows(ctx, ft, "/drift", TMD_F64, &ntd, &kd, (void **)&tdrift_v);
+            if (!st && tmd_h5_exists(ft, "/sites/jump")) {
+                st = tmd_h5_read_rows(ctx, ft, "/sites/jump", TMD_I8, &ns2, &kj, (void **)&tjump);
+                if (!st && (ns2 != nts || kj != T)) { free(tjump); tjump = NULL; }
+            }
+            have_state = !st && ns2 == nts && kst == T && ntd == T && kd == 2;
+            if (!st) st = tmd_calloc(ctx, (void **)&lab_any, (size_t)(nts ? nts : 1), 1, "site labels");
+        }
+        if (st) goto cleanup;
+        s->has_observable = have_state;
+        s->observable_jumps = have_state && tjump;
         int64_t n = 0;
         for (int64_t i = 0; i < nts; i++) {
             if (smatch[i] < 0 || !inside(s, tsx[i], tsy[i])) continue;
             sc[n] = finst[smatch[i]];
-            lab[n] = tdyn[i] ? 1 : 0;
+            int any = tdyn[i] ? 1 : 0, obs = any;
+            if (have_state) {
+                int seen = 0, first_sp = 0, first_j = 0;
+                obs = 0;
+                for (int64_t t = 0; t < T && !obs; t++) {
+                    if (!inside(s, tsx[i] + tdrift_v[2 * t], tsy[i] + tdrift_v[2 * t + 1])) continue;
+                    int sp = tstate[i * T + t], j = tjump ? tjump[i * T + t] : 0;
+                    if (!seen) { seen = 1; first_sp = sp; first_j = j; }
+                    else if (sp != first_sp || j != first_j) obs = 1;
+                }
+                lab_any[n] = (int8_t)any;
+                s->auc_positives_any += any;
+            }
+            lab[n] = (int8_t)obs;
             s->auc_positives += lab[n];
             n++;
         }
         s->auc_sites = n;
         s->instability_auc = tmd_score_auc(n, sc, lab);
+        if (have_state) s->instability_auc_any = tmd_score_auc(n, sc, lab_any);
+        else {
+            s->instability_auc_any = s->instability_auc;
+            s->auc_positives_any = s->auc_positives;
+        }
     }
     /* drift */
     if (tmd_h5_exists(ft, "/drift") && tmd_h5_exists(fr, "/drift")) {
@@ -468,6 +507,7 @@ cleanup:
     free(tsx); free(tsy); free(fsx); free(fsy); free(finst); free(tdrift); free(fdrift);
     free(trx); free(try_); free(trr); free(frx); free(fry); free(fra);
     free(tdyn); free(lab); free(sc); free(smatch); free(mt); free(mf);
+    free(tstate); free(tjump); free(lab_any); free(tdrift_v);
     return st;
 }
 
@@ -582,6 +622,11 @@ tmd_status tmd_score_json(tmd_ctx *ctx, const tmd_score *s, const char *result, 
     num(&b, s->instability_auc);
     put(&b, ", \"instability_sites\": %lld, \"instability_positives\": %lld", (long long)s->auc_sites,
         (long long)s->auc_positives);
+    put(&b, ", \"instability_truth\": \"%s\"",
+        !s->has_observable ? "any_frame" : s->observable_jumps ? "changes_in_view" : "species_changes_in_view");
+    put(&b, ",\n  \"instability_auc_any_frame\": ");
+    num(&b, s->instability_auc_any);
+    put(&b, ", \"instability_positives_any_frame\": %lld", (long long)s->auc_positives_any);
     put(&b, ",\n  \"drift_rmse_px\": ");
     num(&b, s->drift_rmse_px);
     put(&b, ",\n  \"region_iou\": ");

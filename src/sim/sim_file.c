@@ -336,7 +336,7 @@ cleanup:
     return st;
 }
 
-enum { AP_NATOMS = 7, AP_NDEF = 4, AP_NSITES = 8, AP_N = AP_NATOMS + AP_NDEF + AP_NSITES };
+enum { AP_NATOMS = 7, AP_NDEF = 4, AP_NSITES = 9, AP_N = AP_NATOMS + AP_NDEF + AP_NSITES };
 
 /* Appends the truth rows of this round and empties the tables. Collective. */
 static tmd_status append_truth(tmd_ctx *ctx, MPI_Comm comm, const char *path, appender *ap, sim_truth *tr)
@@ -346,7 +346,8 @@ static tmd_status append_truth(tmd_ctx *ctx, MPI_Comm comm, const char *path, ap
     const tmd_site_table *s = &tr->sites;
     const void *col[AP_N] = {a->frame, a->x, a->y, a->sublattice, a->species, a->intensity, a->site,
                              d->frame, d->x, d->y, d->type,
-                             s->id, s->x, s->y, s->sublattice, s->instability, s->unstable, s->dynamic, tr->site_state};
+                             s->id, s->x, s->y, s->sublattice, s->instability, s->unstable, s->dynamic, tr->site_state,
+                             tr->site_jump};
     int64_t n[AP_N];
     for (int i = 0; i < AP_N; i++) n[i] = i < AP_NATOMS ? a->n : i < AP_NATOMS + AP_NDEF ? d->n : s->n;
     tmd_status st = TMD_OK;
@@ -394,7 +395,8 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         {"/sites/id", H5T_NATIVE_INT64, 1, -1, 0}, {"/sites/x", H5T_NATIVE_DOUBLE, 1, -1, 0},
         {"/sites/y", H5T_NATIVE_DOUBLE, 1, -1, 0}, {"/sites/sublattice", H5T_NATIVE_INT8, 1, -1, 0},
         {"/sites/instability", H5T_NATIVE_FLOAT, 1, -1, 0}, {"/sites/unstable", H5T_NATIVE_INT8, 1, -1, 0},
-        {"/sites/dynamic", H5T_NATIVE_INT8, 1, -1, 0}, {"/sites/state", H5T_NATIVE_INT8, 1, -1, 0}};
+        {"/sites/dynamic", H5T_NATIVE_INT8, 1, -1, 0}, {"/sites/state", H5T_NATIVE_INT8, 1, -1, 0},
+        {"/sites/jump", H5T_NATIVE_INT8, 1, -1, 0}};
     int64_t atoms_total = 0;
     double render_cpu = 0;
     char h5path[TMD_PATH_MAX + 16];
@@ -470,7 +472,8 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
     }
     if (is_h5) st = create_dset(ctx, file, h5path, "/image", p.out_u16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_FLOAT, nd, dims, chunk, &dimg);
     if (!st) st = create_dset(ctx, file, h5path, "/truth/classes", H5T_NATIVE_UINT8, nd, dims, chunk, &dcls);
-    ap[AP_N - 1].ncols = T;
+    ap[AP_N - 2].ncols = T; /* /sites/state */
+    ap[AP_N - 1].ncols = T; /* /sites/jump */
     for (int i = 0; i < AP_N && !st; i++) st = app_create(ctx, file, h5path, &ap[i]);
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
@@ -552,8 +555,12 @@ tmd_status tmd_sim_write(tmd_ctx *ctx, const tmd_sim_params *pin, const char *pa
         if (!st) {
             double l1x = (w.Minv[0][0] * w.b1[0] + w.Minv[0][1] * w.b1[1]) / w.px, l1y = (w.Minv[1][0] * w.b1[0] + w.Minv[1][1] * w.b1[1]) / w.px;
             double l2x = (w.Minv[0][0] * w.b2[0] + w.Minv[0][1] * w.b2[1]) / w.px, l2y = (w.Minv[1][0] * w.b2[0] + w.Minv[1][1] * w.b2[1]) / w.px;
+            /* the scan's row jitter/wobble moves each row's content by -jitter in x; its mean
+             * over the frame's rows (relative to frame 0's) is part of what the frame's content
+             * moved: what a registration can and should measure */
+            double j0 = tmd_sim_mean_row_jitter(&w, 0);
             for (int64_t t = 0; t < T; t++) {
-                dr[2 * t] = w.drift[2 * t];
+                dr[2 * t] = w.drift[2 * t] - (t > 0 ? tmd_sim_mean_row_jitter(&w, t) - j0 : 0);
                 dr[2 * t + 1] = w.drift[2 * t + 1];
                 a1[2 * t] = l1x; a1[2 * t + 1] = l1y;
                 a2[2 * t] = l2x; a2[2 * t + 1] = l2y;
@@ -659,6 +666,7 @@ cleanup:
     tmd_defect_table_free(&truth.defects);
     tmd_site_table_free(&truth.sites);
     free(truth.site_state);
+    free(truth.site_jump);
     free(reg.id);
     free(reg.x);
     free(reg.y);

@@ -143,6 +143,11 @@ double tmd_sim_species_weight(const sim_world *w, int species, const sim_site *s
 void tmd_sim_specimen_to_pixel(const sim_world *w, int64_t t, double sx, double sy, double *x, double *y);
 /* Jitter offset of row y in frame t, pixels (the pixel samples specimen x + jitter). */
 double tmd_sim_row_jitter(const sim_world *w, int64_t t, int64_t y);
+/* Mean of the row jitter over the frame's rows: the content of frame t sits -this further in x
+ * on average (the wobble's and jitter's net displacement, part of the true /drift). */
+double tmd_sim_mean_row_jitter(const sim_world *w, int64_t t);
+/* Jump of a site in frame t (0 none, 1..3 direction); call after tmd_sim_site_state for it. */
+int tmd_sim_site_jump(const sim_world *w, const sim_site *s, int64_t t);
 
 /* Truth collected for a box. */
 typedef struct sim_truth {
@@ -150,6 +155,7 @@ typedef struct sim_truth {
     tmd_defect_table defects;
     tmd_site_table sites;     /* frame 0 only (caller asks with want_sites) */
     int8_t *site_state;       /* (sites.n, frames) when collected over frames */
+    int8_t *site_jump;        /* (sites.n, frames) 0 on its site, 1..3 jumped (direction) */
 } sim_truth;
 
 /* Renders rows [y0, y0+ny) x columns [0, width) of frame t into out (ny, width) in detector

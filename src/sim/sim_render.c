@@ -239,6 +239,12 @@ int tmd_sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64
                     goto cleanup;
                 }
                 truth->site_state = ns;
+                int8_t *nj = realloc(truth->site_jump, (size_t)truth->sites.cap * (size_t)T);
+                if (!nj) {
+                    st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for site jumps");
+                    goto cleanup;
+                }
+                truth->site_jump = nj;
                 int changes = 0;
                 int8_t prev = -1;
                 for (int64_t tt = 0; tt < T; tt++) {
@@ -247,6 +253,7 @@ int tmd_sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64
                     st = tmd_sim_site_state(ctx, w, s, tt, &sp2, &a, &b, NULL);
                     if (st) goto cleanup;
                     ns[i * T + tt] = sp2;
+                    nj[i * T + tt] = (int8_t)tmd_sim_site_jump(w, s, tt);
                     if (tt > 0 && (sp2 != prev)) changes++;
                     prev = sp2;
                 }

@@ -220,5 +220,6 @@ cleanup:
     tmd_atom_table_free(&truth.atoms);
     tmd_defect_table_free(&truth.defects);
     free(truth.site_state);
+    free(truth.site_jump);
     return st;
 }

@@ -672,6 +672,23 @@ int tmd_sim_site_state(tmd_ctx *ctx, sim_world *w, const sim_site *s, int64_t t,
     return TMD_OK;
 }
 
+int tmd_sim_site_jump(const sim_world *w, const sim_site *s, int64_t t)
+{
+    if (w->frames <= 1 || s->region < 0 || !w->regions[s->region].ready) return 0;
+    const sim_region *g = &w->regions[s->region];
+    int64_t k = find_id(g->site_id, g->nsites, s->id);
+    return k < 0 ? 0 : g->jump[k * w->frames + t];
+}
+
+double tmd_sim_mean_row_jitter(const sim_world *w, int64_t t)
+{
+    const tmd_sim_params *p = &w->p;
+    if ((p->jitter <= 0 && p->wobble <= 0) || p->height <= 0) return 0;
+    double s = 0;
+    for (int64_t y = 0; y < p->height; y++) s += tmd_sim_row_jitter(w, t, y);
+    return s / (double)p->height;
+}
+
 int tmd_sim_region_count_sites(tmd_ctx *ctx, sim_world *w, int64_t id, double cx, double cy, double r, int64_t *n)
 {
     sim_site_list l = {0};
