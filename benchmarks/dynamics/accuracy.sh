@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Dynamics accuracy on held-out simulated stacks: instability ROC AUC against /sites/dynamic,
+# Dynamics accuracy on held-out simulated stacks: instability ROC AUC against the observable
+# dynamic truth (a change between two frames in which the site is in view; docs/score.md) and
+# against /sites/dynamic as is (any frame; the definition before 2026-11-26),
 # drift RMSE and region IoU (tmdflow score), per condition. Seeds 101.. are not used for
 # training; 101-107 were used to choose the instability weights and the neighbour blend, so
 # report figures from another block (SEED=111 gives 111-117).
@@ -12,7 +14,7 @@ BIN=${1:?tmdflow binary}; OUT=${2:?output directory}; RANKS=${3:-1}
 MPI=(); [ "$RANKS" -gt 1 ] && MPI=(mpiexec --oversubscribe --allow-run-as-root -n "$RANKS")
 mkdir -p "$OUT"
 CSV="$OUT/accuracy.csv"
-[ -s "$CSV" ] || echo "condition,seed,size,frames,pixel_size,dose,auc,drift_rmse_px,region_iou,detection_f1,run_s" > "$CSV"
+[ -s "$CSV" ] || echo "condition,seed,size,frames,pixel_size,dose,auc,drift_rmse_px,region_iou,detection_f1,run_s,auc_any_frame,positives,positives_any_frame,sites" > "$CSV"
 # name | simulate options (hot regions forced into the field of view with region_spacing)
 CONDITIONS=(
   "default|--pixel-size 0.1 region_spacing=40 region_prob=0.9"
@@ -43,7 +45,13 @@ for c in "${CONDITIONS[@]}"; do
   drift=$(awk '/drift RMSE/{print $NF}' "$OUT/$name.score.txt")
   iou=$(awk '/region IoU/{print $NF}' "$OUT/$name.score.txt")
   f1=$(awk '/^  F1/{print $NF}' "$OUT/$name.score.txt")
-  echo "$name,$seed,$SIZE,$FRAMES,$px,$dose,$auc,$drift,$iou,$f1,$(echo "$t1 - $t0" | bc)" >> "$CSV"
+  "$BIN" score "$res" "$stack" --json "$OUT/$name.score.json" > /dev/null 2>&1 || true
+  # instability truth: auc = observable changes (docs/score.md), auc_any_frame = /sites/dynamic as is
+  aany=$(awk '/AUC vs any-frame truth/{print $NF}' "$OUT/$name.score.txt")
+  pos=$(grep -o '"instability_positives": [0-9]*' "$OUT/$name.score.json" | awk '{print $NF}')
+  posany=$(grep -o '"instability_positives_any_frame": [0-9]*' "$OUT/$name.score.json" | awk '{print $NF}')
+  nsites=$(grep -o '"instability_sites": [0-9]*' "$OUT/$name.score.json" | awk '{print $NF}')
+  echo "$name,$seed,$SIZE,$FRAMES,$px,$dose,$auc,$drift,$iou,$f1,$(echo "$t1 - $t0" | bc),$aany,$pos,$posany,$nsites" >> "$CSV"
   seed=$((seed + 1))
 done
 cat "$CSV"

@@ -79,6 +79,7 @@ int main(int argc, char **argv)
     int basis0 = 0; /* --basis-frame0: the track basis from frame 0 only (as before 2026-11-25 evening) */
     double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
     int win_opt = 0;           /* --window N: drift window edge */
+    const char *dump_track = NULL;
     const char *atoms_from = NULL, *dump = NULL, *dump_drift = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--no-features")) features = 0;
@@ -89,6 +90,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
         else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
         else if (!strcmp(argv[i], "--drift-only")) drift_only = 1;
+        else if (!strcmp(argv[i], "--dump-track") && i + 1 < argc) dump_track = argv[++i]; /* per frame: atoms, on sites (1 rank) */
         else if (!strcmp(argv[i], "--window") && i + 1 < argc) win_opt = atoi(argv[++i]); /* drift window edge (default min(256, side)) */
         else if (!strcmp(argv[i], "--basis-frame0")) basis0 = 1; /* register, print the RMSE, stop */
         else if (!strcmp(argv[i], "--frames") && i + 1 < argc) max_frames = atoll(argv[++i]); /* first N frames (with --drift-only) */
@@ -234,6 +236,27 @@ int main(int argc, char **argv)
         if (ctx.rank == 0)
             printf("  track: %lld of %lld atoms on lattice sites (basis from %lld atoms, rms %.2f px)\n", (long long)on[0],
                    (long long)on[1], (long long)b.n_fit, b.rms_px);
+        if (dump_track && ctx.nranks == 1) { /* frame, atoms, atoms on sites, mean residual x, y of those on sites */
+            FILE *ft = fopen(dump_track, "w");
+            for (int64_t q = 0; ft && q < a.n;) {
+                int64_t e = q, non = 0;
+                double rx = 0, ry = 0;
+                while (e < a.n && a.frame[e] == a.frame[q]) {
+                    if (a.site[e] >= 0) {
+                        double sx, sy;
+                        tmd_track_site_xy(&b, a.site[e], &sx, &sy);
+                        rx += a.x[e] - drift[2 * a.frame[e]] - sx;
+                        ry += a.y[e] - drift[2 * a.frame[e] + 1] - sy;
+                        non++;
+                    }
+                    e++;
+                }
+                fprintf(ft, "%d %lld %lld %.3f %.3f\n", a.frame[q], (long long)(e - q), (long long)non, non ? rx / non : 0,
+                        non ? ry / non : 0);
+                q = e;
+            }
+            if (ft) fclose(ft);
+        }
     }
     t[2] = MPI_Wtime() - c0;
     cpu[2] = cpu_now() - u0;

@@ -11,7 +11,8 @@
  *   - contamination moves on its own and noise is high: the cross-power spectrum is
  *     partially whitened (|F1 F2|^-alpha), high-passed (structures larger than highpass_px,
  *     i.e. contamination blobs and background, carry no weight) and low-passed (noise), and
- *     the window is apodised (Hann) so its edges do not correlate.
+ *     the window is apodised (Hann along x, a Tukey taper along y: tmd_drift_opts.taper_y) so its
+ *     edges do not correlate.
  * Sub-pixel: parabolic fit of the 3x3 peak, then an upsampled matrix DFT of the cross-power
  * spectrum around it (Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)), parabolic on that.
  *
@@ -67,6 +68,8 @@ typedef struct tmd_drift_opts {
     int upsample;         /* sub-pixel refinement factor of the matrix DFT (e.g. 40) */
     int refine_to_first;  /* 1: refine the chain against keyframes (recommended; 0 = chain only) */
     int mean_reference;   /* 1: and against the mean of each keyframe segment */
+    double taper_y;       /* apodisation along y: Tukey taper share of the rows (1 = Hann; default
+                           * 0.5: flat middle half, averages the scan's line wobble over more rows) */
 } tmd_drift_opts;
 
 void tmd_drift_opts_default(tmd_drift_opts *o);
