@@ -351,6 +351,10 @@ static void test_dim_neighbour_rule(void)
  * column once — and tile by tile with the halo of tmd_atoms_margin the atoms are bit-identical
  * to the whole image's (the rounds reach further, the margin grows with them). Without
  * weak_threshold the unsure columns are not candidates at all. */
+#ifndef PATCH_DIM
+#define PATCH_DIM 0.35f
+#define PATCH_NOISE 1.2
+#endif
 static void test_dim_patch_rounds(void)
 {
     tmd_ctx ctx;
@@ -359,22 +363,35 @@ static void test_dim_patch_rounds(void)
     const double b = 12.0, cy = 100, cx = 120, rp = 36; /* patch: 3 bonds in radius */
     truth_t t;
     make_truth(&t, H, W, b, 1000);
+    /* an empty metal site in the bright lattice that the map calls a column with 0.4 */
+    int64_t vac = -1;
+    for (int64_t k = 0; k < t.n; k++)
+        if (t.cls[k] == 2 && (vac < 0 || hypot(t.y[k] - cy, t.x[k] - 195) < hypot(t.y[vac] - cy, t.x[vac] - 195))) vac = k;
+    double vy = t.y[vac], vx = t.x[vac];
+    t.n--; /* rendered without it, mapped with it */
+    double sy = t.y[t.n], sx = t.x[t.n];
+    int scl = t.cls[t.n];
+    t.y[t.n] = vy, t.x[t.n] = vx, t.cls[t.n] = 2;
+    t.y[vac] = sy, t.x[vac] = sx, t.cls[vac] = scl;
     float *img = render(&t, H, W, 2.0, 3, 0.0);
+    t.n++;
     unsigned seed = 21;
     for (int64_t y = 0; y < H; y++)
         for (int64_t x = 0; x < W; x++) {
-            if (hypot(y - cy, x - cx) < rp + 4) img[y * W + x] *= 0.03f;
-            img[y * W + x] += (float)(0.3 * (tmd_test_randf(&seed) - 0.5));
+            if (hypot(y - cy, x - cx) < rp + 4) img[y * W + x] *= PATCH_DIM;
+            img[y * W + x] += (float)(PATCH_NOISE * (tmd_test_randf(&seed) - 0.5));
         }
     int64_t PH = H + 2 * M, PW = W + 2 * M, np = PH * PW;
     float *prob = prob_map(&t, M, PH, PW, 1.0, 2.0);
     for (int64_t Y = 0; Y < PH; Y++)
         for (int64_t X = 0; X < PW; X++) {
-            if (hypot((double)(Y - M) - cy, (double)(X - M) - cx) >= rp + 4) continue;
+            if (hypot((double)(Y - M) - cy, (double)(X - M) - cx) >= rp + 4 && hypot((double)(Y - M) - vy, (double)(X - M) - vx) > 6)
+                continue;
             int64_t i = Y * PW + X;
             prob[i] = 1 - 0.4f * (1 - prob[i]);
             for (int c = 1; c < 6; c++) prob[c * np + i] *= 0.4f;
         }
+    t.n--; /* the columns: without the empty site */
     int64_t inside = 0;
     for (int64_t k = 0; k < t.n; k++) inside += hypot(t.y[k] - cy, t.x[k] - cx) < rp;
     tmd_box all = {{0, 0, 0}, {1, H, W}};
@@ -391,7 +408,8 @@ static void test_dim_patch_rounds(void)
         tmd_atom_table a;
         tmd_atom_table_init(&a, 6);
         CU_ASSERT_EQUAL_FATAL(tmd_atoms_find(&ctx, &ap, &seg, &im, 0, &all, &a), TMD_OK);
-        int64_t found_in = 0, matched = 0;
+        int64_t found_in = 0, matched = 0, at_vacancy = 0;
+        for (int64_t i = 0; i < a.n; i++) at_vacancy += hypot(a.x[i] - vx, a.y[i] - vy) < 0.3 * b;
         for (int64_t k = 0; k < t.n; k++) {
             int hit = 0;
             /* within 0.3 bond: the patch's columns are at SNR ~0.2, their centres noise-limited */
@@ -400,15 +418,19 @@ static void test_dim_patch_rounds(void)
             if (hypot(t.y[k] - cy, t.x[k] - cx) < rp) found_in += hit > 0;
         }
         if (getenv("TMDFLOW_TEST_DEBUG"))
-            fprintf(stderr, "rounds %d, weak_threshold %.1f: %lld atoms, %lld of %lld columns once, %lld of %lld in the patch\n",
+            fprintf(stderr,
+                    "rounds %d, weak_threshold %.1f: %lld atoms, %lld of %lld columns once, %lld of %lld in the patch, "
+                    "%lld at the empty site\n",
                     pass[ps].rounds, pass[ps].weak_threshold, (long long)a.n, (long long)matched, (long long)t.n,
-                    (long long)found_in, (long long)inside);
+                    (long long)found_in, (long long)inside, (long long)at_vacancy);
+        CU_ASSERT_EQUAL(at_vacancy, 0);
         if (ps < 2) {
             CU_ASSERT(found_in < inside / 2);
         } else {
-            CU_ASSERT_EQUAL(found_in, inside);
-            CU_ASSERT_EQUAL(matched, t.n);
-            CU_ASSERT_EQUAL(a.n, t.n);
+            /* the patch's columns are at SNR ~1 (the dim chalcogens below): nearly all, and
+             * nothing that is not a column */
+            CU_ASSERT(found_in >= inside - 2);
+            CU_ASSERT_EQUAL(a.n, matched);
             tmd_atom_table tiled;
             tmd_atom_table_init(&tiled, 6);
             int64_t halo = (int64_t)ceil(tmd_atoms_margin(&ap, 1.0)) + 2;

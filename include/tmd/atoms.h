@@ -16,8 +16,16 @@
  * single chalcogen beside its metals) and not be an empty site between them — a dip with
  * z < min_z_weak whose amplitude is below weak_contrast (< 0) times the median amplitude of
  * those neighbours; peaks of the column probability in vacuum or amorphous noise have z ~ 0
- * and no such neighbours, and are dropped. Peaks closer than TMD_ATOMS_MERGE bonds are one
- * column: the one of highest column probability is kept.
+ * and no such neighbours, and are dropped. The rule runs in `weak_rounds` synchronous rounds:
+ * in later rounds columns accepted before vouch too, and one bond partner plus two accepted
+ * columns at the lattice constant (the site's own sublattice) suffice — a dim patch
+ * (contamination, low dose) is taken from its significant rim inwards. Peaks of P between
+ * `weak_threshold` and `threshold` (the U-Net unsure) enter only by this rule. Both kinds —
+ * unsure, or vouched for by growth — must also reach GROW_CONTRAST (0.35) of the median
+ * amplitude of all candidates of their sublattice around them: an empty site in bright
+ * lattice does not, a column as dim as its dim neighbours does. Peaks closer than
+ * TMD_ATOMS_MERGE bonds are one column: the one of highest column probability among the
+ * accepted is kept.
  * Each atom gets the mean class probabilities over the disc (nominal grid), the species and
  * sublattice of the most likely non-background class (a first guess that the classification
  * stage replaces), and the integrated intensity sum(N) * pixel area (Angstrom^2) over the

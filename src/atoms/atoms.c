@@ -29,6 +29,22 @@ static double candidate_threshold(const tmd_atoms_params *p)
     return p->weak_threshold > 0 && p->weak_threshold < p->threshold ? p->weak_threshold : p->threshold;
 }
 
+#ifndef GROW_CONTRAST
+#define GROW_CONTRAST 0.35
+#endif
+
+/* Median of m <= 8 values (sorted in place). */
+static double median8(double *v, int m)
+{
+    for (int a = 1; a < m; a++)
+        for (int b = a; b > 0 && v[b - 1] > v[b]; b--) {
+            double t = v[b];
+            v[b] = v[b - 1];
+            v[b - 1] = t;
+        }
+    return m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+}
+
 #ifndef MERGE_KEY
 #define MERGE_KEY(c) ((c).pk)
 #endif
@@ -336,13 +352,18 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
         for (int64_t k = 0; k < ncand; k++) {
             next[k] = shown[k];
             if (shown[k] || cand[k].z == -INFINITY) continue;
-            int nb = 0, nb2 = 0;
-            double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond, nbamp[8];
+            int nb = 0, nb2 = 0, nall2 = 0;
+            double lo2 = 0.7 * p->bond * 0.7 * p->bond, hi2 = 1.3 * p->bond * 1.3 * p->bond, nbamp[8], nb2amp[8];
             double lo2b = 3 * 0.85 * p->bond * 0.85 * p->bond, hi2b = 3 * 1.15 * p->bond * 1.15 * p->bond;
             for (int64_t j = 0; j < ncand; j++) {
-                if (j == k || !shown[j]) continue;
+                if (j == k) continue;
                 double dy = cand[j].y - cand[k].y, dx = cand[j].x - cand[k].x, d2 = dy * dy + dx * dx;
-                if (d2 >= lo2b && d2 <= hi2b) nb2++;
+                int second = d2 >= lo2b && d2 <= hi2b;
+                /* the like-with-like reference: every candidate of its sublattice around it,
+                 * shown or not (in a dim patch they are dim too) */
+                if (second && !isnan(cand[j].amp) && nall2 < 8) nb2amp[nall2++] = cand[j].amp;
+                if (!shown[j]) continue;
+                nb2 += second;
                 if (d2 < lo2 || d2 > hi2) continue;
                 if (nb < 8) nbamp[nb] = cand[j].amp;
                 nb++;
@@ -367,6 +388,16 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
                     }
                 double med = m % 2 ? nbamp[m / 2] : 0.5 * (nbamp[m / 2 - 1] + nbamp[m / 2]);
                 if (!(cand[k].amp >= p->weak_contrast * med)) continue;
+            }
+            /* a column the U-Net is unsure of, or one accepted after round 1 (its partners
+             * were themselves vouched for), must look like the columns of its own sublattice
+             * around it: an empty site inside bright lattice (a vacancy at low dose, where the
+             * dip test is noise-limited) does not, while a column of a dim patch is as dim as
+             * its neighbours */
+            if (cand[k].pk < p->threshold || round > 0) {
+                if (nall2 < 2) continue;
+                double med2 = median8(nb2amp, nall2);
+                if (!(cand[k].amp >= GROW_CONTRAST * med2)) continue;
             }
             next[k] = 1;
             added++;
