@@ -12,6 +12,7 @@
 #define T 12
 
 static double strip0 = 1e9; /* frame 0 keeps only atoms with x below this (a film edge) */
+static double noise_w = 1.5; /* atom positions: uniform noise of this full width, px */
 
 static const double A = 30.7, ROT = 0.31;
 
@@ -52,8 +53,8 @@ static void make_atoms(tmd_ctx *ctx, tmd_atom_table *a, int64_t **truth_key, dou
                     int64_t k;
                     tmd_atom_table_push(ctx, a, &k);
                     a->frame[k] = t;
-                    a->x[k] = x + 1.5 * (r1 - 0.5);
-                    a->y[k] = y + 1.5 * (r2 - 0.5);
+                    a->x[k] = x + noise_w * (r1 - 0.5);
+                    a->y[k] = y + noise_w * (r2 - 0.5);
                     a->sublattice[k] = labelled ? s : 0;
                     if (k >= cap) {
                         cap = 2 * (k + 1);
@@ -198,6 +199,63 @@ static void test_stack_basis_poor_frame0(void)
     free(key_all);
 }
 
+/* Frame 0 a strip 20 px wide and atoms placed with 1.4 px rms noise (a run's atoms at a film
+ * edge): the frame-0 least squares barely constrains the lattice vectors across the strip; the
+ * stack fit starts its growing refinement from the given (stack-wide) vectors, so every atom of
+ * every frame lands on its site, on 1, 2 and 4 ranks alike. And tmd_track_median_vectors: per-frame
+ * pairs in different conventions (60/120 degrees, signs, order) with a third of them bad give the
+ * true pair. */
+static void test_stack_basis_noisy_strip(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    double drift[2 * T];
+    tmd_atom_table mine, all;
+    int64_t *key_mine, *key_all;
+    strip0 = 20;
+    noise_w = 5;
+    make_atoms(&ctx, &mine, &key_mine, drift, tmd_test_rank, tmd_test_size, 1);
+    make_atoms(&ctx, &all, &key_all, drift, 0, 1, 1);
+    strip0 = 1e9;
+    noise_w = 1.5;
+    /* per-frame measurements: good ones in varying conventions, every third one 8 % short */
+    double a1s[2 * T], a2s[2 * T];
+    for (int t = 0; t < T; t++) {
+        double sc = t % 3 == 0 ? 0.92 : 1.0, r = ROT + (t % 3 == 0 ? 0.1 : 0);
+        double u[2] = {sc * A * cos(r), sc * A * sin(r)}, v[2] = {sc * A * cos(r + M_PI / 3), sc * A * sin(r + M_PI / 3)};
+        int form = t % 4; /* (u, v), (v, u), (-u, v - u) (120 degrees), (u - v, -v) ... */
+        double p[2], q[2];
+        if (form == 0) { p[0] = u[0]; p[1] = u[1]; q[0] = v[0]; q[1] = v[1]; }
+        else if (form == 1) { p[0] = v[0]; p[1] = v[1]; q[0] = u[0]; q[1] = u[1]; }
+        else if (form == 2) { p[0] = -u[0]; p[1] = -u[1]; q[0] = v[0] - u[0]; q[1] = v[1] - u[1]; }
+        else { p[0] = u[0] - v[0]; p[1] = u[1] - v[1]; q[0] = -v[0]; q[1] = -v[1]; }
+        a1s[2 * t] = p[0]; a1s[2 * t + 1] = p[1]; a2s[2 * t] = q[0]; a2s[2 * t + 1] = q[1];
+    }
+    double m1[2] = {0, 0}, m2[2] = {0, 0};
+    CU_ASSERT(tmd_track_median_vectors(a1s, a2s, T, m1, m2) == T);
+    /* the true star vectors at angles [0, 60) and [60, 120) degrees: ROT = 17.8 deg, +60 */
+    CU_ASSERT(fabs(m1[0] - A * cos(ROT)) < 1e-9 && fabs(m1[1] - A * sin(ROT)) < 1e-9);
+    CU_ASSERT(fabs(m2[0] - A * cos(ROT + M_PI / 3)) < 1e-9 && fabs(m2[1] - A * sin(ROT + M_PI / 3)) < 1e-9);
+    tmd_track_basis b, bs;
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, tmd_test_comm, &mine, m1, m2, drift, T, &b), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, MPI_COMM_SELF, &all, m1, m2, drift, T, &bs), TMD_OK);
+    for (int c = 0; c < 2; c++) {
+        CU_ASSERT(fabs(b.a1[c] - bs.a1[c]) < 1e-9);
+        CU_ASSERT(fabs(b.origin[c] - bs.origin[c]) < 1e-9);
+    }
+    CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
+    int64_t none = 0;
+    for (int64_t k = 0; k < all.n; k++) none += all.site[k] < 0;
+    if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG"))
+        printf("\nnoisy strip: %lld of %lld atoms off their sites, |a1| %.4f\n", (long long)none, (long long)all.n,
+               hypot(bs.a1[0], bs.a1[1]));
+    CU_ASSERT_EQUAL(none, 0);
+    tmd_atom_table_free(&mine);
+    tmd_atom_table_free(&all);
+    free(key_mine);
+    free(key_all);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "track",
@@ -206,5 +264,6 @@ int main(int argc, char **argv)
                                            {"pack/unpack", test_pack},
                                            {"empty frame 0 refused", test_empty},
                                            {"stack basis, frame 0 a strip", test_stack_basis_poor_frame0},
+                                           {"stack basis, noisy strip, median vectors", test_stack_basis_noisy_strip},
                                            {0}});
 }

@@ -226,16 +226,19 @@ int main(int argc, char **argv)
     c0 = MPI_Wtime();
     u0 = cpu_now();
     tmd_track_basis b;
-    if (basis0) st = tmd_track_basis_fit(&ctx, comm, &a, a1, a2, &b);
-    else st = tmd_track_basis_fit_stack(&ctx, comm, &a, a1, a2, drift, T, &b);
+    double v1[2] = {a1[0], a1[1]}, v2[2] = {a2[0], a2[1]}; /* as the run's track stage: the median over the frames */
+    if (!getenv("DYN_BENCH_A_FRAME0")) tmd_track_median_vectors(a1, a2, T, v1, v2);
+    if (ctx.rank == 0) printf("  track: start vectors (%.2f, %.2f) (%.2f, %.2f), frame 0 (%.2f, %.2f) (%.2f, %.2f)\n", v1[0], v1[1], v2[0], v2[1], a1[0], a1[1], a2[0], a2[1]);
+    if (basis0) st = tmd_track_basis_fit(&ctx, comm, &a, v1, v2, &b);
+    else st = tmd_track_basis_fit_stack(&ctx, comm, &a, v1, v2, drift, T, &b);
     if (!st) st = tmd_track_assign(&ctx, &b, drift, T, 0.45, &a);
     if (!st) {
         int64_t on[2] = {0, a.n};
         for (int64_t q = 0; q < a.n; q++) on[0] += a.site[q] >= 0;
         MPI_Allreduce(MPI_IN_PLACE, on, 2, MPI_INT64_T, MPI_SUM, comm);
         if (ctx.rank == 0)
-            printf("  track: %lld of %lld atoms on lattice sites (basis from %lld atoms, rms %.2f px)\n", (long long)on[0],
-                   (long long)on[1], (long long)b.n_fit, b.rms_px);
+            printf("  track: %lld of %lld atoms on lattice sites (basis from %lld atoms, rms %.2f px; a1 (%.4f, %.4f) a2 (%.4f, %.4f) origin (%.2f, %.2f) c %.3f)\n", (long long)on[0],
+                   (long long)on[1], (long long)b.n_fit, b.rms_px, b.a1[0], b.a1[1], b.a2[0], b.a2[1], b.origin[0], b.origin[1], b.c);
         if (dump_track && ctx.nranks == 1) { /* frame, atoms, atoms on sites, mean residual x, y of those on sites */
             FILE *ft = fopen(dump_track, "w");
             for (int64_t q = 0; ft && q < a.n;) {

@@ -56,7 +56,10 @@ int64_t tmd_track_nearest(const tmd_track_basis *b, double x, double y, double *
 tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
                                const double a2[2], tmd_track_basis *out);
 
-/* Collective over comm. tmd_track_basis_fit on frame 0 (phase, first least squares), then the
+/* Collective over comm. tmd_track_basis_fit on frame 0 (phase, first least squares); then the
+ * given a1, a2 (matched to the fitted vectors' convention, anchored at the frame-0 site nearest
+ * the frame-0 atoms' centroid: a frame 0 that is a strip constrains its own fit poorly, so pass a
+ * stack-wide estimate, tmd_track_median_vectors) start the
  * least squares again on the drift-corrected atoms (x, y) - drift[frame] of every frame 0..T-1,
  * over a region growing by factors of 2 from the one frame 0's atoms cover, so that a1, a2 are
  * measured over the whole area the stack shows (a frame 0 that shows little lattice no longer
@@ -64,6 +67,14 @@ tmd_status tmd_track_basis_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table
  * as tmd_track_basis_fit. */
 tmd_status tmd_track_basis_fit_stack(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *atoms, const double a1[2],
                                      const double a2[2], const double *drift, int64_t T, tmd_track_basis *out);
+
+/* Lattice vectors for the basis of a stack from per-frame measurements a1s, a2s (T, 2): each
+ * frame's pair brought to one convention (the two of the six shortest lattice vectors at angles
+ * [0, 60) and [60, 120) degrees), then the component-wise median over the frames with a valid
+ * pair. A frame 0 that shows little lattice (a film edge) measures its vectors poorly; the
+ * median over the stack does not depend on it. Returns the number of frames used (0: a1, a2
+ * unchanged). Not collective; the same on every rank given the same input. */
+int tmd_track_median_vectors(const double *a1s, const double *a2s, int64_t T, double a1[2], double a2[2]);
 
 /* Not collective. Sets atoms->site for every row: the site nearest to (x, y) - drift[frame],
  * or -1 when it is farther than tol * bond (tol ~ 0.45). drift is (T, 2); a frame outside

@@ -246,6 +246,41 @@ tmd_status tmd_track_basis_fit_stack(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom
     }
     TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, q, 3, MPI_INT64_T, MPI_SUM, comm)));
     double cx = q[2] ? q[0] / 16.0 / q[2] : 0, cy = q[2] ? q[1] / 16.0 / q[2] : 0, r[2] = {0, 0};
+    /* the frame-0 least squares fixes the phase, but its vectors are only as good as frame 0's
+     * atoms span: on a strip (a film edge) one component is barely constrained (512 x 1000 stack
+     * of seed 201, the run's atoms: a1 off by 1.5 px, a third of all atoms then off their sites).
+     * Start the growing refinement from the given vectors instead (the caller's stack-wide
+     * estimate, tmd_track_median_vectors), each matched to the frame-0 basis vector it is
+     * nearest to among the six of its star, anchored at the site nearest the frame-0 centroid. */
+    {
+        double bo = sqrt(pow((a1[0] + a2[0]) / 3, 2) + pow((a1[1] + a2[1]) / 3, 2));
+        double p1[2] = {a1[0], a1[1]}, p2[2] = {a2[0], a2[1]};
+        double star[6][2] = {{p1[0], p1[1]}, {-p1[0], -p1[1]}, {p2[0], p2[1]}, {-p2[0], -p2[1]},
+                             {p2[0] - p1[0], p2[1] - p1[1]}, {p1[0] - p2[0], p1[1] - p2[1]}};
+        if (p1[0] * p2[0] + p1[1] * p2[1] < 0) { /* a 120-degree pair: the third star vector is the sum */
+            star[4][0] = p1[0] + p2[0]; star[4][1] = p1[1] + p2[1];
+            star[5][0] = -star[4][0]; star[5][1] = -star[4][1];
+        }
+        double n1[2] = {0, 0}, n2[2] = {0, 0}, e1 = INFINITY, e2 = INFINITY;
+        for (int k = 0; k < 6; k++) {
+            double d1 = hypot(star[k][0] - out->a1[0], star[k][1] - out->a1[1]);
+            double d2 = hypot(star[k][0] - out->a2[0], star[k][1] - out->a2[1]);
+            if (d1 < e1) { e1 = d1; n1[0] = star[k][0]; n1[1] = star[k][1]; }
+            if (d2 < e2) { e2 = d2; n2[0] = star[k][0]; n2[1] = star[k][1]; }
+        }
+        if (bo > 0 && e1 < 0.5 * bo && e2 < 0.5 * bo) {
+            double d;
+            int64_t i, j;
+            int sl;
+            tmd_site_unpack(tmd_track_nearest(out, cx, cy, &d), &i, &j, &sl);
+            double U = (double)i + (sl == 2 ? out->c : 0), V = (double)j + (sl == 2 ? out->c : 0);
+            double X = out->origin[0] + U * out->a1[0] + V * out->a2[0], Y = out->origin[1] + U * out->a1[1] + V * out->a2[1];
+            out->a1[0] = n1[0]; out->a1[1] = n1[1];
+            out->a2[0] = n2[0]; out->a2[1] = n2[1];
+            out->origin[0] = X - U * n1[0] - V * n2[0];
+            out->origin[1] = Y - U * n1[1] - V * n2[1];
+        }
+    }
     for (int64_t k = 0; k < atoms->n; k++) {
         int64_t t = atoms->frame[k];
         if (t < 0 || t >= T) continue;
@@ -268,6 +303,62 @@ tmd_status tmd_track_basis_fit_stack(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom
     tmd_debug(ctx, "track: basis refined on every frame's drift-corrected atoms: %lld atoms (frame 0: %lld), rms %.3f px",
               (long long)out->n_fit, (long long)n0, out->rms_px);
     return TMD_OK;
+}
+
+/* Angle of v in degrees, in [0, 360). */
+static double angle_deg(const double v[2])
+{
+    double a = atan2(v[1], v[0]) * 180.0 / M_PI;
+    return a < 0 ? a + 360.0 : a;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int tmd_track_median_vectors(const double *a1s, const double *a2s, int64_t T, double a1[2], double a2[2])
+{
+    double *c = malloc(sizeof(double) * 4 * (size_t)(T > 0 ? T : 1));
+    if (!c) return 0;
+    int64_t m = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const double *p = a1s + 2 * t, *q = a2s + 2 * t;
+        double det = p[0] * q[1] - p[1] * q[0];
+        if (!(fabs(det) > 1e-6) || !isfinite(det)) continue;
+        /* the hexagonal star: +-a1, +-a2, +-(a1 + a2), +-(a1 - a2); its six shortest vectors */
+        double v[8][2] = {{p[0], p[1]}, {-p[0], -p[1]}, {q[0], q[1]}, {-q[0], -q[1]}, {p[0] + q[0], p[1] + q[1]},
+                          {-p[0] - q[0], -p[1] - q[1]}, {p[0] - q[0], p[1] - q[1]}, {q[0] - p[0], q[1] - p[1]}};
+        double l[8];
+        for (int k = 0; k < 8; k++) l[k] = hypot(v[k][0], v[k][1]);
+        /* drop the longest pair: the two of largest length */
+        int drop1 = 0;
+        for (int k = 1; k < 8; k++) if (l[k] > l[drop1]) drop1 = k;
+        int drop2 = drop1 ^ 1;
+        int k1 = -1, k2 = -1;
+        for (int k = 0; k < 8; k++) {
+            if (k == drop1 || k == drop2) continue;
+            double a = angle_deg(v[k]);
+            if (a < 60.0 && k1 < 0) k1 = k;
+            else if (a >= 60.0 && a < 120.0 && k2 < 0) k2 = k;
+        }
+        if (k1 < 0 || k2 < 0) continue;
+        c[4 * m] = v[k1][0]; c[4 * m + 1] = v[k1][1]; c[4 * m + 2] = v[k2][0]; c[4 * m + 3] = v[k2][1];
+        m++;
+    }
+    if (m == 0) { free(c); return 0; }
+    double *col = malloc(sizeof(double) * (size_t)m), out[4];
+    if (!col) { free(c); return 0; }
+    for (int j = 0; j < 4; j++) {
+        for (int64_t t = 0; t < m; t++) col[t] = c[4 * t + j];
+        qsort(col, (size_t)m, sizeof(double), cmp_double);
+        out[j] = m % 2 ? col[m / 2] : 0.5 * (col[m / 2 - 1] + col[m / 2]);
+    }
+    free(col);
+    free(c);
+    a1[0] = out[0]; a1[1] = out[1]; a2[0] = out[2]; a2[1] = out[3];
+    return (int)(m > 0x7fffffff ? 0x7fffffff : m);
 }
 
 tmd_status tmd_track_assign(tmd_ctx *ctx, const tmd_track_basis *b, const double *drift, int64_t T, double tol,
