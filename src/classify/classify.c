@@ -181,13 +181,24 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
             const int64_t *h = side ? hx : hm;
             const double *L = side ? lx : lm, *w = side ? wx : wm;
             int nl = side ? 6 : 3;
+            /* per level: centre, Gaussian exponent factors and weights x normalisations (the
+             * E-step below is ~70 % of a classify run: ~900 fits x 40 iterations per component) */
+            double lmu[6], ea[6], eb[6], ka[6], kb[6];
+            for (int k = 0; k < nl; k++) {
+                double mu = m->s * L[k], var = m->sa2 + m->rho * m->rho * mu * mu;
+                lmu[k] = mu;
+                ea[k] = -0.5 / var;
+                ka[k] = (1 - OUT_W) * w[k] * (1 - m->wc) / sqrt(2 * M_PI * var);
+                eb[k] = m->wc > 0 ? -0.5 / (var + m->c2) : 0.0;
+                kb[k] = m->wc > 0 ? (1 - OUT_W) * w[k] * m->wc / sqrt(2 * M_PI * (var + m->c2)) : 0.0;
+            }
             for (int b = 0; b < NB; b++) {
                 if (!h[b]) continue;
                 double I = (b + 0.5) * bw, ra[6], rb[6], tot = OUT_W * OUT_D;
                 for (int k = 0; k < nl; k++) {
-                    double mu = m->s * L[k], var = m->sa2 + m->rho * m->rho * mu * mu;
-                    ra[k] = (1 - OUT_W) * w[k] * (1 - m->wc) * gauss(I - mu, var);
-                    rb[k] = m->wc > 0 ? (1 - OUT_W) * w[k] * m->wc * gauss(I - mu, var + m->c2) : 0.0;
+                    double d2 = (I - lmu[k]) * (I - lmu[k]), xa = d2 * ea[k], xb = d2 * eb[k];
+                    ra[k] = xa > -700 ? ka[k] * exp(xa) : 0.0; /* below: exp underflows (slow path) */
+                    rb[k] = kb[k] > 0 && xb > -700 ? kb[k] * exp(xb) : 0.0;
                     tot += ra[k] + rb[k];
                 }
                 double c = (double)h[b];
