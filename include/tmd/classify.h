@@ -58,6 +58,7 @@ extern "C" {
 
 typedef struct tmd_classify_opts {
     int constraint;          /* 1: species forbidden by the sublattice are masked (default 1) */
+    void *bands;             /* internal (banded classification, classify_internal.h); NULL */
     double bond_tol;         /* relative tolerance of a bond's length (default 0.35) */
     double bond_angle_tol;   /* tolerance of a bond's direction against the lattice's, degrees (default 25) */
     int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */

@@ -56,6 +56,7 @@ typedef struct tmd_config {
     double atom_weak_threshold; /* peaks of P between this and atom_threshold: only by the neighbour rule */
     /* classification */
     int constraint;           /* 1: sublattice constraint on species */
+    int classify_band_tiles;  /* mosaics: classify in chunks of this many tiles square, streamed; 0 = all at once */
     /* dynamics */
     double instability_threshold; /* z-score above which a site is unstable */
     int density_bin_px;       /* coarse-map bin, input pixels */

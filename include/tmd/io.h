@@ -121,6 +121,15 @@ tmd_status tmd_writer_create(tmd_ctx *ctx, const char *path, int force, MPI_Comm
 tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t n_local,
                            int64_t ncols, const void *data);
 
+/* Collective. A column dataset written in pieces: _create makes it with `total` rows (every
+ * rank passes the same total and ncols; chunking as tmd_writer_rows), then each _part call
+ * writes this rank's n_local rows at global row `offset` (ranks' pieces must not overlap;
+ * n_local may be 0). Used when a table is streamed to the file band by band. */
+tmd_status tmd_writer_rows_create(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t total,
+                                  int64_t ncols);
+tmd_status tmd_writer_rows_part(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t offset,
+                                int64_t n_local, int64_t ncols, const void *data);
+
 /* Collective. Writes an N-d array (rank <= 4) of which this rank holds the box
  * [start, start + count) (count may be all zero). `chunk` (may be NULL) sets chunk sizes;
  * match them to tiles so each chunk has one writer. */

@@ -153,8 +153,25 @@ struct tmd_run {
     char ckpt[TMD_PATH_MAX];         /* checkpoint directory OUT.ckpt (set by the driver) */
     int ckpt_made;                   /* 1: this run created or took over the checkpoint */
     int ckpt_off;                    /* 1: checkpoint could not be written here (warned; run goes on) */
+    /* streamed atom table (mosaics with a checkpoint, classify_band_tiles > 0): the tile pass
+     * keeps no rows (each tile's atoms are in OUT.ckpt/tile-<g>.bin), the classify stage works
+     * band by band and leaves each tile's classified rows in OUT.ckpt/cls-<g>.bin, the write
+     * stage streams them to /atoms in pieces. run->atoms then stays empty. */
+    int stream;                      /* 1: the atom table is streamed (see above) */
+    char stream_kind[8];             /* file kind holding the final rows: "tile" or "cls" */
+    int64_t *tile_rows;              /* (ntiles_total) rows per tile of stream_kind, on every rank after classify */
     double t_begin;
 };
+
+/* Per-tile files in the checkpoint directory (streamed tables; not collective): rows of an
+ * atom table (kind "tile": the tile pass's own checkpoint files; "cls": classified rows) and
+ * raw blobs. _read appends to `out`, whose nprob/nlatent must match the file's. */
+int tmd_run_tile_file_exists(const tmd_run *run, const char *kind, int64_t g);
+tmd_status tmd_run_tile_rows_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *t,
+                                   int64_t r0, int64_t r1);
+tmd_status tmd_run_tile_rows_read(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *out);
+tmd_status tmd_run_tile_blob_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, const void *data, size_t n);
+tmd_status tmd_run_tile_blob_read(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, void *data, size_t n);
 
 /* Defaults: tmd_config_defaults, no input/output, everything else empty. */
 void tmd_run_init(tmd_run *run);

@@ -1,5 +1,6 @@
 /* Sublattice colouring, contrast-model species classification and vacancies (tmd/classify.h). */
 #include "tmd/classify.h"
+#include "classify_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@
 void tmd_classify_opts_default(tmd_classify_opts *o)
 {
     o->constraint = 1;
+    o->bands = NULL;
     o->bond_tol = 0.35;
     o->bond_angle_tol = 25.0;
     o->min_fit_atoms = 40;
@@ -609,6 +611,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     float *newprob = NULL;
     int8_t *drop = NULL;
     vcand_t *vc = NULL;
+    const tmd_cls_bands *bands = opt->bands;
     int64_t ncomp = 0, nrec = 0, nall = 0, nuniq = 0, ncross = 0, nvc = 0;
 
     for (int64_t f = 0; f < nframes; f++)
@@ -721,6 +724,8 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
             int64_t j = adj[i * MAXNB + k];
             int s = sgn[i * MAXNB + k] > 0 ? 1 : -1;
             int ok = colour[i] >= 0 && colour[j] >= 0 && colour[i] != colour[j] && (s > 0) == (colour[i] == 0);
+            if (ok && bands && i >= n && j >= n) continue; /* banded: two ghosts are joined by their owners */
+            if (ok && bands && bands->edge && (i < n) != (j < n)) bands->edge[i] = bands->edge[j] = 1;
             if (ok) tmd_uf_union(uf, i, j);
             else if (i < j && i < n) rp.n_conflicts++;
         }
@@ -742,6 +747,31 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         comp[i] = comp[r];
     }
 
+    if (bands && bands->phase == 1) { /* banded pass 1: the graph only (classify_internal.h) */
+        for (int64_t i = 0; i < N; i++) {
+            bands->comp[i] = comp[i];
+            bands->colour[i] = colour[i];
+        }
+        goto cleanup;
+    }
+    if (bands && bands->phase == 2) { /* banded pass 2: global components and models from the driver */
+        size_t ms = sizeof(model_t);
+        for (int64_t i = 0; i < N; i++) {
+            if (i >= n) colour[i] = bands->gcolour[i - n];
+            comp[i] = bands->slot[i];
+            if (comp[i] < 0) colour[i] = -1;
+        }
+        ncomp = bands->nslot;
+        ncross = 0;
+        st = tmd_calloc(ctx, (void **)&models, (size_t)(ncomp > 0 ? ncomp : 1), ms, "classify models");
+        if (!st) st = tmd_calloc(ctx, (void **)&ref, (size_t)(nframes > 0 ? nframes : 1), ms, "classify models");
+        if (!st) st = tmd_calloc(ctx, (void **)&gcomp, (size_t)(ncomp > 0 ? ncomp : 1), sizeof *gcomp, "classify");
+        if (st) goto cleanup;
+        if (ncomp > 0) memcpy(models, bands->models, (size_t)ncomp * ms);
+        memcpy(ref, bands->ref, (size_t)nframes * ms);
+        memcpy(fmax_i, bands->fmax, (size_t)nframes * sizeof *fmax_i);
+        goto banded_apply;
+    }
     /* 4. components across ranks: records of ghosts and of atoms bonded to ghosts */
     for (int pass = 0; pass < 2; pass++) {
         nrec = 0;
@@ -995,6 +1025,9 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         models[sl].ok = 2; /* borrowed */
     }
 
+banded_apply:
+    W = 2 * NB + 3;
+    np = atoms->nprob;
     /* 6b. local noise: each metal column's residual against the nearer of the frame reference's
      * Mo / W levels (same model on every rank; ghosts carry the owner's contrast) */
     st = tmd_calloc(ctx, (void **)&mres, (size_t)(N > 0 ? N : 1), sizeof *mres, "classify residuals");
@@ -1357,7 +1390,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
     }
     {
         int64_t cnt[2] = {0, 0};
-        for (int64_t c = 0; c < ncomp; c++) {
+        for (int64_t c = 0; hist && c < ncomp; c++) {
             int64_t sl = SLOT(c);
             if (hist[sl * W + 2 * NB + 2] >= 2 && sl < ncomp) cnt[0]++;
         }
@@ -1401,4 +1434,110 @@ cleanup:
 #undef AF
 #undef AI
 #undef SLOT
+}
+
+/* ---- banded classification: the global fit (classify_internal.h) -------------------------- */
+
+size_t tmd_cls_model_size(void) { return sizeof(model_t); }
+
+int tmd_cls_hist_width(void) { return 2 * NB + 3; }
+
+/* the statistics of one owned atom, as step 5 of tmd_classify adds them */
+void tmd_cls_hist_add(int64_t *h, int colour, double In, const float *p, int np)
+{
+    int b = (int)clampd(floor(In / (1.05 / NB)), 0, NB - 1);
+    h[colour * NB + b]++;
+    h[2 * NB + 2]++;
+    if (np == TMD_NCLASSES || np == TMD_SP_COUNT) {
+        double pm = p[1] + p[2], px = 0;
+        for (int k = 3; k < np; k++) px += p[k];
+        if (pm + px > 0.05) {
+            double lo = clampd(log((pm + 1e-3) / (px + 1e-3)), -3, 3);
+            h[2 * NB + colour] += (int64_t)llround(lo * VOTE_FIX);
+        }
+    }
+}
+
+/* step 6 of tmd_classify over global components: fit, frame reference, borrowed models */
+tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes, int64_t nslot,
+                       const int64_t *hist, const int64_t *slot_f, const double *slot_a, void *models_out, void *ref_out,
+                       tmd_classify_report *rp)
+{
+    model_t *models = models_out, *ref = ref_out;
+    const int64_t W = 2 * NB + 3;
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    tmd_status st = TMD_OK;
+    if ((double)nslot * (double)sizeof(model_t) > 2e9)
+        return TMD_FAIL(ctx, TMD_ERR_RANGE, "classify: %lld components are too many to fit", (long long)nslot);
+    for (int pass = 0; pass < 2 && !st; pass++) {
+        if (pass == 1) {
+            int need = 0;
+            for (int64_t f = 0; f < nframes; f++) need |= !ref[f].ok;
+            if (!need) break;
+        }
+        for (int64_t sl = rank; sl < nslot; sl += nranks) {
+            const int64_t *h = hist + sl * W;
+            if (models[sl].ok || h[2 * NB + 2] < 1) continue;
+            if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
+            if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
+            model_t m = fit_component(opt, h, h + NB, mean_vote(h), opt->pixel_size > 0 ? slot_a[sl] : 0.0);
+            memset(&models[sl], 0, sizeof m);
+            models[sl] = m;
+        }
+        /* one rank fitted each component: the others hold zeros, so a bitwise OR combines them */
+        if (nslot > 0)
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, models, (int)(nslot * (int64_t)sizeof(model_t)), MPI_BYTE, MPI_BOR,
+                                            comm));
+        if (st) break;
+        /* frame reference: the largest fitted component of the frame (ties: the first) */
+        for (int64_t f = 0; f < nframes; f++) {
+            int64_t best = -1, bsz = 0;
+            for (int64_t sl = 0; sl < nslot; sl++) {
+                if (!models[sl].ok || slot_f[sl] != f) continue;
+                if (hist[sl * W + 2 * NB + 2] > bsz) {
+                    bsz = hist[sl * W + 2 * NB + 2];
+                    best = sl;
+                }
+            }
+            if (best < 0) continue;
+            const model_t *q = &models[best];
+            model_t r;
+            memset(&r, 0, sizeof r); /* the fields tmd_classify passes between ranks; hyp etc. 0 */
+            r.ok = 1;
+            r.n = q->n, r.s = q->s, r.sa2 = q->sa2, r.rho = q->rho, r.x = q->x, r.y = q->y, r.v = q->v;
+            r.em = q->em, r.ex = q->ex, r.wc = q->wc, r.c2 = q->c2, r.agap = q->agap, r.apost = q->apost;
+            ref[f] = r;
+        }
+    }
+    if (st) return st;
+    if (rp) {
+        if (nframes > 0 && ref[0].ok) {
+            rp->n_exponent = ref[0].n;
+            rp->x_w = ref[0].x;
+            rp->y_se = ref[0].y;
+            rp->a_vegard = tmd_lattice_vegard(ref[0].x, ref[0].y);
+            rp->vegard_gap = ref[0].agap;
+            rp->a_post = ref[0].apost;
+        }
+        rp->n_components = 0;
+        for (int64_t sl = 0; sl < nslot; sl++) rp->n_components += hist[sl * W + 2 * NB + 2] >= 2;
+    }
+    /* small components: metal colour by likelihood under the frame's reference model */
+    for (int64_t sl = 0; sl < nslot; sl++) {
+        if (models[sl].ok || hist[sl * W + 2 * NB + 2] < 1) continue;
+        model_t r0 = ref[slot_f[sl]];
+        if (!r0.ok) continue;
+        const int64_t *h = hist + sl * W;
+        double v = mean_vote(h);
+        model_t r1 = r0;
+        r0.hyp = 0;
+        r1.hyp = 1;
+        double s0 = hist_ll(&r0, h, h + NB) + 0.5 * opt->vote_weight * v;
+        double s1 = hist_ll(&r1, h + NB, h) - 0.5 * opt->vote_weight * v;
+        models[sl] = s0 >= s1 ? r0 : r1;
+        models[sl].ok = 2; /* borrowed */
+    }
+    return TMD_OK;
 }

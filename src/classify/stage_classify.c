@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tmd/classify.h"
+#include "classify_internal.h"
 #include "tmd/halo.h"
 #include "tmd/io.h"
 #include "tmd/pipeline.h"
@@ -127,6 +128,549 @@ static tmd_status measure_cb(tmd_ctx *ctx, void *user, int64_t n, const int32_t 
     return measure_contrast(ctx, u->run, u->own, u->lat, n, frame, x, y, out);
 }
 
+/* ---- banded (streamed) classification ------------------------------------------------------
+ *
+ * Mosaics with run->stream (tmd/pipeline.h): the tile pass kept no atoms; each tile's rows are
+ * in OUT.ckpt/tile-<g>.bin. The rank's tile block is cut into chunks of B x B tiles
+ * (B = classify_band_tiles); a chunk is classified from its own tiles' atoms plus ghosts read
+ * from the tiles around it (any rank's: the checkpoint directory is shared), within 4 lattice
+ * periods of the chunk (the 3 of tmd_classify_ghost_distance, plus a bond length so that the
+ * ghosts the local-noise window reaches have all their neighbours too). Memory is one chunk.
+ *
+ *   pass 1, per chunk: column contrast of the owned atoms (measure_contrast on the chunk box),
+ *     the bond graph, colours and components (tmd_classify phase 1); per tile a side file
+ *     OUT.ckpt/cp1-<g>.bin holds each atom's contrast, colour and component id
+ *     (chunk << 32 | local component). A joining bond between an owned atom and a ghost
+ *     links the two chunks' components; it is resolved from the ghost's side file when that
+ *     exists (its chunk is done), else later by the chunk that owns the ghost (same rank)
+ *     or after the pass (other ranks).
+ *   merge: every rank gathers the components and links (a few per chunk) and forms the
+ *     global components by union-find (the same on every rank).
+ *   histograms: the owned atoms' contrast (over the frame's largest, all ranks) and votes per
+ *     global component, summed over ranks; the models are fitted (tmd_cls_fit, collective).
+ *   pass 2, per chunk: the same graph again (tmd_classify phase 2) with each atom's global
+ *     component and the ghosts' contrast and colour from the side files: species, vacancies
+ *     (to run->defects), empty columns removed; each tile's rows go to OUT.ckpt/cls-<g>.bin,
+ *     which the write stage streams to /atoms in the canonical order.
+ * The result is the unbanded one's (same bonds: every atom a chunk uses has all its
+ * neighbours; same components; same sums; same models) at any chunk size and rank count. */
+
+typedef struct {
+    int64_t ty0, ty1, tx0, tx1; /* tile rows and columns [ty0, ty1) x [tx0, tx1) */
+} chunk_t;
+
+typedef struct { /* per-atom side data of pass 1, per tile */
+    float *contrast;
+    int8_t *colour;
+    int64_t *gid;
+    int64_t n;
+} side_t;
+
+static void side_free(side_t *s)
+{
+    free(s->contrast);
+    free(s->colour);
+    free(s->gid);
+    memset(s, 0, sizeof *s);
+}
+
+static tmd_status side_read(tmd_ctx *ctx, tmd_run *run, int64_t g, int64_t n, side_t *s)
+{
+    size_t bytes = (size_t)n * 13;
+    char *buf = NULL;
+    side_free(s);
+    tmd_status st = tmd_calloc(ctx, (void **)&buf, bytes + 1, 1, "classify side file");
+    if (!st) st = tmd_calloc(ctx, (void **)&s->contrast, (size_t)n + 1, sizeof(float), "classify side file");
+    if (!st) st = tmd_calloc(ctx, (void **)&s->colour, (size_t)n + 1, 1, "classify side file");
+    if (!st) st = tmd_calloc(ctx, (void **)&s->gid, (size_t)n + 1, sizeof(int64_t), "classify side file");
+    if (!st) st = tmd_run_tile_blob_read(ctx, run, "cp1", g, buf, bytes);
+    if (!st) {
+        memcpy(s->contrast, buf, (size_t)n * 4);
+        memcpy(s->colour, buf + (size_t)n * 4, (size_t)n);
+        memcpy(s->gid, buf + (size_t)n * 5, (size_t)n * 8);
+        s->n = n;
+    }
+    free(buf);
+    return st;
+}
+
+static tmd_status side_write(tmd_ctx *ctx, tmd_run *run, int64_t g, int64_t n, const float *contrast,
+                             const int8_t *colour, const int64_t *gid)
+{
+    char *buf = NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&buf, (size_t)n * 13 + 1, 1, "classify side file");
+    if (st) return st;
+    memcpy(buf, contrast, (size_t)n * 4);
+    memcpy(buf + (size_t)n * 4, colour, (size_t)n);
+    memcpy(buf + (size_t)n * 5, gid, (size_t)n * 8);
+    st = tmd_run_tile_blob_write(ctx, run, "cp1", g, buf, (size_t)n * 13);
+    free(buf);
+    return st;
+}
+
+static void chunk_box(const tmd_decomp *d, const chunk_t *c, tmd_box *b)
+{
+    int64_t t0[3] = {0, c->ty0, c->tx0}, t1[3] = {0, c->ty1 - 1, c->tx1 - 1};
+    tmd_box a, z;
+    tmd_decomp_tile_box(d, tmd_decomp_tile_index(d, t0), &a, NULL);
+    tmd_decomp_tile_box(d, tmd_decomp_tile_index(d, t1), &z, NULL);
+    for (int k = 0; k < 3; k++) {
+        b->lo[k] = a.lo[k];
+        b->hi[k] = z.hi[k];
+    }
+}
+
+static tmd_status push_row(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t k)
+{
+    int64_t i;
+    TMD_CHECK(tmd_atom_table_push(ctx, dst, &i));
+    const int np = src->nprob, nl = src->nlatent;
+    dst->frame[i] = src->frame[k], dst->x[i] = src->x[k], dst->y[i] = src->y[k];
+    dst->sublattice[i] = src->sublattice[k], dst->species[i] = src->species[k];
+    dst->intensity[i] = src->intensity[k], dst->site[i] = src->site[k];
+    memcpy(dst->prob + i * np, src->prob + k * np, sizeof(float) * (size_t)np);
+    if (nl) memcpy(dst->latent + i * nl, src->latent + k * nl, sizeof(float) * (size_t)nl);
+    return TMD_OK;
+}
+
+/* The chunk's owned atoms (its tiles in row-major order) and its ghosts: atoms of the tiles
+ * around it within gd of its box; gtile/gidx: each ghost's tile and row in that tile. */
+static tmd_status chunk_load(tmd_ctx *ctx, tmd_run *run, const chunk_t *c, const tmd_box *box, double gd,
+                             tmd_atom_table *own, tmd_atom_table *gh, int64_t **gtile, int64_t **gidx)
+{
+    const tmd_decomp *d = run->decomp;
+    tmd_status st = TMD_OK;
+    tmd_atom_table tmp;
+    tmd_atom_table_init(&tmp, own->nprob);
+    if (own->nlatent) st = tmd_atom_table_set_latent(ctx, &tmp, own->nlatent);
+    own->n = gh->n = 0;
+    for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+        for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+            int64_t tc[3] = {0, ty, tx};
+            st = tmd_run_tile_rows_read(ctx, run, "tile", tmd_decomp_tile_index(d, tc), own);
+        }
+    int64_t R = (int64_t)ceil(gd / (double)d->tile[1]) + 1, cap = 0, ng = 0;
+    for (int64_t ty = c->ty0 - R; ty < c->ty1 + R && !st; ty++)
+        for (int64_t tx = c->tx0 - R; tx < c->tx1 + R && !st; tx++) {
+            if (ty < 0 || tx < 0 || ty >= d->ntiles[1] || tx >= d->ntiles[2]) continue;
+            if (ty >= c->ty0 && ty < c->ty1 && tx >= c->tx0 && tx < c->tx1) continue;
+            int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc);
+            tmd_box tb;
+            tmd_decomp_tile_box(d, g, &tb, NULL);
+            /* skip tiles whose whole box is farther than gd */
+            double dy = tb.hi[1] - 0.5 < box->lo[1] - 0.5 ? (box->lo[1] - 0.5) - (tb.hi[1] - 0.5)
+                        : tb.lo[1] - 0.5 > box->hi[1] - 0.5 ? (tb.lo[1] - 0.5) - (box->hi[1] - 0.5) : 0;
+            double dx = tb.hi[2] - 0.5 < box->lo[2] - 0.5 ? (box->lo[2] - 0.5) - (tb.hi[2] - 0.5)
+                        : tb.lo[2] - 0.5 > box->hi[2] - 0.5 ? (tb.lo[2] - 0.5) - (box->hi[2] - 0.5) : 0;
+            if (hypot(dy, dx) > gd + 2) continue;
+            tmp.n = 0;
+            st = tmd_run_tile_rows_read(ctx, run, "tile", g, &tmp);
+            for (int64_t k = 0; k < tmp.n && !st; k++) {
+                if (tmd_box_distance(box, tmp.y[k], tmp.x[k]) > gd) continue;
+                st = push_row(ctx, gh, &tmp, k);
+                if (st) break;
+                if (ng + 1 > cap) {
+                    int64_t nc = cap ? 2 * cap : 1024;
+                    int64_t *a = realloc(*gtile, (size_t)nc * sizeof(int64_t)), *b2 = a ? realloc(*gidx, (size_t)nc * sizeof(int64_t)) : NULL;
+                    if (a) *gtile = a;
+                    if (b2) *gidx = b2;
+                    if (!a || !b2) {
+                        st = TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the ghosts of a classify chunk");
+                        break;
+                    }
+                    cap = nc;
+                }
+                (*gtile)[ng] = g;
+                (*gidx)[ng] = k;
+                ng++;
+            }
+        }
+    tmd_atom_table_free(&tmp);
+    return st;
+}
+
+typedef struct {
+    int64_t a, b;
+} link_t;
+
+static int cmp_link(const void *p, const void *q)
+{
+    const link_t *x = p, *y = q;
+    if (x->a != y->a) return x->a < y->a ? -1 : 1;
+    return (x->b > y->b) - (x->b < y->b);
+}
+
+typedef struct {
+    int64_t tile, idx, gid;
+} pending_t;
+
+static int cmp_pending(const void *p, const void *q)
+{
+    const pending_t *x = p, *y = q;
+    if (x->tile != y->tile) return x->tile < y->tile ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* growable arrays of int64 pairs / triples */
+static tmd_status grow(tmd_ctx *ctx, void **p, int64_t *cap, int64_t need, size_t es)
+{
+    if (need <= *cap) return TMD_OK;
+    int64_t nc = *cap ? *cap : 256;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * es);
+    if (!q) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory in the banded classification");
+    *p = q;
+    *cap = nc;
+    return TMD_OK;
+}
+
+/* global component of a chunk component id (-1: not gathered) */
+static int64_t gslot(const int64_t *allnodes, int64_t nall, const int64_t *uf, const int64_t *root_slot, int64_t id)
+{
+    int64_t u = tmd_i64_find_sorted(allnodes, nall, id);
+    return u >= 0 ? root_slot[uf[u]] : -1;
+}
+
+static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *lat, tmd_classify_opts *o,
+                                    tmd_classify_report *rep)
+{
+    const tmd_decomp *d = run->decomp;
+    const int64_t T = run->info.frames, H = run->info.height, Wd = run->info.width, G = d->ntiles_total;
+    const int64_t B = run->cfg.classify_band_tiles, HW = tmd_cls_hist_width();
+    const size_t MS = tmd_cls_model_size();
+    tmd_status st = TMD_OK;
+    tmd_atom_table own, gh;
+    tmd_atom_table_init(&own, run->atoms.nprob);
+    tmd_atom_table_init(&gh, run->atoms.nprob);
+    chunk_t *chunks = NULL;
+    int64_t nch = 0, *gtile = NULL, *gidx = NULL, *comp = NULL, *gid = NULL, *slot = NULL;
+    int8_t *colour = NULL, *edge = NULL, *gcol = NULL;
+    float *contrast = NULL;
+    link_t *links = NULL, *alllinks = NULL;
+    pending_t *pend = NULL;
+    int64_t *tn = NULL, *cls_n = NULL; /* rows per tile: of the tile pass, classified */
+    int64_t *nodes = NULL, *allnodes = NULL, *uf = NULL, *root_slot = NULL, *hist = NULL, *slot_f = NULL;
+    double *slot_a = NULL, *fmax = NULL;
+    void *models = NULL, *ref = NULL;
+    int *cnt = NULL, *dsp = NULL;
+    side_t side, side2;
+    memset(&side, 0, sizeof side);
+    memset(&side2, 0, sizeof side2);
+    int64_t nlinks = 0, caplinks = 0, npend = 0, cappend = 0, nnodes = 0, capnodes = 0, nall = 0, nslot = 0;
+    memset(rep, 0, sizeof *rep);
+    double gd = 0;
+    for (int64_t f = 0; f < T; f++) gd = gd > 4.0 * lat[f].period_px ? gd : 4.0 * lat[f].period_px;
+    if (run->atoms.nlatent) {
+        st = tmd_atom_table_set_latent(ctx, &own, run->atoms.nlatent);
+        if (!st) st = tmd_atom_table_set_latent(ctx, &gh, run->atoms.nlatent);
+    }
+    /* chunks of B x B tiles over this rank's block, row-major */
+    int64_t ny = (d->thi[1] - d->tlo[1] + B - 1) / B, nx = (d->thi[2] - d->tlo[2] + B - 1) / B;
+    if (d->nlocal > 0 && ny > 0 && nx > 0)
+        st = tmd_calloc(ctx, (void **)&chunks, (size_t)(ny * nx), sizeof *chunks, "classify chunks");
+    if (!st) st = tmd_calloc(ctx, (void **)&fmax, (size_t)T + 1, sizeof *fmax, "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&tn, (size_t)G + 1, sizeof *tn, "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&cls_n, (size_t)G + 1, sizeof *cls_n, "classify");
+    if (!st) memcpy(tn, run->tile_rows, (size_t)G * sizeof *tn);
+    for (int64_t a = 0; a < ny && !st && d->nlocal > 0; a++)
+        for (int64_t b = 0; b < nx; b++) {
+            chunk_t *c = &chunks[nch++];
+            c->ty0 = d->tlo[1] + a * B;
+            c->ty1 = c->ty0 + B < d->thi[1] ? c->ty0 + B : d->thi[1];
+            c->tx0 = d->tlo[2] + b * B;
+            c->tx1 = c->tx0 + B < d->thi[2] ? c->tx0 + B : d->thi[2];
+        }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+
+    /* ---- pass 1: contrast, graph, components, links ---- */
+    for (int64_t ci = 0; ci < nch && !st; ci++) {
+        const chunk_t *c = &chunks[ci];
+        tmd_box box;
+        chunk_box(d, c, &box);
+        st = chunk_load(ctx, run, c, &box, gd, &own, &gh, &gtile, &gidx);
+        int64_t n = own.n, m = gh.n, N = n + m;
+        free(contrast), free(comp), free(colour), free(edge), free(gid);
+        contrast = NULL, comp = NULL, colour = NULL, edge = NULL, gid = NULL;
+        if (!st) st = tmd_calloc(ctx, (void **)&contrast, (size_t)n + 1, sizeof *contrast, "classify contrast");
+        if (!st) st = tmd_calloc(ctx, (void **)&comp, (size_t)N + 1, sizeof *comp, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&gid, (size_t)N + 1, sizeof *gid, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&colour, (size_t)N + 1, 1, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&edge, (size_t)N + 1, 1, "classify");
+        if (!st) st = measure_contrast(ctx, run, &box, lat, n, own.frame, own.x, own.y, contrast);
+        for (int64_t i = 0; i < n && !st; i++)
+            if (contrast[i] > fmax[own.frame[i]]) fmax[own.frame[i]] = contrast[i];
+        if (st) break;
+        tmd_cls_bands bd;
+        memset(&bd, 0, sizeof bd);
+        bd.phase = 1;
+        bd.comp = comp;
+        bd.colour = colour;
+        bd.edge = edge;
+        tmd_classify_opts o1 = *o;
+        o1.bands = &bd;
+        o1.measure = NULL;
+        o1.carry = NULL;
+        tmd_defect_table none;
+        tmd_defect_table_init(&none);
+        st = tmd_classify(ctx, MPI_COMM_SELF, &o1, T, lat, &box, H, Wd, &own, &gh, &none, NULL);
+        tmd_defect_table_free(&none);
+        if (st) break;
+        int64_t key;
+        {
+            int64_t tc[3] = {0, c->ty0, c->tx0};
+            key = tmd_decomp_tile_index(d, tc) << 32;
+        }
+        for (int64_t i = 0; i < N; i++) gid[i] = key | comp[i];
+        /* side files, per tile (rows in tile order) */
+        int64_t r = 0;
+        for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+            for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+                int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc), k = tn[g];
+                if (r + k > n) {
+                    st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: tile %lld has fewer rows than counted", run->ckpt, (long long)g);
+                    break;
+                }
+                st = side_write(ctx, run, g, k, contrast + r, colour + r, gid + r);
+                r += k;
+            }
+        /* components with owned atoms */
+        for (int64_t i = 0; i < n && !st; i++) {
+            if (colour[i] < 0) continue;
+            st = grow(ctx, (void **)&nodes, &capnodes, nnodes + 1, sizeof *nodes);
+            if (!st) nodes[nnodes++] = gid[i];
+        }
+        if (!st && nnodes > 0) { /* keep them unique as we go */
+            qsort(nodes, (size_t)nnodes, sizeof *nodes, tmd_i64_compare);
+            int64_t u = 0;
+            for (int64_t i = 0; i < nnodes; i++)
+                if (u == 0 || nodes[u - 1] != nodes[i]) nodes[u++] = nodes[i];
+            nnodes = u;
+        }
+        /* links through the ghosts that end joining bonds */
+        int64_t cached = -1;
+        for (int64_t j = n; j < N && !st; j++) {
+            if (!edge[j] || colour[j] < 0) continue;
+            int64_t gt = gtile[j - n], gk = gidx[j - n];
+            if (gt != cached) {
+                if (tmd_run_tile_file_exists(run, "cp1", gt)) {
+                    st = side_read(ctx, run, gt, tn[gt], &side);
+                    cached = st ? -1 : gt;
+                } else {
+                    side_free(&side);
+                    cached = -2 - gt;
+                }
+            }
+            if (st) break;
+            if (cached == gt) {
+                st = grow(ctx, (void **)&links, &caplinks, nlinks + 1, sizeof *links);
+                if (!st) links[nlinks++] = (link_t){gid[j], side.gid[gk]};
+            } else if (tmd_decomp_tile_owner(d, gt) != ctx->rank) {
+                st = grow(ctx, (void **)&pend, &cappend, npend + 1, sizeof *pend);
+                if (!st) pend[npend++] = (pending_t){gt, gk, gid[j]};
+            } /* else: a later chunk of this rank owns it and sees this bond from its side */
+        }
+        if (!st && nlinks > 0) {
+            qsort(links, (size_t)nlinks, sizeof *links, cmp_link);
+            int64_t u = 0;
+            for (int64_t i = 0; i < nlinks; i++)
+                if (u == 0 || links[u - 1].a != links[i].a || links[u - 1].b != links[i].b) links[u++] = links[i];
+            nlinks = u;
+        }
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, fmax, (int)T, MPI_DOUBLE, MPI_MAX, run->comm));
+    if (st) goto cleanup;
+    /* links to other ranks' tiles, now that every side file exists */
+    qsort(pend, (size_t)npend, sizeof *pend, cmp_pending);
+    for (int64_t p = 0; p < npend && !st; p++) {
+        if (p == 0 || pend[p].tile != pend[p - 1].tile) st = side_read(ctx, run, pend[p].tile, tn[pend[p].tile], &side);
+        if (!st) st = grow(ctx, (void **)&links, &caplinks, nlinks + 1, sizeof *links);
+        if (!st) links[nlinks++] = (link_t){pend[p].gid, side.gid[pend[p].idx]};
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+
+    /* ---- merge: global components (same on every rank) ---- */
+    {
+        int P = ctx->nranks;
+        int mine = (int)nnodes, tot = 0;
+        st = tmd_calloc(ctx, (void **)&cnt, (size_t)P, sizeof(int), "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&dsp, (size_t)P, sizeof(int), "classify");
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, run->comm));
+        for (int r = 0; r < P; r++) dsp[r] = tot, tot += cnt[r];
+        nall = tot;
+        if (!st) st = tmd_calloc(ctx, (void **)&allnodes, (size_t)nall + 1, sizeof *allnodes, "classify components");
+        if (!st) st = tmd_calloc(ctx, (void **)&uf, (size_t)nall + 1, sizeof *uf, "classify components");
+        if (!st) st = tmd_calloc(ctx, (void **)&root_slot, (size_t)nall + 1, sizeof *root_slot, "classify components");
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        st = TMD_MPI(ctx, MPI_Allgatherv(nodes, mine, MPI_INT64_T, allnodes, cnt, dsp, MPI_INT64_T, run->comm));
+        if (st) goto cleanup;
+        qsort(allnodes, (size_t)nall, sizeof *allnodes, tmd_i64_compare); /* unique: each chunk's ids differ */
+        for (int64_t i = 0; i < nall; i++) uf[i] = i;
+        mine = (int)(2 * nlinks), tot = 0;
+        st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, run->comm));
+        for (int r = 0; r < P; r++) dsp[r] = tot, tot += cnt[r];
+        if (!st) st = tmd_calloc(ctx, (void **)&alllinks, (size_t)tot / 2 + 1, sizeof *alllinks, "classify links");
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        st = TMD_MPI(ctx, MPI_Allgatherv(links, mine, MPI_INT64_T, alllinks, cnt, dsp, MPI_INT64_T, run->comm));
+        if (st) goto cleanup;
+        for (int64_t l = 0; l < tot / 2; l++) {
+            int64_t a = tmd_i64_find_sorted(allnodes, nall, alllinks[l].a), b = tmd_i64_find_sorted(allnodes, nall, alllinks[l].b);
+            if (a >= 0 && b >= 0) tmd_uf_union(uf, a, b);
+        }
+        /* slots in the order of each set's first (smallest) id */
+        for (int64_t i = 0; i < nall; i++) root_slot[i] = -1;
+        for (int64_t i = 0; i < nall; i++) {
+            int64_t r = tmd_uf_find(uf, i);
+            if (root_slot[r] < 0) root_slot[r] = nslot++;
+        }
+        for (int64_t i = 0; i < nall; i++) uf[i] = tmd_uf_find(uf, i);
+        free(alllinks);
+        alllinks = NULL;
+    }
+#define GSLOT(id) gslot(allnodes, nall, uf, root_slot, (id))
+
+    /* ---- histograms of the global components, fit ---- */
+    st = tmd_calloc(ctx, (void **)&hist, (size_t)nslot * (size_t)HW + 1, sizeof *hist, "classify histograms");
+    if (!st) st = tmd_calloc(ctx, (void **)&slot_f, (size_t)nslot + 1, sizeof *slot_f, "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&slot_a, (size_t)nslot + 1, sizeof *slot_a, "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&models, (size_t)nslot + 1, MS, "classify models");
+    if (!st) st = tmd_calloc(ctx, (void **)&ref, (size_t)T + 1, MS, "classify models");
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+        int64_t g = tmd_decomp_local_tile(d, i);
+        own.n = 0;
+        st = tmd_run_tile_rows_read(ctx, run, "tile", g, &own);
+        if (!st) st = side_read(ctx, run, g, tn[g], &side);
+        for (int64_t k = 0; k < own.n && !st; k++) {
+            if (side.colour[k] < 0) continue;
+            int64_t sl = GSLOT(side.gid[k]), f = own.frame[k];
+            if (sl < 0) {
+                st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: component %llx of tile %lld not gathered",
+                              (unsigned long long)side.gid[k], (long long)g);
+                break;
+            }
+            double In = fmax[f] > 0 ? side.contrast[k] / fmax[f] : 0;
+            tmd_cls_hist_add(hist + sl * HW, side.colour[k], In, own.prob + k * own.nprob, own.nprob);
+            slot_f[sl] = f;
+            slot_a[sl] = lat[f].period_px * o->pixel_size;
+        }
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, hist, (int)(nslot * HW), MPI_INT64_T, MPI_SUM, run->comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_f, (int)nslot, MPI_INT64_T, MPI_MAX, run->comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_a, (int)nslot, MPI_DOUBLE, MPI_MAX, run->comm));
+    if (st) goto cleanup;
+    st = tmd_cls_fit(ctx, run->comm, o, T, nslot, hist, slot_f, slot_a, models, ref, rep);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    tmd_info(ctx, "classify: streamed over %lld chunks of up to %lld x %lld tiles on rank 0; %lld components (%lld "
+             "pieces merged)", (long long)nch, (long long)B, (long long)B, (long long)nslot, (long long)nall);
+
+    /* ---- pass 2: apply ---- */
+    for (int64_t ci = 0; ci < nch && !st; ci++) {
+        const chunk_t *c = &chunks[ci];
+        tmd_box box;
+        chunk_box(d, c, &box);
+        tmd_atom_table_free(&own); /* tmd_classify left it with the species probabilities */
+        tmd_atom_table_init(&own, run->atoms.nprob);
+        if (run->atoms.nlatent) st = tmd_atom_table_set_latent(ctx, &own, run->atoms.nlatent);
+        if (!st) st = chunk_load(ctx, run, c, &box, gd, &own, &gh, &gtile, &gidx);
+        int64_t n = own.n, m = gh.n, N = n + m;
+        free(contrast), free(slot), free(gcol);
+        contrast = NULL, slot = NULL, gcol = NULL;
+        if (!st) st = tmd_calloc(ctx, (void **)&contrast, (size_t)(own.cap > n ? own.cap : n) + 1, sizeof *contrast, "classify contrast");
+        if (!st) st = tmd_calloc(ctx, (void **)&slot, (size_t)N + 1, sizeof *slot, "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&gcol, (size_t)m + 1, 1, "classify");
+        /* owned: their tiles' side files, in order */
+        int64_t r = 0;
+        for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+            for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+                int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc);
+                st = side_read(ctx, run, g, tn[g], &side);
+                for (int64_t k = 0; k < side.n && !st; k++, r++) {
+                    contrast[r] = side.contrast[k];
+                    slot[r] = side.colour[k] >= 0 ? GSLOT(side.gid[k]) : -1;
+                }
+            }
+        if (!st && r != n) st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: chunk side files hold %lld rows, tiles %lld", (long long)r, (long long)n);
+        /* ghosts: the owners' contrast, colour and component */
+        int64_t cached = -1;
+        for (int64_t j = 0; j < m && !st; j++) {
+            if (gtile[j] != cached) {
+                st = side_read(ctx, run, gtile[j], tn[gtile[j]], &side2);
+                cached = gtile[j];
+            }
+            if (st) break;
+            int64_t k = gidx[j];
+            gh.intensity[j] = side2.contrast[k];
+            gcol[j] = side2.colour[k];
+            slot[n + j] = side2.colour[k] >= 0 ? GSLOT(side2.gid[k]) : -1;
+        }
+        if (st) break;
+        tmd_cls_bands bd;
+        memset(&bd, 0, sizeof bd);
+        bd.phase = 2;
+        bd.slot = slot;
+        bd.gcolour = gcol;
+        bd.nslot = nslot;
+        bd.models = models;
+        bd.ref = ref;
+        bd.fmax = fmax;
+        tmd_classify_opts o2 = *o;
+        o2.bands = &bd;
+        measure_user_t mu = {run, &box, lat};
+        o2.measure_user = &mu;
+        float *keep = own.intensity;
+        own.intensity = contrast;
+        o2.carry = keep;
+        tmd_classify_report rc;
+        st = tmd_classify(ctx, MPI_COMM_SELF, &o2, T, lat, &box, H, Wd, &own, &gh, &run->defects, &rc);
+        own.intensity = keep;
+        if (st) break;
+        rep->n_vm += rc.n_vm, rep->n_vx += rc.n_vx, rep->n_vx2 += rc.n_vx2;
+        rep->n_dropped += rc.n_dropped, rep->n_removed += rc.n_removed;
+        rep->n_isolated += rc.n_isolated, rep->n_conflicts += rc.n_conflicts;
+        /* each tile's rows (the tile holding the centre: the canonical order's key) */
+        int64_t i = 0;
+        for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+            for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+                int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc), i0 = i;
+                while (i < own.n && tmd_decomp_tile_of(d, own.frame[i], own.y[i], own.x[i]) == g) i++;
+                st = tmd_run_tile_rows_write(ctx, run, "cls", g, &own, i0, i);
+                cls_n[g] = i - i0;
+            }
+        if (!st && i != own.n)
+            st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: atom at (%g, %g) is not in the tile that found it", own.x[i],
+                          own.y[i]);
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    /* the classified rows' counts: each tile's owner set its own */
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, cls_n, (int)G, MPI_INT64_T, MPI_SUM, run->comm));
+    if (!st) {
+        memcpy(run->tile_rows, cls_n, (size_t)G * sizeof *cls_n);
+        snprintf(run->stream_kind, sizeof run->stream_kind, "cls");
+    }
+#undef GSLOT
+cleanup:
+    tmd_atom_table_free(&own);
+    tmd_atom_table_free(&gh);
+    side_free(&side);
+    side_free(&side2);
+    free(chunks), free(gtile), free(gidx), free(comp), free(gid), free(slot), free(colour), free(edge), free(gcol);
+    free(contrast), free(links), free(alllinks), free(pend), free(nodes), free(allnodes), free(uf), free(root_slot);
+    free(tn), free(cls_n), free(hist), free(slot_f), free(slot_a), free(fmax), free(models), free(ref), free(cnt), free(dsp);
+    return st;
+}
+
 tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
 {
     int64_t T = run->info.frames;
@@ -163,6 +707,12 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration"))
         o.pixel_size = run->pixel_size; /* independent of the lattice: its constant tells S from Se */
     tmd_classify_report rep;
+    if (run->stream) { /* mosaics: chunk by chunk from the tile files (above) */
+        st = classify_streamed(ctx, run, lat, &o, &rep);
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        goto report;
+    }
     /* the contrast model sees column contrast above the local background, measured on the
      * raw input (/atoms/intensity keeps the atom stage's integrated intensity) */
     st = tmd_calloc(ctx, (void **)&contrast, (size_t)(run->atoms.cap > 0 ? run->atoms.cap : 1), sizeof(float),
@@ -199,6 +749,7 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
                       &run->defects, &rep);
     run->atoms.intensity = keep;
     if (st) goto cleanup;
+report:;
     int64_t v[5] = {rep.n_vm, rep.n_vx, rep.n_vx2, rep.n_dropped, rep.n_removed};
     MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT64_T, MPI_SUM, run->comm);
     tmd_debug(ctx, "classify: %lld proposed empty sites showed a column (missed atoms), dropped; %lld detected "

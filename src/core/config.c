@@ -67,6 +67,8 @@ static const key_desc KEYS[] = {
      "Peaks of the column probability between this and atom_threshold are columns only by the neighbour rule (see atom_weak_rounds), never on their own significance, and only if their amplitude reaches 0.35 of the median of the candidates of their own sublattice around them (an empty site in bright lattice does not; a column in a dim patch does): at low dose and under contamination the U-Net is less sure of dim columns inside the lattice, and the lattice vouches for them. Equal to atom_threshold (or above): off."},
     {"constraint", "classify", KEY_BOOL, OFF(constraint), 0, 1, "1",
      "Sublattice constraint: metals only on A sites, chalcogens only on B sites."},
+    {"classify_band_tiles", "classify", KEY_INT, OFF(classify_band_tiles), 0, 4096, "4",
+     "Mosaics: the atoms are not kept in memory after the tile pass; classification works on chunks of this many tiles square (with ghosts from the neighbouring tiles) and the result is written in pieces, so memory per rank is set by the tile, not the image. The same result as 0 (all of a rank's atoms at once, kept in memory)."},
     {"instability_threshold", "dynamics", KEY_DOUBLE, OFF(instability_threshold), -100, 100, "2.0",
      "Instability z-score above which a site is unstable."},
     {"density_bin_px", "dynamics", KEY_INT, OFF(density_bin_px), 1, 4096, "16",

@@ -506,3 +506,76 @@ tmd_status tmd_writer_close_keep(tmd_ctx *ctx, tmd_writer **wp, int ok, int keep
 }
 
 tmd_status tmd_writer_close(tmd_ctx *ctx, tmd_writer **w, int ok) { return tmd_writer_close_keep(ctx, w, ok, 0); }
+
+/* ---- column datasets written in pieces (tmd_writer_rows_create / tmd_writer_rows_part) ---- */
+
+tmd_status tmd_writer_rows_create(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t total,
+                                  int64_t ncols)
+{
+    tmd_status st;
+    hid_t d = H5I_INVALID_HID;
+    tmd_io_h5_quiet();
+    MPI_Comm comm = w ? w->comm : MPI_COMM_NULL;
+    if (comm == MPI_COMM_NULL) return TMD_FAIL(ctx, TMD_ERR_ARG, "writing %s: the writer is not open", dset ? dset : "?");
+    st = check_common(ctx, w, dset, type);
+    if (!st && (total < 0 || ncols < 1))
+        st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: invalid row count %lld or column count %lld", dset, (long long)total,
+                      (long long)ncols);
+    st = tmd_agree(ctx, comm, st);
+    if (st) return st;
+    st = agree_same(ctx, comm, (uint64_t)ncols * 64u + (uint64_t)type + ((uint64_t)total << 20), "shapes or types", dset);
+    st = tmd_agree(ctx, comm, st);
+    if (st) return st;
+    /* the chunking of tmd_writer_rows: about 1 MiB, at most 65536 rows, never 0 */
+    int ndims = ncols == 1 ? 1 : 2;
+    size_t rowbytes = (size_t)ncols * tmd_dtype_size(type);
+    int64_t crow = (int64_t)((1 << 20) / rowbytes);
+    if (crow < 1) crow = 1;
+    if (crow > 65536) crow = 65536;
+    if (crow > total) crow = total > 0 ? total : 1;
+    hsize_t dims[2] = {(hsize_t)total, (hsize_t)ncols}, chunk[2] = {(hsize_t)crow, (hsize_t)ncols};
+    st = check_space(ctx, w, dset, (double)total * (double)rowbytes);
+    if (st) return st;
+    d = create_dataset(ctx, w, dset, type, ndims, dims, chunk, &st);
+    st = tmd_agree(ctx, comm, st);
+    if (d >= 0 && H5Dclose(d) < 0 && !st) st = h5fail(ctx, w, "closing dataset", dset);
+    return tmd_agree(ctx, comm, st);
+}
+
+tmd_status tmd_writer_rows_part(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t offset,
+                                int64_t n_local, int64_t ncols, const void *data)
+{
+    tmd_status st;
+    hid_t d = H5I_INVALID_HID, sp = H5I_INVALID_HID;
+    tmd_io_h5_quiet();
+    MPI_Comm comm = w ? w->comm : MPI_COMM_NULL;
+    if (comm == MPI_COMM_NULL) return TMD_FAIL(ctx, TMD_ERR_ARG, "writing %s: the writer is not open", dset ? dset : "?");
+    st = check_common(ctx, w, dset, type);
+    if (!st && (n_local < 0 || offset < 0 || ncols < 1))
+        st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: invalid rows [%lld, +%lld) or column count %lld", dset, (long long)offset,
+                      (long long)n_local, (long long)ncols);
+    if (!st && n_local > 0 && !data) st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: %lld rows but no data", dset, (long long)n_local);
+    st = tmd_agree(ctx, comm, st);
+    if (st) return st;
+    d = H5Dopen2(w->file, dset, H5P_DEFAULT);
+    if (d < 0) st = h5fail(ctx, w, "opening dataset", dset);
+    if (!st) {
+        hsize_t dims[2] = {0, 0};
+        sp = H5Dget_space(d);
+        int nd = sp >= 0 ? H5Sget_simple_extent_dims(sp, dims, NULL) : -1;
+        if (nd != (ncols == 1 ? 1 : 2) || (nd == 2 && dims[1] != (hsize_t)ncols))
+            st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: expected %lld columns", dset, (long long)ncols);
+        else if ((hsize_t)(offset + n_local) > dims[0] && n_local > 0)
+            st = TMD_FAIL(ctx, TMD_ERR_RANGE, "%s: rows [%lld, %lld) beyond its %llu rows", dset, (long long)offset,
+                          (long long)(offset + n_local), (unsigned long long)dims[0]);
+    }
+    if (sp >= 0) H5Sclose(sp);
+    st = tmd_agree(ctx, comm, st);
+    if (!st) {
+        hsize_t start[2] = {(hsize_t)offset, 0}, count[2] = {(hsize_t)n_local, (hsize_t)ncols};
+        st = write_box(ctx, w, d, dset, type, ncols == 1 ? 1 : 2, start, count, data);
+        st = tmd_agree(ctx, comm, st);
+    }
+    if (d >= 0 && H5Dclose(d) < 0 && !st) st = h5fail(ctx, w, "closing dataset", dset);
+    return tmd_agree(ctx, comm, st);
+}

@@ -294,3 +294,108 @@ tmd_status tmd_ckpt_finish(tmd_ctx *ctx, tmd_run *run)
     if (ctx->rank == 0 && run->ckpt[0]) remove_dir(run->ckpt);
     return TMD_OK;
 }
+
+/* ---- streamed tables (mosaics): per-tile files of the classify passes and the writer ---- */
+
+static void kind_path(const tmd_run *run, const char *kind, int64_t g, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s-%08lld.bin", run->ckpt, kind, (long long)g);
+}
+
+int tmd_run_tile_file_exists(const tmd_run *run, const char *kind, int64_t g)
+{
+    char p[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, p, sizeof p);
+    return access(p, R_OK) == 0;
+}
+
+tmd_status tmd_run_tile_rows_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *t,
+                                   int64_t r0, int64_t r1)
+{
+    int64_t n = r1 - r0, sb = 0;
+    int32_t np = t->nprob, nl = t->nlatent;
+    size_t row = ckpt_row_bytes(t);
+    size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * row;
+    char *buf = malloc(total), *p = buf;
+    if (!buf) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the %s rows of tile %lld", kind, (long long)g);
+#define PUT(src, bytes) (memcpy(p, (src), (bytes)), p += (bytes))
+    PUT(MAGIC, 8);
+    PUT(&g, 8);
+    PUT(&n, 8);
+    PUT(&np, 4);
+    PUT(&nl, 4);
+    PUT(&sb, 8);
+    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(t, cols);
+    for (int c = 0; c < ncols; c++)
+        PUT((const char *)*cols[c].data + (size_t)r0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
+#undef PUT
+    char path[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, path, sizeof path);
+    int e = write_file_atomic(path, buf, total);
+    free(buf);
+    if (e) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot write %s on rank %d: %s", path, ctx->rank, strerror(errno));
+    return TMD_OK;
+}
+
+tmd_status tmd_run_tile_rows_read(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *out)
+{
+    char path[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, path, sizeof path);
+    tmd_status st = TMD_OK;
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    char magic[8];
+    int64_t gg = -1, n = -1, sb = -1;
+    int32_t np = -1, nl = -1;
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, MAGIC, 8) || fread(&gg, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1 ||
+        fread(&np, 4, 1, f) != 1 || fread(&nl, 4, 1, f) != 1 || fread(&sb, 8, 1, f) != 1)
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: not a tmdflow tile file", path);
+    if (!st && (gg != g || n < 0 || sb < 0 || np != out->nprob || nl != out->nlatent))
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: tile %lld with %d probability and %d feature columns; expected tile %lld, %d, %d",
+                      path, (long long)gg, np, nl, (long long)g, out->nprob, out->nlatent);
+    size_t row = ckpt_row_bytes(out);
+    size_t body = st ? 0 : (size_t)n * row;
+    if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, "tile rows");
+    if (!st && fread(buf, 1, body, f) != body) st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: truncated", path);
+    fclose(f);
+    int64_t first = out->n;
+    for (int64_t k = 0; k < n && !st; k++) {
+        int64_t i;
+        st = tmd_atom_table_push(ctx, out, &i);
+    }
+    if (!st) {
+        const char *p = buf;
+        tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
+        int ncols = tmd_atom_table_columns(out, cols);
+        for (int c = 0; c < ncols; c++) {
+            memcpy((char *)*cols[c].data + (size_t)first * cols[c].row_bytes, p, cols[c].row_bytes * (size_t)n);
+            p += cols[c].row_bytes * (size_t)n;
+        }
+    }
+    free(buf);
+    return st;
+}
+
+tmd_status tmd_run_tile_blob_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, const void *data, size_t n)
+{
+    char path[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, path, sizeof path);
+    if (write_file_atomic(path, data, n))
+        return TMD_FAIL(ctx, TMD_ERR_IO, "cannot write %s on rank %d: %s", path, ctx->rank, strerror(errno));
+    return TMD_OK;
+}
+
+tmd_status tmd_run_tile_blob_read(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, void *data, size_t n)
+{
+    char path[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, path, sizeof path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    size_t k = fread(data, 1, n, f);
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (k != n || extra) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: expected %zu bytes", path, n);
+    return TMD_OK;
+}

@@ -65,6 +65,8 @@ void tmd_run_free(tmd_run *run)
     tmd_nn_model_free(&run->unet);
     tmd_normalise_destroy(&run->norm);
     tmd_decomp_destroy(&run->decomp);
+    free(run->tile_rows);
+    run->tile_rows = NULL;
     free(run->net_in);
     free(run->rs_tmp);
     free(run->seg_buf);
@@ -201,6 +203,10 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
             st = tmd_ckpt_load(ctx, run, tile.index, &loaded);
             r1[i] = loaded.n;
             run->tiles_loaded++;
+            if (run->stream) { /* the rows stay in the file: only their count is kept */
+                run->tile_rows[tile.index] = r1[i] - r0[i];
+                loaded.n = r0[i];
+            }
         } else {
             r0[i] = run->atoms.n;
             for (int s = first; s <= last && !st; s++) {
@@ -210,6 +216,13 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
             }
             r1[i] = run->atoms.n;
             if (!st) st = tmd_ckpt_save(ctx, run, &tile, r0[i]);
+            if (!st && run->stream) { /* streamed: the tile file is the only copy of its rows */
+                if (run->ckpt_off)
+                    st = TMD_FAIL(ctx, TMD_ERR_IO, "rank %d cannot write the tile files in %s that the streamed atom "
+                                  "table needs (free space? or run with classify_band_tiles=0)", ctx->rank, run->ckpt);
+                run->tile_rows[tile.index] = r1[i] - r0[i];
+                run->atoms.n = r0[i];
+            }
             computed++;
             if (stop_after >= 0 && computed >= stop_after && ctx->stop_flag) *ctx->stop_flag = 1;
         }
@@ -219,7 +232,7 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
         tmd_progress_update(&prog, frac * (double)d->ntiles_total);
     }
     if (!st) tmd_progress_end(&prog);
-    if (!st && run->tiles_loaded) {
+    if (!st && run->tiles_loaded && !run->stream) {
         /* rows in local tile order, as an uninterrupted run has them */
         if (run->atoms.nlatent) st = tmd_atom_table_set_latent(ctx, &merged, run->atoms.nlatent);
         for (int64_t k = 0; k < d->nlocal && !st; k++)
@@ -277,11 +290,24 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
             st = tmd_ckpt_prepare(ctx, run); /* collective; after the configuration is final */
             if (!st) run->ckpt_made = 1;
         }
+        if (!st) { /* streamed atom table: mosaics with a checkpoint (see tmd/pipeline.h) */
+            run->stream = !run->ckpt_off && run->info.frames == 1 && run->cfg.classify_band_tiles > 0;
+            snprintf(run->stream_kind, sizeof run->stream_kind, "tile");
+            free(run->tile_rows);
+            run->tile_rows = NULL;
+            if (run->stream)
+                st = tmd_calloc(ctx, (void **)&run->tile_rows, (size_t)run->decomp->ntiles_total + 1, sizeof(int64_t),
+                                "rows per tile");
+            st = tmd_agree(ctx, run->comm, st);
+        }
         if (!st) {
             tmd_info(ctx, "tile pass (%s) over %lld tiles on %d ranks", STAGES[i].name, (long long)run->decomp->ntiles_total,
                      ctx->nranks);
             st = tile_pass(ctx, run, i, last);
             st = tmd_agree(ctx, run->comm, st);
+            if (!st && run->stream) /* every rank knows every tile's row count */
+                st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, run->tile_rows, (int)run->decomp->ntiles_total,
+                                                MPI_INT64_T, MPI_SUM, run->comm));
         }
         for (int s = i; s < begun; s++) {
             double t0 = tmd_now();

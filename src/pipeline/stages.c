@@ -205,6 +205,10 @@ tmd_status tmd_tile_read(tmd_ctx *ctx, tmd_run *run, tmd_tile *tile)
 int64_t tmd_run_total_atoms(tmd_run *run)
 {
     int64_t n = run->atoms.n, total = 0;
+    if (run->stream && run->tile_rows) { /* every rank holds every tile's count */
+        for (int64_t g = 0; g < run->decomp->ntiles_total; g++) total += run->tile_rows[g];
+        return total;
+    }
     MPI_Allreduce(&n, &total, 1, MPI_INT64_T, MPI_SUM, run->comm);
     return total;
 }
@@ -413,6 +417,71 @@ cleanup:
     return st;
 }
 
+/* The streamed table (run->stream): each tile's final rows are in OUT.ckpt/<kind>-<g>.bin and
+ * every rank knows every tile's row count, so a tile's rows start at the sum of the counts
+ * of the tiles before it in the global tile order: the same rows, in the same order, as
+ * canonical_atoms gives. Rank r writes the tiles canonical_atoms would send it, in pieces of
+ * about 64 Ki rows (collective rounds; a rank with fewer pieces writes empty ones), so the
+ * stage holds one piece, not the table. */
+static tmd_status write_streamed_atoms(tmd_ctx *ctx, tmd_run *run)
+{
+    const tmd_decomp *d = run->decomp;
+    tmd_writer *w = run->writer;
+    const int64_t G = d->ntiles_total, P = ctx->nranks, me = ctx->rank, PIECE = 65536;
+    const int cls = !strcmp(run->stream_kind, "cls");
+    tmd_atom_table b;
+    tmd_atom_table_init(&b, cls ? TMD_SP_COUNT : run->atoms.nprob);
+    tmd_status st = run->atoms.nlatent ? tmd_atom_table_set_latent(ctx, &b, run->atoms.nlatent) : TMD_OK;
+    int64_t total = 0, first = -1, last = -1, mine = 0, pieces = 0, rounds = 0;
+    for (int64_t g = 0; g < G; g++) {
+        if ((((g + 1) * P - 1) / G) == me) {
+            if (first < 0) first = g;
+            last = g + 1;
+        }
+        total += run->tile_rows[g];
+    }
+    /* pieces: consecutive tiles until PIECE rows (a tile is never split) */
+    for (int64_t g = first, acc = 0; g >= 0 && g < last; g++) {
+        acc += run->tile_rows[g];
+        if (acc >= PIECE || g == last - 1) {
+            pieces++;
+            acc = 0;
+        }
+    }
+    st = tmd_agree(ctx, run->comm, st);
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(&pieces, &rounds, 1, MPI_INT64_T, MPI_MAX, run->comm));
+    if (st) goto cleanup;
+    static const char *names[] = {"/atoms/frame", "/atoms/x", "/atoms/y", "/atoms/sublattice", "/atoms/species",
+                                  "/atoms/prob", "/atoms/intensity", "/atoms/site", "/features/latent"};
+    static const tmd_dtype types[] = {TMD_I32, TMD_F64, TMD_F64, TMD_I8, TMD_I8, TMD_F32, TMD_F32, TMD_I64, TMD_F32};
+    int ncol = b.nlatent && run->cfg.save_features ? 9 : 8;
+    int64_t widths[9] = {1, 1, 1, 1, 1, b.nprob, 1, 1, b.nlatent};
+    for (int c = 0; c < ncol && !st; c++) st = tmd_writer_rows_create(ctx, w, names[c], types[c], total, widths[c]);
+    if (st) goto cleanup;
+    for (int64_t g = 0; g < first && first >= 0; g++) mine += run->tile_rows[g]; /* first row of my tiles */
+    int64_t g = first;
+    for (int64_t round = 0; round < rounds && !st; round++) {
+        b.n = 0;
+        int64_t offset = mine;
+        while (g >= 0 && g < last && !st) {
+            st = tmd_run_tile_rows_read(ctx, run, run->stream_kind, g, &b);
+            mine += run->tile_rows[g];
+            g++;
+            if (b.n >= PIECE) break;
+        }
+        if (!st && b.n != mine - offset)
+            st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: rank %d read %lld rows of tiles before %lld, expected %lld", run->ckpt,
+                          ctx->rank, (long long)b.n, (long long)g, (long long)(mine - offset));
+        st = tmd_agree(ctx, run->comm, st);
+        const void *cols[9] = {b.frame, b.x, b.y, b.sublattice, b.species, b.prob, b.intensity, b.site, b.latent};
+        for (int c = 0; c < ncol && !st; c++)
+            st = tmd_writer_rows_part(ctx, w, names[c], types[c], offset, b.n, widths[c], cols[c]);
+    }
+cleanup:
+    tmd_atom_table_free(&b);
+    return st;
+}
+
 tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
 {
     tmd_writer *w = run->writer;
@@ -429,6 +498,11 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
     if (!st) st = tmd_writer_attr_f64(ctx, w, "/", "pixel_size", &run->pixel_size, 1);
     free(text);
     /* /atoms: rows in global tile order, the same on any rank count */
+    if (!st && run->stream) {
+        st = write_streamed_atoms(ctx, run);
+        if (st) return st;
+        goto tables;
+    }
     if (!st) st = canonical_atoms(ctx, run);
     if (!st) st = tmd_writer_rows(ctx, w, "/atoms/frame", TMD_I32, a->n, 1, a->frame);
     if (!st) st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, a->n, 1, a->x);
@@ -441,6 +515,7 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
     if (!st && a->nlatent && run->cfg.save_features)
         st = tmd_writer_rows(ctx, w, "/features/latent", TMD_F32, a->n, a->nlatent, a->latent);
     if (st) return st;
+tables:;
     /* tables of later stages, when they produced something on any rank */
     int64_t counts[2] = {run->defects.n + run->write_defects, run->sites.n + run->write_sites}, g[2];
     TMD_CHECK(TMD_MPI(ctx, MPI_Allreduce(counts, g, 2, MPI_INT64_T, MPI_SUM, run->comm)));

@@ -1,0 +1,49 @@
+/* Internal interface of the banded (streamed) classification: src/classify/stage_classify.c
+ * drives tmd_classify (src/classify/classify.c) chunk by chunk with MPI_COMM_SELF.
+ *
+ * Phase 1 (graph): tmd_classify builds the chunk's bond graph over its atoms and ghosts, joins
+ * components only through bonds with at least one owned end (a bond between two ghosts is
+ * judged by the chunks that own them), exports each atom's colour, local component and
+ * whether it ends a joining owned-ghost bond, and returns. The driver merges the chunks'
+ * components into global ones (union-find), accumulates the per-component histograms and
+ * fits the models with tmd_cls_fit (collective), then
+ * Phase 2 (apply): tmd_classify rebuilds the same graph, takes each atom's global component
+ * and the fitted models from here, and runs the per-atom part (local noise, species
+ * probabilities, vacancies, removal of empty columns) exactly as the unbanded code does. */
+#ifndef TMD_CLASSIFY_INTERNAL_H
+#define TMD_CLASSIFY_INTERNAL_H
+
+#include "tmd/classify.h"
+
+typedef struct tmd_cls_bands {
+    int phase;               /* 1: graph only, 2: apply the given models */
+    /* phase 1 outputs, N = atoms->n + ghosts->n entries each (caller allocates) */
+    int64_t *comp;           /* local component of each atom (owned, then ghosts) */
+    int8_t *colour;          /* colour, -1 = none */
+    int8_t *edge;            /* 1: the atom ends a joining bond between an owned atom and a ghost (zeroed by caller) */
+    /* phase 2 inputs */
+    const int64_t *slot;     /* N: global component of each atom, -1 = none */
+    const int8_t *gcolour;   /* ghosts->n: the ghosts' colours as their owners computed them */
+    int64_t nslot;
+    const void *models;      /* nslot models, tmd_cls_model_size() bytes each */
+    const void *ref;         /* nframes reference models */
+    const double *fmax;      /* nframes: largest owned contrast of each frame, all ranks */
+} tmd_cls_bands;
+
+size_t tmd_cls_model_size(void);
+int tmd_cls_hist_width(void);
+/* Adds one owned atom of colour `colour` and normalised contrast In (contrast / fmax of its
+ * frame) with segmentation probabilities p (np columns) to a component's histogram row h. */
+void tmd_cls_hist_add(int64_t *h, int colour, double In, const float *p, int np);
+/* Collective over comm. Fits the components' models from their global histograms (nslot x
+ * tmd_cls_hist_width(), the same on every rank) as tmd_classify does (components of at least
+ * min_fit_atoms, the frame reference = the largest, a second pass at >= 8 atoms for frames
+ * without one, small components borrowing the reference), each rank fitting every P-th
+ * component. slot_f: frame of each component; slot_a: its measured lattice constant
+ * (period x pixel size). models (nslot) and ref (nframes) must be zeroed; they come out the
+ * same on every rank. rp gets the composition fields and n_components. */
+tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes, int64_t nslot,
+                       const int64_t *hist, const int64_t *slot_f, const double *slot_a, void *models, void *ref,
+                       tmd_classify_report *rp);
+
+#endif
