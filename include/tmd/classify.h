@@ -146,7 +146,15 @@ struct tmd_run;
  * tmd_classify_ghost_distance of each rank's domain, runs tmd_classify on run->atoms with
  * the lattice of each frame and the `constraint` key, appends run->defects; when the pixel
  * size came from the lattice it is refined with the fitted composition (Vegard's law).
- * Without a measured lattice it logs that it is skipped. */
+ * Without a measured lattice it logs that it is skipped.
+ * Mosaics with a streamed atom table (run->stream, classify_band_tiles > 0: tmd/pipeline.h)
+ * are classified chunk by chunk instead, with memory set by one chunk of B x B tiles: a
+ * graph pass (contrast, bonds, colours, components per chunk, with ghosts read from the
+ * neighbouring tiles' files), a merge of the chunks' components into global ones, the
+ * histograms and the model fit of the global components, and an apply pass (tmd_classify
+ * per chunk with the global components and models) whose rows go to per-tile files for the
+ * write stage. Same /atoms and /defects as classify_band_tiles = 0 at any chunk size and rank
+ * count (tests/cli/classify_bands.sh); design in src/classify/stage_classify.c. */
 tmd_status tmd_stage_classify(tmd_ctx *ctx, struct tmd_run *run);
 
 #ifdef __cplusplus
