@@ -70,7 +70,9 @@ done
 
 # SVG plot: two panels (Mpix per CPU-second, peak MiB per rank) against log2(size)
 # (throughput per CPU-second where the row has it: wall-clock Mpix/s measures the machine's load)
-awk -F, 'NR > 1 { key = $2; t = $10 != "" ? $10 : $4; x[key] = x[key] " " $1; m[key] = m[key] " " t; p[key] = p[key] " " $6;
+# PREV=FILE.csv adds that file's rows as dashed lines ("before"); rows without a throughput
+# (e.g. a run resumed from a checkpoint) are left out of the throughput panel
+awk -F, -v prev="${PREV:-}" 'FNR > 1 { key = (prev != "" && FILENAME == prev ? "before: " : "") $2; t = $10 != "" ? $10 : $4; x[key] = x[key] " " $1; m[key] = m[key] " " t; p[key] = p[key] " " $6;
                    if (t > mmax) mmax = t; if ($6 > pmax) pmax = $6; ranks[key] = 1 }
   function lx(s) { return 60 + (log(s) / log(2) - 12) * 110 }
   END {
@@ -87,13 +89,13 @@ awk -F, 'NR > 1 { key = $2; t = $10 != "" ? $10 : $4; x[key] = x[key] " " $1; m[
       ci = 0;
       for (k in ranks) {
         ci++; n = split(x[k], xs, " "); split(panel ? p[k] : m[k], ys, " "); pts = "";
-        for (i = 1; i <= n; i++) pts = pts sprintf("%.1f,%.1f ", lx(xs[i]), 290 - 250 * ys[i] / top);
-        printf "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\"/>\n", pts, col[ci];
-        for (i = 1; i <= n; i++) printf "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", lx(xs[i]), 290 - 250 * ys[i] / top, col[ci];
+        for (i = 1; i <= n; i++) if (panel || ys[i] > 0) pts = pts sprintf("%.1f,%.1f ", lx(xs[i]), 290 - 250 * ys[i] / top);
+        printf "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", pts, col[ci], k ~ /^before/ ? " stroke-dasharray=\"5,4\"" : "";
+        for (i = 1; i <= n; i++) if (panel || ys[i] > 0) printf "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", lx(xs[i]), 290 - 250 * ys[i] / top, col[ci];
         printf "<text x=\"330\" y=\"%d\" fill=\"%s\">%s rank(s)</text>\n", 40 + 15 * ci, col[ci], k;
       }
       print "<text x=\"230\" y=\"325\" text-anchor=\"middle\">image edge (pixels)</text></g>";
     }
     print "</svg>"
-  }' "$csv" >"$out/mosaic.svg"
+  }' ${PREV:-} "$csv" >"$out/mosaic.svg"
 echo "wrote $csv and $out/mosaic.svg"
