@@ -167,6 +167,7 @@ struct tmd_run {
  * atom table (kind "tile": the tile pass's own checkpoint files; "cls": classified rows) and
  * raw blobs. _read appends to `out`, whose nprob/nlatent must match the file's. */
 int tmd_run_tile_file_exists(const tmd_run *run, const char *kind, int64_t g);
+tmd_status tmd_run_tile_file_remove(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g); /* absent: ok */
 tmd_status tmd_run_tile_rows_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *t,
                                    int64_t r0, int64_t r1);
 tmd_status tmd_run_tile_rows_read(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *out);

@@ -380,7 +380,14 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             c->tx0 = d->tlo[2] + b * B;
             c->tx1 = c->tx0 + B < d->thi[2] ? c->tx0 + B : d->thi[2];
         }
-    st = tmd_agree(ctx, run->comm, st);
+    /* side and classified files of an interrupted earlier run (--resume, possibly at another
+     * rank count, so with other chunks) must not be taken for this run's */
+    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+        int64_t g = tmd_decomp_local_tile(d, i);
+        st = tmd_run_tile_file_remove(ctx, run, "cp1", g);
+        if (!st) st = tmd_run_tile_file_remove(ctx, run, "cls", g);
+    }
+    st = tmd_agree(ctx, run->comm, st); /* (a barrier: no rank reads before all removed) */
     if (st) goto cleanup;
 
     /* ---- pass 1: contrast, graph, components, links ---- */

@@ -399,3 +399,12 @@ tmd_status tmd_run_tile_blob_read(tmd_ctx *ctx, tmd_run *run, const char *kind, 
     if (k != n || extra) return TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: expected %zu bytes", path, n);
     return TMD_OK;
 }
+
+tmd_status tmd_run_tile_file_remove(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g)
+{
+    char path[TMD_PATH_MAX + 48];
+    kind_path(run, kind, g, path, sizeof path);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return TMD_FAIL(ctx, TMD_ERR_IO, "cannot remove %s: %s", path, strerror(errno));
+    return TMD_OK;
+}
