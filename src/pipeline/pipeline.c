@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pipeline_internal.h"
 #include "tmd/classify.h"
@@ -292,6 +293,17 @@ tmd_status tmd_run_execute(tmd_ctx *ctx, MPI_Comm comm, tmd_run *run)
         }
         if (!st) { /* streamed atom table: mosaics with a checkpoint (see tmd/pipeline.h) */
             run->stream = !run->ckpt_off && run->info.frames == 1 && run->cfg.classify_band_tiles > 0;
+            /* the classify stage reads its ghosts from other ranks' tile files: every rank must
+             * see the checkpoint directory (a shared file system), else the atoms stay in memory */
+            char mpath[TMD_PATH_MAX + 16];
+            snprintf(mpath, sizeof mpath, "%s/manifest", run->ckpt);
+            int sees = access(mpath, R_OK) == 0, all = 0;
+            MPI_Allreduce(&sees, &all, 1, MPI_INT, MPI_MIN, run->comm);
+            if (run->stream && !all) {
+                tmd_info(ctx, "warning: not every rank sees %s: the atoms are kept in memory (classify_band_tiles "
+                         "needs the checkpoint directory on a shared file system)", run->ckpt);
+                run->stream = 0;
+            }
             snprintf(run->stream_kind, sizeof run->stream_kind, "tile");
             free(run->tile_rows);
             run->tile_rows = NULL;
