@@ -1437,6 +1437,8 @@ cleanup:
 }
 
 /* ---- banded classification: the global fit (classify_internal.h) -------------------------- */
+/* These repeat steps 5 and 6 of tmd_classify for the global components of the banded driver:
+ * a change there must be made here too (tests/cli/classify_bands.sh compares the two paths). */
 
 size_t tmd_cls_model_size(void) { return sizeof(model_t); }
 
