@@ -7,7 +7,7 @@
  * sublattices are both right (components split); and ranks split by domain boxes with ghosts
  * give exactly the serial answer, also for vacancies right on the rank edges.
  * TMD_TEST_RANKS: 1 2 3 4
- * TMD_TEST_TIMEOUT: 120
+ * TMD_TEST_TIMEOUT: 300
  */
 #include <math.h>
 #include <stdio.h>
