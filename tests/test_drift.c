@@ -118,8 +118,7 @@ static double rmse(const double *a, const double *b, int64_t T)
     return sqrt(s / T);
 }
 
-/* Pairs of noise-free frames with known sub-pixel shifts: each recovered to 0.05 px (0.07 for a
- * 5 px shift). */
+/* Pairs of noise-free frames with known sub-pixel shifts: each recovered to 0.05 px. */
 static void test_pair_subpixel(void)
 {
     tmd_ctx ctx;
@@ -134,11 +133,10 @@ static void test_pair_subpixel(void)
         render(mov, 128, 128, 29.3, 0.17, shifts[k][0], shifts[k][1], -1000, -1000, 0, &rng);
         double d[2], q;
         CU_ASSERT_EQUAL(tmd_drift_register(&ctx, p, ref, mov, 0, 0, 8, d, &q), TMD_OK);
-        /* 0.05 px; 0.07 for the shift of ~5 px: the flat-topped taper along y (taper_y 0.5)
-         * weights the rows entering and leaving at the window's top and bottom more than Hann
-         * (0.057 px against 0.03 with taper_y 1); in a stack the final registrations are at the
-         * chained integer offsets, residuals below 1 px */
-        double tol = fabs(shifts[k][1]) > 4 ? 0.07 : 0.05;
+        /* the flat-topped taper along y weights the rows entering and leaving at the window's
+         * top and bottom more than Hann: 0.040 px error for the 4.9 px shift with taper_y 0.75
+         * (0.057 with 0.5, which would fail here; 0.03 with Hann) */
+        double tol = 0.05;
         CU_ASSERT(fabs(d[0] - shifts[k][0]) < tol);
         CU_ASSERT(fabs(d[1] - shifts[k][1]) < tol);
         if (getenv("TMDFLOW_TEST_DEBUG")) printf("\n  pair shift (%.2f, %.2f): error (%.3f, %.3f)", shifts[k][0], shifts[k][1], d[0] - shifts[k][0], d[1] - shifts[k][1]);
@@ -294,8 +292,9 @@ static void test_stack_poor_first_frame(void)
  * a new phase in every frame, as the simulator's wobble): the true drift is the mean shift over
  * the frame's rows; a registration weighting the rows by Hann squared (the apodisation before
  * 2026-11-26) measures a different mean in every frame (RMSE 0.41 px here), the flat-topped
- * taper along y averages more of it out (0.17 px). RMSE <= 0.25 px and below the Hann figure,
- * and 1 rank = N ranks. */
+ * taper along y (default taper_y 0.75) averages more of it out (0.30 px; 0.17 with 0.5, which
+ * biased the 1000-frame film-edge stack). RMSE <= 0.33 px and at least 0.07 px below the Hann
+ * figure, and 1 rank = N ranks. */
 static void test_stack_line_wobble(void)
 {
     tmd_ctx ctx;
@@ -313,7 +312,7 @@ static void test_stack_line_wobble(void)
     CU_ASSERT_EQUAL(tmd_drift_stack(&ctx, MPI_COMM_SELF, p, read_stack, &s, s.T, s.H, s.W, 0, s.T, ser), TMD_OK);
     double e = rmse(par, s.truth, s.T);
     if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG")) printf("\nline wobble: drift rmse %.4f px\n", e);
-    CU_ASSERT(e < 0.25);
+    CU_ASSERT(e < 0.33);
     double maxdiff = 0;
     for (int64_t i = 0; i < 2 * s.T; i++) maxdiff = fmax(maxdiff, fabs(par[i] - ser[i]));
     CU_ASSERT(maxdiff < 1e-9);
@@ -326,7 +325,7 @@ static void test_stack_line_wobble(void)
     CU_ASSERT_EQUAL(tmd_drift_stack(&ctx, MPI_COMM_SELF, p, read_stack, &s, s.T, s.H, s.W, 0, s.T, ser), TMD_OK);
     double eh = rmse(ser, s.truth, s.T);
     if (tmd_test_rank == 0 && getenv("TMDFLOW_TEST_DEBUG")) printf("line wobble, Hann along y: drift rmse %.4f px\n", eh);
-    CU_ASSERT(eh > e + 0.1);
+    CU_ASSERT(eh > e + 0.07);
     tmd_drift_plan_destroy(&p);
     free(par);
     free(ser);

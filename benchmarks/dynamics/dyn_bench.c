@@ -79,6 +79,7 @@ int main(int argc, char **argv)
     int basis0 = 0; /* --basis-frame0: the track basis from frame 0 only (as before 2026-11-25 evening) */
     double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
     int win_opt = 0;           /* --window N: drift window edge */
+    double taper_y = 0;        /* --taper-y F: drift apodisation along y (tmd_drift_opts.taper_y) */
     const char *dump_track = NULL;
     const char *atoms_from = NULL, *dump = NULL, *dump_drift = NULL;
     for (int i = 2; i < argc; i++) {
@@ -90,6 +91,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
         else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
         else if (!strcmp(argv[i], "--drift-only")) drift_only = 1;
+        else if (!strcmp(argv[i], "--taper-y") && i + 1 < argc) taper_y = atof(argv[++i]);
         else if (!strcmp(argv[i], "--dump-track") && i + 1 < argc) dump_track = argv[++i]; /* per frame: atoms, on sites (1 rank) */
         else if (!strcmp(argv[i], "--window") && i + 1 < argc) win_opt = atoi(argv[++i]); /* drift window edge (default min(256, side)) */
         else if (!strcmp(argv[i], "--basis-frame0")) basis0 = 1; /* register, print the RMSE, stop */
@@ -123,7 +125,10 @@ int main(int argc, char **argv)
     MPI_Barrier(comm);
     double c0 = MPI_Wtime();
     u0 = cpu_now();
-    tmd_status st = tmd_drift_plan_create(&ctx, win, NULL, &dp);
+    tmd_drift_opts dopt;
+    tmd_drift_opts_default(&dopt);
+    if (taper_y > 0) dopt.taper_y = taper_y;
+    tmd_status st = tmd_drift_plan_create(&ctx, win, &dopt, &dp);
     if (!st && run_drift && atoms_from) {
         hid_t fd;
         int64_t nr, kr;

@@ -69,7 +69,7 @@ typedef struct tmd_drift_opts {
     int refine_to_first;  /* 1: refine the chain against keyframes (recommended; 0 = chain only) */
     int mean_reference;   /* 1: and against the mean of each keyframe segment */
     double taper_y;       /* apodisation along y: Tukey taper share of the rows (1 = Hann; default
-                           * 0.5: flat middle half, averages the scan's line wobble over more rows) */
+                           * 0.75: flat middle quarter, averages the scan's line wobble over more rows) */
 } tmd_drift_opts;
 
 void tmd_drift_opts_default(tmd_drift_opts *o);
