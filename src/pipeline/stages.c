@@ -417,6 +417,24 @@ cleanup:
     return st;
 }
 
+/* The /atoms datasets of the result (DESIGN.md), in the order both write paths use; the
+ * latent features come last and are written only with save_features. */
+enum { ATOM_DATASETS = 9 };
+static const struct {
+    const char *name;
+    tmd_dtype type;
+} atom_datasets[ATOM_DATASETS] = {{"/atoms/frame", TMD_I32},     {"/atoms/x", TMD_F64},         {"/atoms/y", TMD_F64},
+                                  {"/atoms/sublattice", TMD_I8}, {"/atoms/species", TMD_I8},    {"/atoms/prob", TMD_F32},
+                                  {"/atoms/intensity", TMD_F32}, {"/atoms/site", TMD_I64},      {"/features/latent", TMD_F32}};
+
+/* Row widths and data of t's columns in atom_datasets order. */
+static void atom_dataset_columns(const tmd_atom_table *t, int64_t widths[ATOM_DATASETS], const void *cols[ATOM_DATASETS])
+{
+    const int64_t wd[ATOM_DATASETS] = {1, 1, 1, 1, 1, t->nprob, 1, 1, t->nlatent};
+    const void *cd[ATOM_DATASETS] = {t->frame, t->x, t->y, t->sublattice, t->species, t->prob, t->intensity, t->site, t->latent};
+    for (int c = 0; c < ATOM_DATASETS; c++) widths[c] = wd[c], cols[c] = cd[c];
+}
+
 /* The streamed table (run->stream): each tile's final rows are in OUT.ckpt/<kind>-<g>.bin and
  * every rank knows every tile's row count, so a tile's rows start at the sum of the counts
  * of the tiles before it in the global tile order: the same rows, in the same order, as
@@ -451,12 +469,12 @@ static tmd_status write_streamed_atoms(tmd_ctx *ctx, tmd_run *run)
     st = tmd_agree(ctx, run->comm, st);
     if (!st) st = TMD_MPI(ctx, MPI_Allreduce(&pieces, &rounds, 1, MPI_INT64_T, MPI_MAX, run->comm));
     if (st) goto cleanup;
-    static const char *names[] = {"/atoms/frame", "/atoms/x", "/atoms/y", "/atoms/sublattice", "/atoms/species",
-                                  "/atoms/prob", "/atoms/intensity", "/atoms/site", "/features/latent"};
-    static const tmd_dtype types[] = {TMD_I32, TMD_F64, TMD_F64, TMD_I8, TMD_I8, TMD_F32, TMD_F32, TMD_I64, TMD_F32};
-    int ncol = b.nlatent && run->cfg.save_features ? 9 : 8;
-    int64_t widths[9] = {1, 1, 1, 1, 1, b.nprob, 1, 1, b.nlatent};
-    for (int c = 0; c < ncol && !st; c++) st = tmd_writer_rows_create(ctx, w, names[c], types[c], total, widths[c]);
+    int ncol = b.nlatent && run->cfg.save_features ? ATOM_DATASETS : ATOM_DATASETS - 1;
+    int64_t widths[ATOM_DATASETS];
+    const void *cols[ATOM_DATASETS];
+    atom_dataset_columns(&b, widths, cols);
+    for (int c = 0; c < ncol && !st; c++)
+        st = tmd_writer_rows_create(ctx, w, atom_datasets[c].name, atom_datasets[c].type, total, widths[c]);
     if (st) goto cleanup;
     for (int64_t g = 0; g < first && first >= 0; g++) mine += run->tile_rows[g]; /* first row of my tiles */
     int64_t g = first;
@@ -473,9 +491,9 @@ static tmd_status write_streamed_atoms(tmd_ctx *ctx, tmd_run *run)
             st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: rank %d read %lld rows of tiles before %lld, expected %lld", run->ckpt,
                           ctx->rank, (long long)b.n, (long long)g, (long long)(mine - offset));
         st = tmd_agree(ctx, run->comm, st);
-        const void *cols[9] = {b.frame, b.x, b.y, b.sublattice, b.species, b.prob, b.intensity, b.site, b.latent};
+        atom_dataset_columns(&b, widths, cols); /* reading may have grown (moved) the columns */
         for (int c = 0; c < ncol && !st; c++)
-            st = tmd_writer_rows_part(ctx, w, names[c], types[c], offset, b.n, widths[c], cols[c]);
+            st = tmd_writer_rows_part(ctx, w, atom_datasets[c].name, atom_datasets[c].type, offset, b.n, widths[c], cols[c]);
     }
 cleanup:
     tmd_atom_table_free(&b);
@@ -504,16 +522,14 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
         goto tables;
     }
     if (!st) st = canonical_atoms(ctx, run);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/frame", TMD_I32, a->n, 1, a->frame);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/x", TMD_F64, a->n, 1, a->x);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/y", TMD_F64, a->n, 1, a->y);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/sublattice", TMD_I8, a->n, 1, a->sublattice);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/species", TMD_I8, a->n, 1, a->species);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/prob", TMD_F32, a->n, a->nprob, a->prob);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/intensity", TMD_F32, a->n, 1, a->intensity);
-    if (!st) st = tmd_writer_rows(ctx, w, "/atoms/site", TMD_I64, a->n, 1, a->site);
-    if (!st && a->nlatent && run->cfg.save_features)
-        st = tmd_writer_rows(ctx, w, "/features/latent", TMD_F32, a->n, a->nlatent, a->latent);
+    {
+        int ncol = a->nlatent && run->cfg.save_features ? ATOM_DATASETS : ATOM_DATASETS - 1;
+        int64_t widths[ATOM_DATASETS];
+        const void *cols[ATOM_DATASETS];
+        atom_dataset_columns(a, widths, cols);
+        for (int c = 0; c < ncol && !st; c++)
+            st = tmd_writer_rows(ctx, w, atom_datasets[c].name, atom_datasets[c].type, a->n, widths[c], cols[c]);
+    }
     if (st) return st;
 tables:;
     /* tables of later stages, when they produced something on any rank */
