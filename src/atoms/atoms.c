@@ -86,12 +86,14 @@ double tmd_atoms_margin(const tmd_atoms_params *p, double s)
     /* peak search (sep + smoothing) on the nominal grid, then up to 2 recentrings of the
      * disc, the fit's one-pixel tolerance and the integration disc */
     double m = (p->sep + 2) * s + 3 * p->radius + 4;
-    /* the significance rule looks at neighbours up to 1.3 bonds away in its first round and
-     * up to 2 bonds (second neighbours, 1.15 a) in each further one (a column accepted in
-     * round r vouches for its neighbours in round r + 1); the outermost need their own
-     * neighbourhoods */
+    /* the significance rule looks at bond partners (1.3 bonds) and, for the weak-column
+     * guard and growth, at the candidates of the site's own sublattice (up to 1.15 a = 2
+     * bonds); a column accepted in round r vouches for its neighbours in round r + 1, so a
+     * decision after R rounds depends on candidates up to 2 R bonds away */
     if (p->min_z > 0 || candidate_threshold(p) < p->threshold)
-        m += (1.3 + 2.0 * ((p->weak_rounds > 1 ? p->weak_rounds : 1) - 1)) * p->bond + 2;
+        m += (p->weak_rounds > 1 || candidate_threshold(p) < p->threshold
+                  ? 2.0 * (p->weak_rounds > 1 ? p->weak_rounds : 1)
+                  : 1.3) * p->bond + 2;
     else m += TMD_ATOMS_MERGE * p->bond + 2; /* the duplicate rule's partners */
     return m;
 }
@@ -264,8 +266,8 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
     const double cand_thr = candidate_threshold(p);
     const double reach =
         p->radius * 3 + 3 +
-        (p->min_z > 0 || candidate_threshold(p) < p->threshold ? (1.3 + 2.0 * (rounds - 1)) * p->bond + 1
-                                                                : TMD_ATOMS_MERGE * p->bond + 1);
+        (p->min_z > 0 || cand_thr < p->threshold ? (rounds > 1 || cand_thr < p->threshold ? 2.0 * rounds : 1.3) * p->bond + 1
+                                                  : TMD_ATOMS_MERGE * p->bond + 1);
     for (int64_t Y = r + 1; Y + r + 1 < ph; Y++) {
         double cyn = (double)(seg->Y0 + Y) * s;
         if (cyn < (double)core->lo[1] - 0.5 - reach || cyn > (double)core->hi[1] - 0.5 + reach) continue;
@@ -337,11 +339,12 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
         }
     }
     /* which candidates the image shows: significant ones, and, round after round, those
-     * sitting at bond length from at least two already shown (a dim single chalcogen beside
-     * its metals; in a dim patch — contamination, low dose — the lattice is accepted from
-     * its significant rim inwards, one bond per round; a peak alone in vacuum has no such
-     * neighbours). Rounds update synchronously, so a decision depends only on candidates
-     * within 1.3 + 2 (rounds - 1) bonds, all measured (reach). */
+     * vouched for by columns already shown — two bond partners (a dim single chalcogen beside
+     * its metals), or in later rounds one bond partner and two columns of its own sublattice
+     * (in a dim patch — contamination, low dose — the lattice is accepted from its significant
+     * rim inwards; a peak alone in vacuum has no such neighbours). Rounds update
+     * synchronously, so a decision depends only on candidates within 2 x rounds bonds, all
+     * measured (reach). */
     st = tmd_calloc(ctx, (void **)&shown, (size_t)(ncand > 0 ? ncand : 1), 1, "atom acceptance");
     if (!st) st = tmd_calloc(ctx, (void **)&next, (size_t)(ncand > 0 ? ncand : 1), 1, "atom acceptance");
     if (st) goto cleanup;
@@ -378,17 +381,8 @@ tmd_status tmd_atoms_find(tmd_ctx *ctx, const tmd_atoms_params *p, const tmd_ato
              * min_z_weak) and deep against its neighbours (amplitude below weak_contrast times
              * their median): a dim single chalcogen beside bright metals (S beside W) can be
              * a significant dip too, but a shallow one. */
-            if (cand[k].z < p->min_z_weak) {
-                int m = nb < 8 ? nb : 8;
-                for (int a = 1; a < m; a++) /* insertion sort of at most 8 */
-                    for (int b = a; b > 0 && nbamp[b - 1] > nbamp[b]; b--) {
-                        double t = nbamp[b];
-                        nbamp[b] = nbamp[b - 1];
-                        nbamp[b - 1] = t;
-                    }
-                double med = m % 2 ? nbamp[m / 2] : 0.5 * (nbamp[m / 2 - 1] + nbamp[m / 2]);
-                if (!(cand[k].amp >= p->weak_contrast * med)) continue;
-            }
+            if (cand[k].z < p->min_z_weak && !(cand[k].amp >= p->weak_contrast * median8(nbamp, nb < 8 ? nb : 8)))
+                continue;
             /* a column the U-Net is unsure of, or one accepted after round 1 (its partners
              * were themselves vouched for), must look like the columns of its own sublattice
              * around it: an empty site inside bright lattice (a vacancy at low dose, where the
