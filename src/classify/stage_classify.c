@@ -448,7 +448,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             if (!st) nodes[nnodes++] = gid[i];
         }
         if (!st && nnodes > 0) { /* keep them unique as we go */
-            qsort(nodes, (size_t)nnodes, sizeof *nodes, tmd_i64_compare);
+            if (nnodes > 1) qsort(nodes, (size_t)nnodes, sizeof *nodes, tmd_i64_compare);
             int64_t u = 0;
             for (int64_t i = 0; i < nnodes; i++)
                 if (u == 0 || nodes[u - 1] != nodes[i]) nodes[u++] = nodes[i];
@@ -478,7 +478,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             } /* else: a later chunk of this rank owns it and sees this bond from its side */
         }
         if (!st && nlinks > 0) {
-            qsort(links, (size_t)nlinks, sizeof *links, cmp_link);
+            if (nlinks > 1) qsort(links, (size_t)nlinks, sizeof *links, cmp_link);
             int64_t u = 0;
             for (int64_t i = 0; i < nlinks; i++)
                 if (u == 0 || links[u - 1].a != links[i].a || links[u - 1].b != links[i].b) links[u++] = links[i];
@@ -490,7 +490,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
     st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, fmax, (int)T, MPI_DOUBLE, MPI_MAX, run->comm));
     if (st) goto cleanup;
     /* links to other ranks' tiles, now that every side file exists */
-    qsort(pend, (size_t)npend, sizeof *pend, cmp_pending);
+    if (npend > 1) qsort(pend, (size_t)npend, sizeof *pend, cmp_pending); /* pend is NULL when empty */
     for (int64_t p = 0; p < npend && !st; p++) {
         if (p == 0 || pend[p].tile != pend[p - 1].tile) st = side_read(ctx, run, pend[p].tile, tn[pend[p].tile], &side);
         if (!st) st = grow(ctx, (void **)&links, &caplinks, nlinks + 1, sizeof *links);
@@ -517,7 +517,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         if (st) goto cleanup;
         st = TMD_MPI(ctx, MPI_Allgatherv(nodes, mine, MPI_INT64_T, allnodes, cnt, dsp, MPI_INT64_T, run->comm));
         if (st) goto cleanup;
-        qsort(allnodes, (size_t)nall, sizeof *allnodes, tmd_i64_compare); /* unique: each chunk's ids differ */
+        if (nall > 1) qsort(allnodes, (size_t)nall, sizeof *allnodes, tmd_i64_compare); /* unique: each chunk's ids differ */
         for (int64_t i = 0; i < nall; i++) uf[i] = i;
         mine = (int)(2 * nlinks), tot = 0;
         st = TMD_MPI(ctx, MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, run->comm));

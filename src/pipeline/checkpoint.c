@@ -226,7 +226,7 @@ tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64
     PUT(&sb, 8);
     tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
     int ncols = tmd_atom_table_columns(a, cols);
-    for (int c = 0; c < ncols; c++)
+    for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
         PUT((const char *)*cols[c].data + (size_t)row0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
     if (sb) PUT(run->seg_buf, (size_t)sb);
 #undef PUT
@@ -279,7 +279,7 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
 #define GET(dst, bytes) (memcpy((dst), p, (bytes)), p += (bytes))
         tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
         int ncols = tmd_atom_table_columns(out, cols);
-        for (int c = 0; c < ncols; c++)
+        for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
             GET((char *)*cols[c].data + (size_t)first * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
         if (sb) GET(run->seg_buf, (size_t)sb);
 #undef GET
@@ -327,7 +327,7 @@ tmd_status tmd_run_tile_rows_write(tmd_ctx *ctx, tmd_run *run, const char *kind,
     PUT(&sb, 8);
     tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
     int ncols = tmd_atom_table_columns(t, cols);
-    for (int c = 0; c < ncols; c++)
+    for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
         PUT((const char *)*cols[c].data + (size_t)r0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
 #undef PUT
     char path[TMD_PATH_MAX + 48];
@@ -365,7 +365,7 @@ tmd_status tmd_run_tile_rows_read(tmd_ctx *ctx, tmd_run *run, const char *kind, 
         int64_t i;
         st = tmd_atom_table_push(ctx, out, &i);
     }
-    if (!st) {
+    if (!st && n > 0) { /* an empty table's columns may be NULL */
         const char *p = buf;
         tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
         int ncols = tmd_atom_table_columns(out, cols);
