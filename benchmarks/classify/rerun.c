@@ -13,10 +13,15 @@
  *   Environment: H_PXTRUE=1 gives tmd_classify the truth file's pixel size (as --pixel-size),
  *   H_PX=A a pixel size, H_CONSTRAINT=0|1, H_CONF=1 prints the pooled confusion matrix; the
  *   debug build's TMD_* knobs of classify.c pass through. Vacancy sites are measured on the
- *   truth file's /image with the stage's contrast measure (copied from stage_classify.c:
- *   Gaussian-weighted mean, sigma 0.1 bond, minus the mean of the three lowest of the six places
- *   one bond away); H_SIGMA=s re-measures every atom with sigma s bond. A truth file without
- *   /image (e.g. extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement.
+ *   truth file's /image with the stage's contrast measure (copied from stage_classify.c: the
+ *   column amplitude fitted with the profile, its six neighbour places and a plane over a disc
+ *   of 0.6 bond; the profile width from the mean radial profile of all columns of the image,
+ *   where the stage takes the central 2048^2 px and sums quantised pixels); H_REMEASURE=1
+ *   re-measures every atom with it (the saved contrast is the one of the build that saved it),
+ *   H_OLD=1 selects the measure before 2026-11-26 (Gaussian-weighted mean, sigma H_SIGMA = 0.1
+ *   bond, minus the mean of the three lowest of the six places one bond away), H_SP=s fixes the
+ *   profile width (bond), H_SPF=f scales the measured one. A truth file without /image (e.g.
+ *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement.
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -33,7 +38,168 @@ typedef struct {
     float *img;
     int64_t H, W;
     const tmd_lattice *lat;
+    double sp;
 } img_t;
+
+static double envd(const char *k, double d)
+{
+    const char *v = getenv(k);
+    return v ? atof(v) : d;
+}
+
+/* solve A x = b (n x n, symmetric positive definite, in place), Cholesky; returns 0 if singular */
+static int chol_solve(double *A, double *b, int n)
+{
+    for (int j = 0; j < n; j++) {
+        double d = A[j * n + j];
+        for (int k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
+        if (d <= 1e-12) return 0;
+        d = sqrt(d);
+        A[j * n + j] = d;
+        for (int i = j + 1; i < n; i++) {
+            double s = A[i * n + j];
+            for (int k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
+            A[i * n + j] = s / d;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        double s = b[i];
+        for (int k = 0; k < i; k++) s -= A[i * n + k] * b[k];
+        b[i] = s / A[i * n + i];
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        double s = b[i];
+        for (int k = i + 1; k < n; k++) s -= A[k * n + i] * b[k];
+        b[i] = s / A[i * n + i];
+    }
+    return 1;
+}
+
+/* the stage's amplitude (stage_classify.c measure_contrast): least squares over a disc of
+ * radius H_R (0.6) bond of [column profile at the centre, profiles at the six +-delta_k places
+ * (H_NB=0: without), 1, x, y]; profile Gaussian sigma sp px. Variants tried: H_TW=t Gaussian
+ * taper of the weights (bond), H_ROB=1 robust IRLS (Tukey on the positive residuals; 2 both
+ * sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE */
+static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
+{
+    double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
+    int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), np = 4 + (nb ? 6 : 0);
+    double cc = envd("H_C", 2.5);
+    int64_t y0 = (int64_t)floor(cy - R), y1 = (int64_t)ceil(cy + R), x0 = (int64_t)floor(cx - R), x1 = (int64_t)ceil(cx + R);
+    int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1);
+    double *G = malloc(sizeof(double) * (size_t)(npx * np)), *v = malloc(sizeof(double) * (size_t)npx),
+           *w0 = malloc(sizeof(double) * (size_t)npx), *w = malloc(sizeof(double) * (size_t)npx),
+           *e = malloc(sizeof(double) * (size_t)npx);
+    int64_t m = 0;
+    double is2 = 0.5 / (sp * sp);
+    for (int64_t yy = y0; yy <= y1; yy++) {
+        if (yy < 0 || yy >= u->H) continue;
+        for (int64_t xx = x0; xx <= x1; xx++) {
+            if (xx < 0 || xx >= u->W) continue;
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double *g = G + m * np;
+            g[0] = exp(-d2 * is2);
+            g[1] = 1;
+            g[2] = dx / bond;
+            g[3] = dy / bond;
+            if (nb) {
+                int c = 4;
+                for (int q = 0; q < 3; q++)
+                    for (int sg = -1; sg <= 1; sg += 2) {
+                        double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                        g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                    }
+            }
+            v[m] = u->img[yy * u->W + xx];
+            w0[m] = tw > 0 ? exp(-0.5 * d2 / (tw * tw)) : 1;
+            w[m] = w0[m];
+            m++;
+        }
+    }
+    double amp = NAN;
+    for (int it = 0; it < (rob ? 1 + (int)envd("H_IT", 4) : 1); it++) {
+        double A[100] = {0}, b[10] = {0};
+        for (int64_t k = 0; k < m; k++) {
+            const double *g = G + k * np;
+            for (int i = 0; i < np; i++) {
+                b[i] += w[k] * g[i] * v[k];
+                for (int j = 0; j <= i; j++) A[i * np + j] += w[k] * g[i] * g[j];
+            }
+        }
+        for (int i = 0; i < np; i++)
+            for (int j = i + 1; j < np; j++) A[i * np + j] = A[j * np + i];
+        for (int i = 4; i < np; i++) A[i * np + i] += envd("H_RIDGE", 0) * m; /* weak ridge on neighbours */
+        if (m < 3 * np || !chol_solve(A, b, np)) break;
+        amp = b[0];
+        if (!rob) break;
+        /* residuals and robust scale */
+        for (int64_t k = 0; k < m; k++) {
+            const double *g = G + k * np;
+            double f = 0;
+            for (int i = 0; i < np; i++) f += g[i] * b[i];
+            e[k] = v[k] - f;
+        }
+        double *t = malloc(sizeof(double) * (size_t)(m + 1));
+        for (int64_t k = 0; k < m; k++) t[k] = fabs(e[k]);
+        for (int64_t a = 1; a < m; a++)
+            for (int64_t c = a; c > 0 && t[c] < t[c - 1]; c--) {
+                double z = t[c];
+                t[c] = t[c - 1];
+                t[c - 1] = z;
+            }
+        double s = 1.4826 * (m > 0 ? t[m / 2] : 0) + 1e-12;
+        if (getenv("H_SFIX")) s = atof(getenv("H_SFIX"));
+        free(t);
+        for (int64_t k = 0; k < m; k++) {
+            double z = e[k] / (cc * s);
+            double wt = 1;
+            if ((rob == 2 || e[k] > 0) && fabs(z) < 1) wt = (1 - z * z) * (1 - z * z);
+            else if (rob == 2 || e[k] > 0) wt = 0;
+            w[k] = w0[k] * wt;
+        }
+    }
+    free(G), free(v), free(w0), free(w), free(e);
+    return amp;
+}
+
+/* per-image Gaussian profile width (px) from the mean radial profile of all columns */
+static double est_sigma(const img_t *u, int64_t n, const double *xs, const double *ys, double bond)
+{
+    int NB = 24;
+    double rmax = 0.6 * bond, sv[24] = {0}, sn[24] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        double cx = xs[i], cy = ys[i];
+        if (cx < rmax + 1 || cy < rmax + 1 || cx > u->W - rmax - 2 || cy > u->H - rmax - 2) continue;
+        for (int64_t yy = (int64_t)floor(cy - rmax); yy <= (int64_t)ceil(cy + rmax); yy++)
+            for (int64_t xx = (int64_t)floor(cx - rmax); xx <= (int64_t)ceil(cx + rmax); xx++) {
+                double d = hypot(xx - cx, yy - cy);
+                int bi = (int)(d / rmax * NB);
+                if (bi >= NB) continue;
+                sv[bi] += u->img[yy * u->W + xx];
+                sn[bi] += 1;
+            }
+    }
+    double best = 0.2 * bond, bsse = INFINITY;
+    for (double s = 0.05 * bond; s <= 0.45 * bond; s += 0.005 * bond) {
+        /* fit m(r) = A exp(-r^2/2s^2) + C */
+        double S11 = 0, S12 = 0, S22 = 0, b1 = 0, b2 = 0;
+        for (int bi = 0; bi < NB; bi++) {
+            if (sn[bi] <= 0) continue;
+            double r = (bi + 0.5) * rmax / NB, g = exp(-0.5 * r * r / (s * s)), mv = sv[bi] / sn[bi], wt = sn[bi];
+            S11 += wt * g * g, S12 += wt * g, S22 += wt, b1 += wt * g * mv, b2 += wt * mv;
+        }
+        double det = S11 * S22 - S12 * S12;
+        double A = (b1 * S22 - b2 * S12) / det, C = (S11 * b2 - S12 * b1) / det, sse = 0;
+        for (int bi = 0; bi < NB; bi++) {
+            if (sn[bi] <= 0) continue;
+            double r = (bi + 0.5) * rmax / NB, g = exp(-0.5 * r * r / (s * s)), mv = sv[bi] / sn[bi];
+            sse += sn[bi] * (mv - A * g - C) * (mv - A * g - C);
+        }
+        if (sse < bsse) bsse = sse, best = s;
+    }
+    return best;
+}
 
 static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *frame, const double *xs, const double *ys,
                           float *out)
@@ -41,10 +207,27 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
     (void)ctx;
     (void)frame;
     img_t *u = user;
+    if (!getenv("H_OLD")) {
+        double bond = u->lat->period_px / sqrt(3.0);
+        if (u->sp <= 0) {
+            u->sp = getenv("H_SP") ? atof(getenv("H_SP")) * bond : est_sigma(u, n, xs, ys, bond) * envd("H_SPF", 1);
+            if (getenv("H_VERB")) fprintf(stderr, "sigma %.3f bond\n", u->sp / bond);
+        }
+    }
     const tmd_lattice *L = u->lat;
     double bond = L->period_px / sqrt(3.0), sw = fmax(0.7, (getenv("H_SIGMA") ? atof(getenv("H_SIGMA")) : 0.1) * bond), rc = 2.5 * sw;
     for (int64_t i = 0; i < n; i++) {
         double cx = xs[i], cy = ys[i];
+        if (!getenv("H_OLD")) { /* the amplitude; where the frame edge cuts the disc, the old measure */
+            double dm[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                               {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                               {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+            double a = model_amp(u, cx, cy, bond, u->sp, dm);
+            if (isfinite(a)) {
+                out[i] = (float)a;
+                continue;
+            }
+        }
 #define GMEAN(px, py, res)                                                                      \
     do {                                                                                        \
         double sv_ = 0, sw_ = 0;                                                                \

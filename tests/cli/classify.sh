@@ -4,6 +4,8 @@
 #   - the species, sublattices and vacancies are the same at 1 and 2 ranks (rows compared
 #     sorted by position, so the check does not depend on row order),
 #   - species accuracy >= 0.9 on a clean simulated W/Mo alloy (`tmdflow score`),
+#   - the column profile the contrast fit uses is measured on the image: its width is within
+#     10 % of the simulated probe's (FWHM 0.9 A: sigma 0.210 bond at a = 3.157 A),
 #   - `tmdflow render` of the result makes a PNG of the expected size.
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
@@ -16,8 +18,8 @@ export TMDFLOW_LOG=quiet OPENBLAS_NUM_THREADS=1
 fail() { echo "FAIL: $*"; exit 1; }
 
 "$bin" simulate -o "$work/s.h5" --size 320 --seed 4242 --pixel-size 0.12 --dose 600 --composition 0.4,0 \
-    contamination=0 jitter=0 > /dev/null
-"$bin" run "$work/s.h5:/image" -o "$work/r1.h5" > /dev/null
+    contamination=0 jitter=0 probe_fwhm=0.9 > /dev/null
+TMDFLOW_LOG=info "$bin" run "$work/s.h5:/image" -o "$work/r1.h5" > "$work/r1.log" 2>&1
 $mpiexec -n 2 "$bin" run "$work/s.h5:/image" -o "$work/r2.h5" > /dev/null
 
 col() { h5dump -d "$2" -y -w 0 "$1" | sed -n '/DATA {/,/}/p' | tr -s ' ,' '\n' | grep -E '^[-+0-9.eE]+$'; }
@@ -27,6 +29,9 @@ rows() {
 defects() { paste <(col "$1" /defects/x) <(col "$1" /defects/y) <(col "$1" /defects/type) | sort; }
 [ "$(rows "$work/r1.h5" | md5sum)" = "$(rows "$work/r2.h5" | md5sum)" ] || fail "atoms differ between 1 and 2 ranks"
 [ "$(defects "$work/r1.h5" | md5sum)" = "$(defects "$work/r2.h5" | md5sum)" ] || fail "defects differ between 1 and 2 ranks"
+ps=$(sed -n 's/.*column profile sigma \([0-9.]*\) bond.*/\1/p' "$work/r1.log" | head -1)
+awk -v s="$ps" 'BEGIN { e = s / (0.9 / 2.35482 / (3.1572 / sqrt(3))) - 1; if (e < 0) e = -e; exit !(s != "" && e < 0.1) }' \
+    || fail "column profile sigma '$ps' bond not within 10% of the probe's 0.210"
 nsp=$(col "$work/r1.h5" /atoms/species | grep -c -v '^0$' || true)
 [ "$nsp" -gt 100 ] || fail "only $nsp atoms have a species"
 
@@ -42,4 +47,4 @@ sz=$(od -An -tu1 -j16 -N8 "$work/r.png" | tr -s ' ' | sed 's/^ //')
 set -- $sz
 w=$(( ($1 << 24) | ($2 << 16) | ($3 << 8) | $4 )); h=$(( ($5 << 24) | ($6 << 16) | ($7 << 8) | $8 ))
 [ "$w" = 160 ] && [ "$h" = 160 ] || fail "picture is ${w}x${h}, expected 160x160"
-echo "ok: pixel size $px (truth 0.12), species accuracy $acc, 1 and 2 ranks identical, picture ${w}x${h}"
+echo "ok: pixel size $px (truth 0.12), species accuracy $acc, profile sigma $ps bond (probe 0.210), 1 and 2 ranks identical, picture ${w}x${h}"
