@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tmd/decomp.h"
 #include "tmd/io.h"
 #include "tmd/nn.h"
 #include "tmd/pipeline.h"
@@ -305,7 +306,12 @@ static void test_result_file(void)
         hsize_t chunk[3] = {0, 0, 0};
         CU_ASSERT_EQUAL(H5Pget_layout(dcpl), H5D_CHUNKED);
         CU_ASSERT_EQUAL(H5Pget_chunk(dcpl, 3, chunk), 3);
-        CU_ASSERT(chunk[0] == 1 && chunk[1] == 64 && chunk[2] == 64); /* one chunk per tile */
+        /* one chunk per tile: 64 nominal px at the scale the models saw (the lattice's) */
+        double model_px = 0;
+        CU_ASSERT_EQUAL(tmd_h5_read_attr_f64(&ctx, f, "/", "model_pixel_size", &model_px, 1), TMD_OK);
+        CU_ASSERT(fabs(model_px / 0.12 - 1) < 0.05);
+        int64_t te = tmd_decomp_tile_edge(64, 0.12, model_px);
+        CU_ASSERT(chunk[0] == 1 && (int64_t)chunk[1] == te && (int64_t)chunk[2] == te);
         H5Pclose(dcpl);
         uint8_t *cls = malloc(241 * 303);
         CU_ASSERT(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, cls) >= 0);

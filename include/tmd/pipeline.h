@@ -116,7 +116,11 @@ struct tmd_run {
     tmd_image_info info;             /* frames, height, width, ... */
     double pixel_size;               /* Angstrom per input pixel (scale) */
     char pixel_size_source[64];      /* "--pixel-size", "configuration", "lattice" */
-    double s;                        /* nominal_px / input_px: input pixels per nominal pixel */
+    double scale_px;                 /* Angstrom per input pixel at which the models see the image:
+                                      * the lattice's, at a = 3.22 A, whenever a lattice was measured
+                                      * (so a given and a measured pixel size see the same image), else
+                                      * pixel_size */
+    double s;                        /* nominal_px / scale_px: input pixels per nominal pixel */
     tmd_decomp *decomp;              /* tile grid (decompose) */
     tmd_normalise *norm;             /* background + levels (normalise) */
     tmd_writer *writer;              /* result file, open on OUT.tmp (open) */
