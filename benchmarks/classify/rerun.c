@@ -77,9 +77,10 @@ static int chol_solve(double *A, double *b, int n)
 
 /* the stage's amplitude (stage_classify.c measure_contrast): least squares over a disc of
  * radius H_R (0.6) bond of [column profile at the centre, profiles at the six +-delta_k places
- * (H_NB=0: without), 1, x, y]; profile Gaussian sigma sp px. Variants tried: H_TW=t Gaussian
- * taper of the weights (bond), H_ROB=1 robust IRLS (Tukey on the positive residuals; 2 both
- * sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE */
+ * (H_NB=0: without), 1, x, y]; profile Gaussian sigma sp px; refitted with the weights
+ * 1 / max(first fit, H_POIS (0.1) x its largest) (H_POIS=0: unweighted). Variants tried:
+ * H_TW=t Gaussian taper of the weights (bond), H_ROB=1 robust IRLS (Tukey on the positive
+ * residuals; 2 both sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE */
 static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
 {
     double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
@@ -118,7 +119,8 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         }
     }
     double amp = NAN;
-    for (int it = 0; it < (rob ? 1 + (int)envd("H_IT", 4) : 1); it++) {
+    int nit = rob ? 1 + (int)envd("H_IT", 4) : envd("H_POIS", 0.1) > 0 ? 2 : 1;
+    for (int it = 0; it < nit; it++) {
         double A[100] = {0}, b[10] = {0};
         for (int64_t k = 0; k < m; k++) {
             const double *g = G + k * np;
@@ -132,6 +134,23 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         for (int i = 4; i < np; i++) A[i * np + i] += envd("H_RIDGE", 0) * m; /* weak ridge on neighbours */
         if (m < 3 * np || !chol_solve(A, b, np)) break;
         amp = b[0];
+        if (envd("H_POIS", 0.1) > 0 && it == 0) { /* shot noise: weights 1 / max(fitted value, floor) */
+            double fl = envd("H_POIS", 0.1), fmaxv = 0;
+            for (int64_t k = 0; k < m; k++) {
+                const double *g = G + k * np;
+                double f = 0;
+                for (int i = 0; i < np; i++) f += g[i] * b[i];
+                e[k] = f;
+                if (f > fmaxv) fmaxv = f;
+            }
+            for (int64_t k = 0; k < m; k++) w[k] = w0[k] / fmax(e[k], fl * fmaxv);
+            if (!(fmaxv > 0)) break;
+            if (!rob) {
+                rob = -1;
+                continue;
+            }
+        }
+        if (rob < 0) break;
         if (!rob) break;
         /* residuals and robust scale */
         for (int64_t k = 0; k < m; k++) {

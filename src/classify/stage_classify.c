@@ -32,10 +32,12 @@ static int cmp_order(const void *a, const void *b)
  * profile_sigma), the six places +-delta_k one bond away hold the three bonded neighbours and
  * the three hollow sites (their amplitudes are fitted, so a neighbour's overlap is not taken
  * for the column), and the plane is the local background (substrate, probe tails, the smooth
- * part of contamination). This is the optimal linear estimate of the column's height under
- * white noise; the earlier measure (Gaussian-weighted mean, sigma 0.1 bond, at the column
- * minus the mean of the three lowest of the same means at the six places) is kept for
- * columns whose disc the frame edge cuts too much for the fit. Linear in the column's Z^n.
+ * part of contamination). Fitted twice: unweighted, then weighted by 1 / (the first fit's
+ * value, floored at 0.1 of its largest in the disc), the shot-noise variance; this is the
+ * optimal linear estimate of the column's height under Poisson-like noise. The earlier measure
+ * (Gaussian-weighted mean, sigma 0.1 bond, at the column minus the mean of the three lowest of
+ * the same means at the six places) is kept for columns whose disc the frame edge cuts too
+ * much for the fit (fewer than 30 pixels). Linear in the column's Z^n.
  * Rows of this rank's domain are read in strips, so memory is bounded by a strip. out[i]
  * for every atom. With hist non-NULL nothing is measured: the radial profile of the columns
  * (PROF_NB bins over PROF_R bond; sums of the pixels quantised on the global levels, then
@@ -43,6 +45,7 @@ static int cmp_order(const void *a, const void *b)
  * the sum over ranks does not depend on how the atoms are split). */
 #define MODEL_R 0.6
 #define MODEL_NP 10
+#define MODEL_FLOOR 0.1
 #define PROF_NB 24
 #define PROF_R 0.6
 #define PROF_WIN 2048
@@ -99,7 +102,7 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
     double qs = qhi > qlo ? PROF_Q / (qhi - qlo) : PROF_Q;
     order_t *ord = NULL;
     float *buf = NULL;
-    double *G = NULL, *v = NULL;
+    double *G = NULL, *v = NULL, *wt = NULL;
     int64_t gcap = 0;
     tmd_status st = tmd_calloc(ctx, (void **)&ord, (size_t)(n > 0 ? n : 1), sizeof *ord, "contrast order");
     if (!st) st = tmd_calloc(ctx, (void **)&buf, (size_t)((S + 2 * m) * (w > 0 ? w : 1)), sizeof(float), "contrast strip");
@@ -151,10 +154,11 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
         double R = MODEL_R * bond, is2 = 0.5 / (psig * bond * psig * bond);
         int64_t need = ((int64_t)ceil(2 * R) + 3) * ((int64_t)ceil(2 * R) + 3);
         if (need > gcap) {
-            free(G), free(v);
-            G = NULL, v = NULL;
+            free(G), free(v), free(wt);
+            G = NULL, v = NULL, wt = NULL;
             st = tmd_calloc(ctx, (void **)&G, (size_t)need * MODEL_NP, sizeof *G, "contrast fit");
             if (!st) st = tmd_calloc(ctx, (void **)&v, (size_t)need, sizeof *v, "contrast fit");
+            if (!st) st = tmd_calloc(ctx, (void **)&wt, (size_t)need, sizeof *wt, "contrast fit");
             if (st) goto cleanup;
             gcap = need;
         }
@@ -182,17 +186,41 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
                     v[np++] = buf[(yy - r0) * w + (xx - x0)];
                 }
             }
-            double A[MODEL_NP * MODEL_NP] = {0}, b[MODEL_NP] = {0};
-            for (int64_t p = 0; p < np; p++) {
-                const double *g = G + p * MODEL_NP;
-                for (int a = 0; a < MODEL_NP; a++) {
-                    b[a] += g[a] * v[p];
-                    for (int c = 0; c <= a; c++) A[a * MODEL_NP + c] += g[a] * g[c];
+            /* pass 0 unweighted; pass 1 weighted by 1 / (fitted value), floored at MODEL_FLOOR of its
+             * largest in the disc (shot noise: the variance grows with the signal) */
+            int ok = np >= 3 * MODEL_NP;
+            double b[MODEL_NP] = {0};
+            for (int pass = 0; pass < 2 && ok; pass++) {
+                double A[MODEL_NP * MODEL_NP] = {0}, fl = 0;
+                if (pass == 1) {
+                    for (int64_t p = 0; p < np; p++) {
+                        const double *g = G + p * MODEL_NP;
+                        double fv = 0;
+                        for (int a = 0; a < MODEL_NP; a++) fv += g[a] * b[a];
+                        wt[p] = fv;
+                        if (fv > fl) fl = fv;
+                    }
+                    if (!(fl > 0)) break; /* no positive signal: keep the unweighted fit */
+                    fl *= MODEL_FLOOR;
+                    for (int64_t p = 0; p < np; p++) wt[p] = 1 / (wt[p] > fl ? wt[p] : fl);
                 }
+                double bb[MODEL_NP] = {0};
+                for (int64_t p = 0; p < np; p++) {
+                    const double *g = G + p * MODEL_NP;
+                    double ww = pass == 1 ? wt[p] : 1;
+                    for (int a = 0; a < MODEL_NP; a++) {
+                        bb[a] += ww * g[a] * v[p];
+                        for (int c = 0; c <= a; c++) A[a * MODEL_NP + c] += ww * g[a] * g[c];
+                    }
+                }
+                for (int a = 0; a < MODEL_NP; a++)
+                    for (int c = a + 1; c < MODEL_NP; c++) A[a * MODEL_NP + c] = A[c * MODEL_NP + a];
+                if (chol_solve(A, bb, MODEL_NP) && isfinite(bb[0]))
+                    memcpy(b, bb, sizeof b);
+                else if (pass == 0)
+                    ok = 0; /* (a failed weighted pass keeps the unweighted fit) */
             }
-            for (int a = 0; a < MODEL_NP; a++)
-                for (int c = a + 1; c < MODEL_NP; c++) A[a * MODEL_NP + c] = A[c * MODEL_NP + a];
-            if (np >= 3 * MODEL_NP && chol_solve(A, b, MODEL_NP) && isfinite(b[0])) {
+            if (ok) {
                 out[i] = (float)b[0];
                 continue;
             }
@@ -241,6 +269,7 @@ cleanup:
     free(buf);
     free(G);
     free(v);
+    free(wt);
     return st;
 }
 
