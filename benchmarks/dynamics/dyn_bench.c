@@ -11,8 +11,10 @@
  *   density     tmd_dynamics_maps (maps + regions)
  * Prints per-stage seconds (max over ranks), frames/s, drift RMSE against /drift and the
  * instability ROC AUC against /sites/dynamic (all truth sites, and those in view in every
- * frame). Run as `mpiexec -n N dyn_bench STACK.h5`. Options: --run-drift takes /drift from the
- * --atoms result instead of registering again; --no-blend turns the neighbour blend off;
+ * frame), and against the observable truth exactly as `tmdflow score` does (docs/score.md).
+ * Run as `mpiexec -n N dyn_bench STACK.h5`. Options: --run-drift takes /drift from the
+ * --atoms result instead of registering again; --no-blend turns the neighbour blend off,
+ * --nb-frames K / --nb-radius B set it;
  * --dump FILE writes one line per truth site (x y dynamic found score frames-in-view
  * changes-in-view changes). */
 #include <math.h>
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
     int64_t max_frames = 0;
     int basis0 = 0; /* --basis-frame0: the track basis from frame 0 only (as before 2026-11-25 evening) */
     double nb_radius = -1;     /* --nb-radius B: neighbour blend radius, bonds */
+    double nb_frames = -1;     /* --nb-frames K: neighbour blend K (tmd_dyn_params.nb_frames) */
     int win_opt = 0;           /* --window N: drift window edge */
     double taper_y = 0;        /* --taper-y F: drift apodisation along y (tmd_drift_opts.taper_y) */
     const char *dump_track = NULL;
@@ -90,6 +93,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--atoms") && i + 1 < argc) atoms_from = argv[++i];
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i]; /* per truth site, for diagnosis */
         else if (!strcmp(argv[i], "--nb-radius") && i + 1 < argc) nb_radius = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--nb-frames") && i + 1 < argc) nb_frames = atof(argv[++i]);
         else if (!strcmp(argv[i], "--drift-only")) drift_only = 1;
         else if (!strcmp(argv[i], "--taper-y") && i + 1 < argc) taper_y = atof(argv[++i]);
         else if (!strcmp(argv[i], "--dump-track") && i + 1 < argc) dump_track = argv[++i]; /* per frame: atoms, on sites (1 rank) */
@@ -274,6 +278,7 @@ int main(int argc, char **argv)
     tmd_dyn_params_from_config(&prm, &cfg, px);
     if (no_blend) prm.nb_frames = 0;
     if (nb_radius >= 0) prm.nb_radius = nb_radius;
+    if (nb_frames >= 0) prm.nb_frames = nb_frames;
     tmd_site_table s;
     tmd_site_table_init(&s);
     c0 = MPI_Wtime();
@@ -346,6 +351,47 @@ int main(int argc, char **argv)
             if (fo) fclose(fo);
             free(tstate);
         }
+        /* observable truth as `tmdflow score` (docs/score.md): truth sites inside frame 0 less a
+         * border of a/2, matched to the nearest found site within a/4, dynamic if (state, jump)
+         * differs between two frames in which the site is in view (same border, true drift) */
+        double oauc = NAN;
+        int64_t opos = 0, on = 0;
+        {
+            double la = 0;
+            tmd_h5_read_attr_f64(&ctx, f, "/", "lattice_a", &la, 1);
+            int64_t nst, T2, nj = 0, Tj = 0;
+            int8_t *tst = col(&ctx, f, "/sites/state", TMD_I8, &nst, &T2), *tj = NULL;
+            if (tmd_h5_exists(f, "/sites/jump")) tj = col(&ctx, f, "/sites/jump", TMD_I8, &nj, &Tj);
+            double bd = px > 0 ? la / 2 / px : 0, mr = px > 0 ? la / 4 / px : 0;
+            double *osc = calloc(ns + 1, sizeof(double));
+            int8_t *olab = calloc(ns + 1, 1), *ouse = calloc(ns + 1, 1);
+#define INSIDE(x, y) ((x) >= bd - 0.5 && (y) >= bd - 0.5 && (x) <= W - 0.5 - bd && (y) <= H - 0.5 - bd)
+            for (int64_t i = 0; i < ns && la > 0 && T2 == T; i++) {
+                if (!INSIDE(tx[i], ty[i])) continue;
+                double best = mr * mr;
+                int q0 = -1;
+                for (int q = 0; q < tot; q++) {
+                    double d = pow(all[3 * q] - tx[i], 2) + pow(all[3 * q + 1] - ty[i], 2);
+                    if (d <= best) { best = d; q0 = q; }
+                }
+                if (q0 < 0) continue;
+                int seen = 0, s0 = 0, j0 = 0, obs = 0;
+                for (int64_t q = 0; q < T && !obs; q++) {
+                    if (!INSIDE(tx[i] + tdrift[2 * q], ty[i] + tdrift[2 * q + 1])) continue;
+                    int sp = tst[i * T + q], jj = tj && Tj == T ? tj[i * T + q] : 0;
+                    if (!seen) { seen = 1; s0 = sp; j0 = jj; }
+                    else if (sp != s0 || jj != j0) obs = 1;
+                }
+#undef INSIDE
+                osc[i] = all[3 * q0 + 2];
+                olab[i] = (int8_t)obs;
+                ouse[i] = 1;
+                opos += obs;
+                on++;
+            }
+            oauc = auc((int)ns, osc, olab, ouse);
+            free(osc); free(olab); free(ouse); free(tst); free(tj);
+        }
         double total = tmax[0] + tmax[1] + tmax[2] + tmax[3] + tmax[4];
         printf("dyn_bench %s: %lld frames of %lldx%lld, %d ranks, %lld atoms (%s), %d sites\n", argv[1], (long long)T,
                (long long)H, (long long)W, ctx.nranks, (long long)na, atoms_from ? atoms_from : "simulator's", tot);
@@ -361,6 +407,7 @@ int main(int argc, char **argv)
         printf("  drift RMSE %.4f px\n", sqrt(se / T));
         printf("  instability AUC %.4f (all %lld truth sites), %.4f (in view in every frame)\n", auc((int)ns, score, dyn, found),
                (long long)ns, auc((int)ns, score, dyn, inview));
+        printf("  observable AUC %.4f (%lld positives of %lld sites; as tmdflow score)\n", oauc, (long long)opos, (long long)on);
         printf("CSV,%lld,%lld,%d,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f\n", (long long)T, (long long)H, ctx.nranks,
                tmax[0], tmax[1], tmax[2], tmax[3], tmax[4], ctot, sqrt(se / T), auc((int)ns, score, dyn, found), auc((int)ns, score, dyn, inview));
     }
