@@ -338,8 +338,15 @@ static model_t fit_one(const tmd_classify_opts *o, const int64_t *hm, const int6
  * exponent: the contrast ratio Mo/S2 at n 1.61 is W/Se2 at n 2.0). */
 static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, const int64_t *h1, double vote, double a_meas)
 {
-    enum { NN = 15, NC = 5, NREF = 8 };
-    static const double NS[NN] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9, 1.95, 2.0, 2.05, 2.1};
+    /* up to 2.4: the exponent is an effective one of the contrast measure, not the physical
+     * one; the least-squares column amplitude (3b7301a) takes the neighbours' overlap out of the
+     * dim chalcogen columns, which raises it: a WSe2 image at a physical n of 2.0 (extsim n2.0)
+     * fits 2.16, and with the grid ending at 2.1 its MoS2 twin won even against the measured
+     * lattice constant (species 0.999 -> 0.000 with the pixel size given). The prior still
+     * weighs the tail (n_prior +- n_prior_sd). */
+    enum { NN = 21, NC = 5, NREF = 8 };
+    static const double NS[NN] = {1.4, 1.45, 1.5, 1.55, 1.6, 1.65, 1.7, 1.75, 1.8, 1.85, 1.9,
+                                  1.95, 2.0, 2.05, 2.1, 2.15, 2.2, 2.25, 2.3, 2.35, 2.4};
     /* compositions: free (three starts) or a pure end member (0 or 1, held); a free composition
      * costs 0.5 ln(columns) (BIC), so a pure compound is not read as an alloy whose minority
      * species soaks up noise */
