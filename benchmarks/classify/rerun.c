@@ -21,7 +21,8 @@
  *   H_OLD=1 selects the measure before 2026-11-26 (Gaussian-weighted mean, sigma H_SIGMA = 0.1
  *   bond, minus the mean of the three lowest of the six places one bond away), H_SP=s fixes the
  *   profile width (bond), H_SPF=f scales the measured one. A truth file without /image (e.g.
- *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement.
+ *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
+ *   the directory of the image (DIR/IMAGE.tif: the truth file's name minus .truth.h5).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -80,11 +81,12 @@ static int chol_solve(double *A, double *b, int n)
  * (H_NB=0: without), 1, x, y]; profile Gaussian sigma sp px; refitted with the weights
  * 1 / max(first fit, H_POIS (0.1) x its largest) (H_POIS=0: unweighted). Variants tried:
  * H_TW=t Gaussian taper of the weights (bond), H_ROB=1 robust IRLS (Tukey on the positive
- * residuals; 2 both sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE */
+ * residuals; 2 both sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE, H_Q=1
+ * a radial r^2 term in the background (H_QW=w: a Gaussian w times the profile's width) */
 static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
 {
     double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
-    int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), np = 4 + (nb ? 6 : 0);
+    int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), nq = (int)envd("H_Q", 0), np = 4 + (nb ? 6 : 0) + nq;
     double cc = envd("H_C", 2.5);
     int64_t y0 = (int64_t)floor(cy - R), y1 = (int64_t)ceil(cy + R), x0 = (int64_t)floor(cx - R), x1 = (int64_t)ceil(cx + R);
     int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1);
@@ -112,6 +114,8 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                         g[c++] = exp(-(ex * ex + ey * ey) * is2);
                     }
             }
+            if (nq) g[np - 1] = d2 / (bond * bond); /* H_Q=1: a radial bowl r^2 in the background */
+            if (nq == 1 && getenv("H_QW")) g[np - 1] = exp(-d2 * is2 / (envd("H_QW", 2) * envd("H_QW", 2))); /* or a wide Gaussian */
             v[m] = u->img[yy * u->W + xx];
             w0[m] = tw > 0 ? exp(-0.5 * d2 / (tw * tw)) : 1;
             w[m] = w0[m];
@@ -121,7 +125,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
     double amp = NAN;
     int nit = rob ? 1 + (int)envd("H_IT", 4) : envd("H_POIS", 0.1) > 0 ? 2 : 1;
     for (int it = 0; it < nit; it++) {
-        double A[100] = {0}, b[10] = {0};
+        double A[144] = {0}, b[12] = {0};
         for (int64_t k = 0; k < m; k++) {
             const double *g = G + k * np;
             for (int i = 0; i < np; i++) {
@@ -360,6 +364,19 @@ int main(int argc, char **argv)
         if (have_img && tmd_h5_read_rows(&ctx, fs, "/image", TMD_F32, &r, &cc, (void **)&im.img)) {
             tmd_error_print(&ctx);
             return 1;
+        }
+        if (!have_img && getenv("H_IMG")) { /* the image from a file (e.g. extsim's TIFF): H_IMG=dir, file = truth name minus .truth.h5 */
+            char ip[700];
+            const char *bn = strrchr(simp, '/');
+            snprintf(ip, sizeof ip, "%s/%.*s", getenv("H_IMG"), (int)(strlen(bn ? bn + 1 : simp) - 9), bn ? bn + 1 : simp);
+            tmd_reader *rd = NULL;
+            if (tmd_reader_open(&ctx, ip, &rd) == TMD_OK) {
+                im.img = malloc(sizeof(float) * (size_t)(H * W));
+                if (tmd_reader_read(&ctx, rd, 0, 0, 0, H, W, im.img) == TMD_OK) have_img = 1;
+                tmd_reader_close(&rd);
+            } else
+                tmd_error_print(&ctx);
+            r = H, cc = W;
         }
         if (!have_img) r = H, cc = W;
         if (getenv("H_PXTRUE")) tmd_h5_read_attr_f64(&ctx, fs, "/", "pixel_size", &o.pixel_size, 1);
