@@ -82,7 +82,8 @@ static int chol_solve(double *A, double *b, int n)
  * 1 / max(first fit, H_POIS (0.1) x its largest) (H_POIS=0: unweighted). Variants tried:
  * H_TW=t Gaussian taper of the weights (bond), H_ROB=1 robust IRLS (Tukey on the positive
  * residuals; 2 both sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE, H_Q=1
- * a radial r^2 term in the background (H_QW=w: a Gaussian w times the profile's width) */
+ * a radial r^2 term in the background (H_QW=w: a Gaussian w times the profile's width), H_NSPF=f
+ * the neighbour places' profile f times wider than the column's */
 static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
 {
     double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
@@ -111,7 +112,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                 for (int q = 0; q < 3; q++)
                     for (int sg = -1; sg <= 1; sg += 2) {
                         double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
-                        g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                        g[c++] = exp(-(ex * ex + ey * ey) * is2 / (envd("H_NSPF", 1) * envd("H_NSPF", 1)));
                     }
             }
             if (nq) g[np - 1] = d2 / (bond * bond); /* H_Q=1: a radial bowl r^2 in the background */
