@@ -668,8 +668,11 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         tmd_debug(ctx, "drift: shortest period %.2f px, search radius %.2f px (frame-0 window at %lld, %lld)", period,
                   radius, (long long)w0[0], (long long)w0[1]);
     }
-    /* 1. frame-to-frame steps of this block: pair (t-1, t) measured by the owner of t */
-    double cum[2] = {0, 0};
+    /* 1. frame-to-frame steps of this block: pair (t-1, t) measured by the owner of t; the
+     *    chain is summed in 2^-32 px fixed point (int64, exact and associative), so the block
+     *    offsets from MPI_Exscan give the same chain to the last bit on any rank count */
+    const double cscale = 4294967296.0;
+    int64_t cum[2] = {0, 0};
     for (int64_t k = 0; !st && k < nt; k++) {
         int64_t t = t0 + k;
         if (t == 0) continue;
@@ -684,20 +687,20 @@ tmd_status tmd_drift_stack(tmd_ctx *ctx, MPI_Comm comm, tmd_drift_plan *p, tmd_f
         if (st) break;
         tmd_debug(ctx, "drift: pair %lld: window at (%lld, %lld), step (%.3f, %.3f)", (long long)t, (long long)pw[0],
                   (long long)pw[1], d[0], d[1]);
-        cum[0] += d[0];
-        cum[1] += d[1];
-        local[2 * k] = cum[0];
-        local[2 * k + 1] = cum[1];
+        cum[0] += llround(d[0] * cscale);
+        cum[1] += llround(d[1] * cscale);
+        local[2 * k] = (double)cum[0]; /* exact: |chain| < 2^21 px */
+        local[2 * k + 1] = (double)cum[1];
         if (tmd_interrupted(ctx)) st = TMD_FAIL(ctx, TMD_ERR_INTERRUPTED, "drift: interrupted at frame %lld", (long long)t);
     }
     st = tmd_agree(ctx, comm, st);
     if (st) goto cleanup;
-    double off[2] = {0, 0};
-    MPI_Exscan(cum, off, 2, MPI_DOUBLE, MPI_SUM, comm);
+    int64_t off[2] = {0, 0};
+    MPI_Exscan(cum, off, 2, MPI_INT64_T, MPI_SUM, comm);
     if (rank == 0) off[0] = off[1] = 0;
     for (int64_t k = 0; k < nt; k++) {
-        local[2 * k] += off[0];
-        local[2 * k + 1] += off[1];
+        local[2 * k] = (double)(llround(local[2 * k]) + off[0]) / cscale;
+        local[2 * k + 1] = (double)(llround(local[2 * k + 1]) + off[1]) / cscale;
     }
     displs = counts + nranks;
     int c = (int)(2 * nt);

@@ -98,30 +98,56 @@ static tmd_status ls_refine(tmd_ctx *ctx, MPI_Comm comm, const tmd_atom_table *a
         double bond = sqrt(pow((out->a1[0] + out->a2[0]) / 3, 2) + pow((out->a1[1] + out->a2[1]) / 3, 2));
         out->bond = bond;
         double S[13] = {0}; /* n, U, V, UU, UV, VV, X, UX, VX, Y, UY, VY, r^2 */
-        for (int64_t k = 0; k < atoms->n; k++) {
-            double X = atoms->x[k], Y = atoms->y[k];
-            if (!drift) {
-                if (atoms->frame[k] != 0) continue;
-            } else {
-                int64_t t = atoms->frame[k];
-                if (t < 0 || t >= T) continue;
-                X -= drift[2 * t];
-                Y -= drift[2 * t + 1];
-                if ((X - cx) * (X - cx) + (Y - cy) * (Y - cy) > R * R) continue;
+        /* two passes: the largest |term| of each sum (every rank), then the terms in fixed
+         * point at a scale that cannot overflow (int64, exact and associative): the same sums,
+         * so the same basis, to the last bit on any rank count */
+        double mx[14] = {0};  /* max |term| of each sum, then the atom count in [13] */
+        int64_t Q[13] = {0};
+        double scale[13];
+        for (int pass = 0; pass < 2; pass++) {
+            for (int64_t k = 0; k < atoms->n; k++) {
+                double X = atoms->x[k], Y = atoms->y[k];
+                if (!drift) {
+                    if (atoms->frame[k] != 0) continue;
+                } else {
+                    int64_t t = atoms->frame[k];
+                    if (t < 0 || t >= T) continue;
+                    X -= drift[2 * t];
+                    Y -= drift[2 * t + 1];
+                    if ((X - cx) * (X - cx) + (Y - cy) * (Y - cy) > R * R) continue;
+                }
+                double d;
+                int64_t id = tmd_track_nearest(out, X, Y, &d);
+                if (d > 0.35 * bond) continue;
+                int64_t i, j;
+                int s;
+                tmd_site_unpack(id, &i, &j, &s);
+                double U = (double)i + (s == 2 ? out->c : 0), V = (double)j + (s == 2 ? out->c : 0);
+                double v[13] = {1, U, V, U * U, U * V, V * V, X, U * X, V * X, Y, U * Y, V * Y, d * d};
+                if (pass == 0) {
+                    for (int c = 0; c < 13; c++)
+                        if (fabs(v[c]) > mx[c]) mx[c] = fabs(v[c]);
+                    mx[13] += 1;
+                } else {
+                    for (int c = 0; c < 13; c++) Q[c] += llround(v[c] * scale[c]);
+                }
             }
-            double d;
-            int64_t id = tmd_track_nearest(out, X, Y, &d);
-            if (d > 0.35 * bond) continue;
-            int64_t i, j;
-            int s;
-            tmd_site_unpack(id, &i, &j, &s);
-            double U = (double)i + (s == 2 ? out->c : 0), V = (double)j + (s == 2 ? out->c : 0);
-            S[0] += 1; S[1] += U; S[2] += V; S[3] += U * U; S[4] += U * V; S[5] += V * V;
-            S[6] += X; S[7] += U * X; S[8] += V * X; S[9] += Y; S[10] += U * Y; S[11] += V * Y;
-            S[12] += d * d;
+            if (pass == 0) {
+                st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, mx, 13, MPI_DOUBLE, MPI_MAX, comm));
+                if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, mx + 13, 1, MPI_DOUBLE, MPI_SUM, comm));
+                if (st) return st;
+                /* |sum| <= max |term| x atoms < 2^61 after scaling (llround adds at most 0.5 a term) */
+                for (int c = 0; c < 13; c++) {
+                    double bound = mx[c] * (mx[13] + 1) + 1;
+                    int e = 0;
+                    frexp(bound, &e); /* bound < 2^e */
+                    scale[c] = ldexp(1.0, e < 61 - 40 ? 40 : 61 - e);
+                }
+            }
         }
-        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, S, 13, MPI_DOUBLE, MPI_SUM, comm));
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, Q, 13, MPI_INT64_T, MPI_SUM, comm));
         if (st) return st;
+        for (int c = 0; c < 13; c++) S[c] = (double)Q[c] / scale[c];
         out->n_fit = (int64_t)S[0];
         out->rms_px = S[0] > 0 ? sqrt(S[12] / S[0]) : 0;
         if (S[0] < 8) break;
