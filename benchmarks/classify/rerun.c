@@ -23,6 +23,21 @@
  *   profile width (bond), H_SPF=f scales the measured one. A truth file without /image (e.g.
  *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
  *   the directory of the image (DIR/IMAGE.tif: the truth file's name minus .truth.h5).
+ * Cross-talk variants (2026-11-26, session 5; none in the stage yet, see docs/accuracy.md):
+ *   H_XS=k  two passes: classify, then regress the chalcogens' amplitude on N, the sum of the
+ *           amplitudes of their bonded metals (atoms 0.6-1.3 bond away classified Mo/W), one
+ *           slope pooled within species groups (H_XSG=1: S with S2 and Se with SSe, so the
+ *           S <-> S2 boundary does not select on the amplitude), trimmed at 3 robust sd, interior
+ *           atoms; a negative slope c times k is removed in full (amplitude - c N), the empty
+ *           sites measured in pass 2 with N > H_XSM (2) x the median metal amplitude get the
+ *           same; H_XSX=q applies it only where pass 1 found a metal alloy (W fraction in
+ *           (q, 1 - q)), else the slope is not identifiable and the exponent takes the bias.
+ *   H_XR=k  the same without labels (chalcogen-like: amplitude < N / 3), about the median N
+ *           (H_XR0=1: in full), H_XRL=R on deviations from the means within R bond;
+ *   H_XT=c  a fixed c x (sum of the six fitted neighbour-place amplitudes) added;
+ *   H_TAIL=t two-component profile g(s) + B g(t s) for the column and its neighbour places, B
+ *           fitted on the radial profile (H_TAILF=B fixes it); H_NSPFAUTO=1 the neighbour
+ *           profile's width factor (1.0 .. H_NSPFMAX) with the least residual over all fits.
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -41,6 +56,17 @@ typedef struct {
     const tmd_lattice *lat;
     double sp;
 } img_t;
+
+/* H_XR=1: per-image cross-talk correction; model_amp leaves the sum of the six neighbour
+ * amplitudes in g_nsum; chalcogen-like (amp < nsum / 3) columns regressed on it */
+static double g_nsum = NAN, xr_slope = NAN, xr_nmed = 0, *xr_x, *xr_y, *xr_a;
+static int64_t xr_n;
+static int xr_stored = 0;
+static double xs_metal = 0; /* H_XS: median metal amplitude of pass 1 */
+/* H_NSPFAUTO=1: the neighbour profile's width factor chosen per image by the fits' residuals */
+static double g_nspf = 0, g_rss = 0;
+/* H_TAIL=t: two-component profile g(s) + g_tail g(t s), g_tail fitted with s on the radial profile */
+static double g_tail = 0;
 
 static double envd(const char *k, double d)
 {
@@ -88,7 +114,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
 {
     double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
     int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), nq = (int)envd("H_Q", 0), np = 4 + (nb ? 6 : 0) + nq;
-    double cc = envd("H_C", 2.5);
+    double cc = envd("H_C", 2.5), nsf = g_nspf > 0 ? g_nspf : envd("H_NSPF", 1);
     int64_t y0 = (int64_t)floor(cy - R), y1 = (int64_t)ceil(cy + R), x0 = (int64_t)floor(cx - R), x1 = (int64_t)ceil(cx + R);
     int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1);
     double *G = malloc(sizeof(double) * (size_t)(npx * np)), *v = malloc(sizeof(double) * (size_t)npx),
@@ -103,7 +129,8 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
             if (d2 > R * R) continue;
             double *g = G + m * np;
-            g[0] = exp(-d2 * is2);
+            double tt = envd("H_TAIL", 0), it2 = tt > 0 ? is2 / (tt * tt) : 0;
+            g[0] = exp(-d2 * is2) + (tt > 0 ? g_tail * exp(-d2 * it2) : 0);
             g[1] = 1;
             g[2] = dx / bond;
             g[3] = dy / bond;
@@ -112,7 +139,8 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                 for (int q = 0; q < 3; q++)
                     for (int sg = -1; sg <= 1; sg += 2) {
                         double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
-                        g[c++] = exp(-(ex * ex + ey * ey) * is2 / (envd("H_NSPF", 1) * envd("H_NSPF", 1)));
+                        g[c++] = exp(-(ex * ex + ey * ey) * is2 / (nsf * nsf)) +
+                                 (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
                     }
             }
             if (nq) g[np - 1] = d2 / (bond * bond); /* H_Q=1: a radial bowl r^2 in the background */
@@ -139,6 +167,15 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         for (int i = 4; i < np; i++) A[i * np + i] += envd("H_RIDGE", 0) * m; /* weak ridge on neighbours */
         if (m < 3 * np || !chol_solve(A, b, np)) break;
         amp = b[0];
+        g_rss = 0;
+        for (int64_t k = 0; k < m; k++) {
+            const double *g = G + k * np;
+            double f = 0;
+            for (int i = 0; i < np; i++) f += g[i] * b[i];
+            g_rss += w[k] * (v[k] - f) * (v[k] - f);
+        }
+        g_nsum = nb ? b[4] + b[5] + b[6] + b[7] + b[8] + b[9] : NAN;
+        if (nb && getenv("H_XT")) amp += envd("H_XT", 0) * (b[4] + b[5] + b[6] + b[7] + b[8] + b[9]);
         if (envd("H_POIS", 0.1) > 0 && it == 0) { /* shot noise: weights 1 / max(fitted value, floor) */
             double fl = envd("H_POIS", 0.1), fmaxv = 0;
             for (int64_t k = 0; k < m; k++) {
@@ -204,7 +241,33 @@ static double est_sigma(const img_t *u, int64_t n, const double *xs, const doubl
                 sn[bi] += 1;
             }
     }
-    double best = 0.2 * bond, bsse = INFINITY;
+    double best = 0.2 * bond, bsse = INFINITY, tt = envd("H_TAIL", 0);
+    if (tt > 0) { /* m(r) = A g(s) + B g(t s) + C, 3x3 least squares per s */
+        for (double s = 0.05 * bond; s <= 0.45 * bond; s += 0.005 * bond) {
+            double M[9] = {0}, rhs[3] = {0};
+            for (int bi = 0; bi < NB; bi++) {
+                if (sn[bi] <= 0) continue;
+                double r = (bi + 0.5) * rmax / NB, mv = sv[bi] / sn[bi], wt = sn[bi];
+                double f[3] = {exp(-0.5 * r * r / (s * s)), exp(-0.5 * r * r / (tt * tt * s * s)), 1};
+                for (int a = 0; a < 3; a++) {
+                    rhs[a] += wt * f[a] * mv;
+                    for (int c = 0; c < 3; c++) M[a * 3 + c] += wt * f[a] * f[c];
+                }
+            }
+            if (!chol_solve(M, rhs, 3)) continue;
+            double sse = 0;
+            for (int bi = 0; bi < NB; bi++) {
+                if (sn[bi] <= 0) continue;
+                double r = (bi + 0.5) * rmax / NB, mv = sv[bi] / sn[bi];
+                double e = mv - rhs[0] * exp(-0.5 * r * r / (s * s)) - rhs[1] * exp(-0.5 * r * r / (tt * tt * s * s)) - rhs[2];
+                sse += sn[bi] * e * e;
+            }
+            if (sse < bsse && rhs[0] > 0) bsse = sse, best = s, g_tail = fmax(0, rhs[1] / rhs[0]);
+        }
+        if (getenv("H_TAILF")) g_tail = envd("H_TAILF", 0);
+        if (getenv("H_VERB")) fprintf(stderr, "tail: s %.3f bond, B/A %.3f\n", best / bond, g_tail);
+        return best;
+    }
     for (double s = 0.05 * bond; s <= 0.45 * bond; s += 0.005 * bond) {
         /* fit m(r) = A exp(-r^2/2s^2) + C */
         double S11 = 0, S12 = 0, S22 = 0, b1 = 0, b2 = 0;
@@ -238,6 +301,26 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             if (getenv("H_VERB")) fprintf(stderr, "sigma %.3f bond\n", u->sp / bond);
         }
     }
+    double *nsum = getenv("H_XR") || getenv("H_XS") ? calloc((size_t)(n > 0 ? n : 1), sizeof(double)) : NULL;
+    if (getenv("H_NSPFAUTO") && !getenv("H_OLD") && g_nspf == 0) { /* first call: pick the width factor */
+        const tmd_lattice *L0 = u->lat;
+        double bd = L0->period_px / sqrt(3.0), best = 1, brss = INFINITY;
+        double dm[3][2] = {{(L0->a1[0] + L0->a2[0]) / 3, (L0->a1[1] + L0->a2[1]) / 3},
+                           {(L0->a2[0] - 2 * L0->a1[0]) / 3, (L0->a2[1] - 2 * L0->a1[1]) / 3},
+                           {(L0->a1[0] - 2 * L0->a2[0]) / 3, (L0->a1[1] - 2 * L0->a2[1]) / 3}};
+        for (double f = 1.0; f <= envd("H_NSPFMAX", 1.4) + 1e-9; f += 0.1) {
+            g_nspf = f;
+            double tot = 0;
+            for (int64_t i = 0; i < n; i++) {
+                double a = model_amp(u, xs[i], ys[i], bd, u->sp, dm);
+                if (isfinite(a) && xs[i] > bd && ys[i] > bd && xs[i] < u->W - bd && ys[i] < u->H - bd) tot += g_rss;
+            }
+            if (getenv("H_VERB")) fprintf(stderr, "nspf %.1f rss %.6g\n", f, tot);
+            if (tot < brss) brss = tot, best = f;
+        }
+        g_nspf = best;
+        if (getenv("H_VERB")) fprintf(stderr, "nspf chosen %.1f\n", best);
+    }
     const tmd_lattice *L = u->lat;
     double bond = L->period_px / sqrt(3.0), sw = fmax(0.7, (getenv("H_SIGMA") ? atof(getenv("H_SIGMA")) : 0.1) * bond), rc = 2.5 * sw;
     for (int64_t i = 0; i < n; i++) {
@@ -246,7 +329,9 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             double dm[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
                                {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
                                {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+            g_nsum = NAN;
             double a = model_amp(u, cx, cy, bond, u->sp, dm);
+            if (nsum) nsum[i] = g_nsum;
             if (isfinite(a)) {
                 out[i] = (float)a;
                 continue;
@@ -291,6 +376,117 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
         int nb = nv < 3 ? nv : 3;
         for (int a = 0; a < nb; a++) bg += v6[a] / nb;
         out[i] = isfinite(peak) ? (float)(peak - bg) : 0.0f;
+    }
+    if (nsum) { /* H_XR: bonded-neighbour sums from the atoms' own amplitudes (kept from the first call) */
+        double r0 = 0.6 * bond, r1 = 1.3 * bond;
+        if (!xr_stored) {
+            xr_stored = 1;
+            free(xr_x), free(xr_y), free(xr_a);
+            xr_x = malloc(sizeof(double) * (size_t)(n + 1)), xr_y = malloc(sizeof(double) * (size_t)(n + 1)),
+            xr_a = malloc(sizeof(double) * (size_t)(n + 1));
+            for (int64_t i = 0; i < n; i++) xr_x[i] = xs[i], xr_y[i] = ys[i], xr_a[i] = out[i];
+            xr_n = n;
+        }
+        /* grid of the stored atoms */
+        int gw = (int)(u->W / r1) + 1, gh = (int)(u->H / r1) + 1;
+        int64_t *head = malloc(sizeof(int64_t) * (size_t)(gw * gh)), *nxt = malloc(sizeof(int64_t) * (size_t)(xr_n + 1));
+        for (int g = 0; g < gw * gh; g++) head[g] = -1;
+        for (int64_t j = 0; j < xr_n; j++) {
+            int gx = (int)(xr_x[j] / r1), gy = (int)(xr_y[j] / r1);
+            if (gx < 0 || gy < 0 || gx >= gw || gy >= gh) { nxt[j] = -1; continue; }
+            nxt[j] = head[gy * gw + gx], head[gy * gw + gx] = j;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            double sum = 0;
+            int gx = (int)(xs[i] / r1), gy = (int)(ys[i] / r1);
+            for (int ey = gy - 1; ey <= gy + 1; ey++)
+                for (int ex = gx - 1; ex <= gx + 1; ex++) {
+                    if (ex < 0 || ey < 0 || ex >= gw || ey >= gh) continue;
+                    for (int64_t j = head[ey * gw + ex]; j >= 0; j = nxt[j]) {
+                        double dd = hypot(xr_x[j] - xs[i], xr_y[j] - ys[i]);
+                        if (dd > r0 && dd < r1) sum += xr_a[j];
+                    }
+                }
+            nsum[i] = sum;
+        }
+        free(head), free(nxt);
+        double edge = 1.5 * bond;
+#define XR_IN(i) (out[i] < nsum[i] / 3 && xs[i] > edge && ys[i] > edge && xs[i] < u->W - edge && ys[i] < u->H - edge)
+        double *yl = NULL, *xl = NULL; /* H_XRL=R: regression on deviations from the local means (R bond) */
+        if (getenv("H_XS")) { /* within-species slope set by main after pass 1; here only the vacancy sites */
+            if (isfinite(xr_slope) && n != xr_n)
+                for (int64_t i = 0; i < n; i++)
+                    if (nsum[i] > envd("H_XSM", 2) * xs_metal) out[i] -= (float)(xr_slope * nsum[i]);
+            free(nsum);
+            return TMD_OK;
+        }
+        if (!isfinite(xr_slope) && getenv("H_XRL")) {
+            double RL = envd("H_XRL", 3) * bond;
+            int nc = (int)ceil(RL / r1);
+            yl = calloc((size_t)(n + 1), sizeof(double)), xl = calloc((size_t)(n + 1), sizeof(double));
+            int64_t *hd = malloc(sizeof(int64_t) * (size_t)(gw * gh)), *nx = malloc(sizeof(int64_t) * (size_t)(n + 1));
+            for (int g = 0; g < gw * gh; g++) hd[g] = -1;
+            for (int64_t j = 0; j < n; j++) {
+                int gx = (int)(xs[j] / r1), gy = (int)(ys[j] / r1);
+                if (gx < 0 || gy < 0 || gx >= gw || gy >= gh || !(out[j] < nsum[j] / 3)) { nx[j] = -1; continue; }
+                nx[j] = hd[gy * gw + gx], hd[gy * gw + gx] = j;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                int gx = (int)(xs[i] / r1), gy = (int)(ys[i] / r1);
+                double sy = 0, sx = 0, c = 0;
+                for (int ey = gy - nc; ey <= gy + nc; ey++)
+                    for (int ex = gx - nc; ex <= gx + nc; ex++) {
+                        if (ex < 0 || ey < 0 || ex >= gw || ey >= gh) continue;
+                        for (int64_t j = hd[ey * gw + ex]; j >= 0; j = nx[j])
+                            if (j != i && hypot(xs[j] - xs[i], ys[j] - ys[i]) < RL) sy += out[j], sx += nsum[j], c++;
+                    }
+                yl[i] = c > 0 ? sy / c : NAN, xl[i] = c > 0 ? sx / c : NAN;
+            }
+            free(hd), free(nx);
+        }
+        if (!isfinite(xr_slope)) { /* first call (the atoms): fit the slope */
+            double *t = malloc(sizeof(double) * (size_t)(n + 1)), *rs = malloc(sizeof(double) * (size_t)(n + 1));
+            int64_t m = 0;
+            for (int64_t i = 0; i < n; i++)
+                if (XR_IN(i)) t[m++] = nsum[i];
+            for (int64_t a = 1; a < m; a++)
+                for (int64_t c = a; c > 0 && t[c] < t[c - 1]; c--) { double z = t[c]; t[c] = t[c - 1]; t[c - 1] = z; }
+            xr_nmed = m ? t[m / 2] : 0;
+            double cut = INFINITY, c0 = 0, c1 = 0;
+            for (int it = 0; it < 4; it++) {
+                double S0 = 0, Sx = 0, Sy = 0, Sxx = 0, Sxy = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    if (!XR_IN(i)) continue;
+                    double x = nsum[i] - xr_nmed, y = out[i];
+                    if (yl) { if (!isfinite(yl[i])) continue; x = nsum[i] - xl[i], y = out[i] - yl[i]; }
+                    if (fabs(y - c0 - c1 * x) > cut) continue;
+                    S0 += 1, Sx += x, Sy += y, Sxx += x * x, Sxy += x * y;
+                }
+                double det = S0 * Sxx - Sx * Sx;
+                if (!(det > 0)) break;
+                c1 = (S0 * Sxy - Sx * Sy) / det, c0 = (Sy - c1 * Sx) / S0;
+                int64_t k = 0;
+                for (int64_t i = 0; i < n; i++)
+                    if (XR_IN(i) && (!yl || isfinite(yl[i])))
+                        rs[k++] = yl ? fabs(out[i] - yl[i] - c0 - c1 * (nsum[i] - xl[i])) : fabs(out[i] - c0 - c1 * (nsum[i] - xr_nmed));
+                for (int64_t a = 1; a < k; a++)
+                    for (int64_t c = a; c > 0 && rs[c] < rs[c - 1]; c--) { double z = rs[c]; rs[c] = rs[c - 1]; rs[c - 1] = z; }
+                cut = envd("H_XRC", 3) * 1.4826 * (k ? rs[k / 2] : 0);
+            }
+            xr_slope = c1 < 0 ? c1 : 0; /* only a loss with brighter neighbours is cross-talk */
+            if (getenv("H_VERB")) fprintf(stderr, "xr: slope %.5f (rel %.4f) nmed %.3f c0 %.3f (%lld chalcogen-like)\n", c1, c1 * xr_nmed / c0, xr_nmed, c0, (long long)m);
+            if (getenv("H_XDUMP")) {
+                FILE *fd = fopen(getenv("H_XDUMP"), "w");
+                for (int64_t i = 0; i < n; i++) fprintf(fd, "%.3f %.3f %.5f %.5f\n", xs[i], ys[i], out[i], nsum[i]);
+                fclose(fd);
+            }
+            free(t), free(rs);
+        }
+        free(yl), free(xl);
+#undef XR_IN
+        for (int64_t i = 0; i < n; i++)
+            if (out[i] < nsum[i] / 3) out[i] -= (float)(envd("H_XR", 1) * xr_slope * (nsum[i] - (getenv("H_XR0") ? 0 : xr_nmed)));
+        free(nsum);
     }
     return TMD_OK;
 }
@@ -360,6 +556,9 @@ int main(int argc, char **argv)
             return 1;
         }
         img_t im = {0};
+        xr_slope = NAN;
+        g_nspf = 0;
+        xr_stored = 0;
         int64_t r, cc;
         int have_img = tmd_h5_exists(fs, "/image");
         if (have_img && tmd_h5_read_rows(&ctx, fs, "/image", TMD_F32, &r, &cc, (void **)&im.img)) {
@@ -397,10 +596,119 @@ int main(int argc, char **argv)
         tmd_defect_table d;
         tmd_defect_table_init(&d);
         tmd_classify_report rep;
+        int xs_on = getenv("H_XS") != NULL;
+        double *s_x = NULL, *s_y = NULL;
+        int32_t *s_f = NULL;
+        float *s_in = NULL, *s_pr = NULL, *s_ca = NULL, *idx = NULL;
+        if (xs_on) { /* H_XS=1: pass 1, then the within-species cross-talk slope, then pass 2 */
+            s_x = malloc(sizeof(double) * (size_t)(n + 1)), s_y = malloc(sizeof(double) * (size_t)(n + 1));
+            s_f = malloc(sizeof(int32_t) * (size_t)(n + 1));
+            s_in = malloc(sizeof(float) * (size_t)(n + 1)), s_pr = malloc(sizeof(float) * (size_t)(n * np + 1));
+            s_ca = malloc(sizeof(float) * (size_t)(n + 1)), idx = malloc(sizeof(float) * (size_t)(n + 1));
+            memcpy(s_x, at.x, sizeof(double) * (size_t)n), memcpy(s_y, at.y, sizeof(double) * (size_t)n);
+            memcpy(s_f, at.frame, sizeof(int32_t) * (size_t)n), memcpy(s_in, at.intensity, sizeof(float) * (size_t)n);
+            memcpy(s_pr, at.prob, sizeof(float) * (size_t)(n * np)), memcpy(s_ca, carry, sizeof(float) * (size_t)n);
+            for (int64_t i = 0; i < n; i++) idx[i] = (float)i;
+            o.carry = idx;
+        }
         tmd_status st = tmd_classify(&ctx, MPI_COMM_SELF, &o, nf, lat, NULL, H, W, &at, &gh, &d, &rep);
         if (st) {
             tmd_error_print(&ctx);
             return 1;
+        }
+        if (xs_on) {
+            int8_t *sp = malloc((size_t)(n + 1));
+            memset(sp, 0, (size_t)(n + 1));
+            for (int64_t k = 0; k < at.n; k++) sp[(int64_t)idx[k]] = at.species[k];
+            if (getenv("H_XSG")) /* coarse groups, so the S <-> S2 boundary does not select on the contrast */
+                for (int64_t i = 0; i < n; i++)
+                    sp[i] = sp[i] == TMD_SP_S ? TMD_SP_S2 : sp[i] == TMD_SP_SE ? TMD_SP_SSE : sp[i];
+            double bond = lat[0].period_px / sqrt(3.0), r0 = 0.6 * bond, r1 = 1.3 * bond, edge = 1.5 * bond;
+            double *N = calloc((size_t)(n + 1), sizeof(double)), *met = malloc(sizeof(double) * (size_t)(n + 1));
+            int64_t nm = 0;
+            for (int64_t i = 0; i < n; i++)
+                if (sp[i] == TMD_SP_MO || sp[i] == TMD_SP_W) met[nm++] = s_in[i];
+            for (int64_t a = 1; a < nm; a++)
+                for (int64_t c = a; c > 0 && met[c] < met[c - 1]; c--) { double z = met[c]; met[c] = met[c - 1]; met[c - 1] = z; }
+            xs_metal = nm ? met[nm / 2] : 0;
+            /* neighbour sums: O(n) grid */
+            int gw = (int)(W / r1) + 1, gh2 = (int)(H / r1) + 1;
+            int64_t *hd = malloc(sizeof(int64_t) * (size_t)(gw * gh2)), *nx = malloc(sizeof(int64_t) * (size_t)(n + 1));
+            for (int g = 0; g < gw * gh2; g++) hd[g] = -1;
+            for (int64_t j = 0; j < n; j++) {
+                int gx = (int)(s_x[j] / r1), gy = (int)(s_y[j] / r1);
+                if (gx < 0 || gy < 0 || gx >= gw || gy >= gh2 || !(sp[j] == TMD_SP_MO || sp[j] == TMD_SP_W)) { nx[j] = -1; continue; }
+                nx[j] = hd[gy * gw + gx], hd[gy * gw + gx] = j;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                if (sp[i] < TMD_SP_S2) continue;
+                int gx = (int)(s_x[i] / r1), gy = (int)(s_y[i] / r1);
+                for (int ey = gy - 1; ey <= gy + 1; ey++)
+                    for (int ex = gx - 1; ex <= gx + 1; ex++) {
+                        if (ex < 0 || ey < 0 || ex >= gw || ey >= gh2) continue;
+                        for (int64_t j = hd[ey * gw + ex]; j >= 0; j = nx[j]) {
+                            double dd = hypot(s_x[j] - s_x[i], s_y[j] - s_y[i]);
+                            if (dd > r0 && dd < r1) N[i] += s_in[j];
+                        }
+                    }
+            }
+            free(hd), free(nx);
+            /* pooled within-species slope, trimmed at 3 robust sd, interior chalcogens */
+            double c1 = 0, cut = INFINITY, mx[8], my[8], mc[8];
+            for (int it = 0; it < 4; it++) {
+                for (int c = 0; c < 8; c++) mx[c] = my[c] = mc[c] = 0;
+                double *rs = malloc(sizeof(double) * (size_t)(n + 1));
+                int64_t k = 0;
+                /* class means with the current slope's trimming */
+                for (int64_t i = 0; i < n; i++) {
+                    if (sp[i] < TMD_SP_S2 || s_x[i] < edge || s_y[i] < edge || s_x[i] > W - edge || s_y[i] > H - edge) continue;
+                    mx[sp[i]] += N[i], my[sp[i]] += s_in[i], mc[sp[i]]++;
+                }
+                for (int c = 0; c < 8; c++) if (mc[c] > 0) mx[c] /= mc[c], my[c] /= mc[c];
+                double sxy = 0, sxx = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    if (sp[i] < TMD_SP_S2 || s_x[i] < edge || s_y[i] < edge || s_x[i] > W - edge || s_y[i] > H - edge) continue;
+                    double x = N[i] - mx[sp[i]], y = s_in[i] - my[sp[i]];
+                    if (fabs(y - c1 * x) > cut) continue;
+                    sxy += x * y, sxx += x * x;
+                }
+                if (!(sxx > 0)) { free(rs); break; }
+                c1 = sxy / sxx;
+                for (int64_t i = 0; i < n; i++) {
+                    if (sp[i] < TMD_SP_S2 || s_x[i] < edge || s_y[i] < edge || s_x[i] > W - edge || s_y[i] > H - edge) continue;
+                    rs[k++] = fabs(s_in[i] - my[sp[i]] - c1 * (N[i] - mx[sp[i]]));
+                }
+                for (int64_t a = 1; a < k; a++)
+                    for (int64_t c = a; c > 0 && rs[c] < rs[c - 1]; c--) { double z = rs[c]; rs[c] = rs[c - 1]; rs[c - 1] = z; }
+                cut = 3 * 1.4826 * (k ? rs[k / 2] : 0);
+                free(rs);
+            }
+            xr_slope = c1 < 0 ? c1 * envd("H_XS", 1) : 0;
+            /* H_XSX=q: only where pass 1 found a metal alloy (W fraction in (q, 1 - q)): there the
+             * neighbour sum varies and the slope is identifiable; in a pure crystal the cross-talk
+             * is the same for every chalcogen and the fitted exponent takes it */
+            if (getenv("H_XSX") && !(rep.x_w > envd("H_XSX", 0.05) && rep.x_w < 1 - envd("H_XSX", 0.05))) xr_slope = 0;
+            if (getenv("H_VERB")) fprintf(stderr, "xs: slope %.5f (x metal median %.3f: %.4f), metal median %.3f\n", c1, xs_metal, c1 * xs_metal, xs_metal);
+            for (int64_t i = 0; i < n; i++)
+                if (sp[i] >= TMD_SP_S2) s_in[i] -= (float)(xr_slope * N[i]);
+            /* pass 2 on the corrected contrast */
+            tmd_atom_table_free(&at), tmd_atom_table_free(&gh), tmd_defect_table_free(&d);
+            tmd_atom_table_init(&at, np), tmd_atom_table_init(&gh, np), tmd_defect_table_init(&d);
+            for (int64_t i = 0; i < n; i++) {
+                int64_t kk;
+                tmd_atom_table_push(&ctx, &at, &kk);
+            }
+            memcpy(at.x, s_x, sizeof(double) * (size_t)n), memcpy(at.y, s_y, sizeof(double) * (size_t)n);
+            memcpy(at.frame, s_f, sizeof(int32_t) * (size_t)n), memcpy(at.intensity, s_in, sizeof(float) * (size_t)n);
+            memcpy(at.prob, s_pr, sizeof(float) * (size_t)(n * np)), memcpy(carry, s_ca, sizeof(float) * (size_t)n);
+            o.carry = carry;
+            st = tmd_classify(&ctx, MPI_COMM_SELF, &o, nf, lat, NULL, H, W, &at, &gh, &d, &rep);
+            if (st) {
+                tmd_error_print(&ctx);
+                return 1;
+            }
+            free(sp), free(N), free(met);
+            free(s_x), free(s_y), free(s_f), free(s_in), free(s_pr), free(s_ca), free(idx);
         }
         char resp[600];
         const char *base = strrchr(simp, '/');
