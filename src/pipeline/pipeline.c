@@ -21,7 +21,7 @@ static const tmd_stage STAGES[] = {
     {"scale",     TMD_STAGE_GLOBAL, tmd_stage_scale,      NULL,            NULL,            NULL},
     {"decompose", TMD_STAGE_GLOBAL, tmd_stage_decompose,  NULL,            NULL,            NULL},
     {"normalise", TMD_STAGE_GLOBAL, tmd_stage_normalise,  NULL,            NULL,            NULL},
-    {"read",      TMD_STAGE_TILE,   NULL,                 tmd_tile_read,   tmd_tiles_begin, tmd_tiles_end},
+    {"read",      TMD_STAGE_TILE,   NULL,                 tmd_tile_read,   NULL,            NULL},
     {"unet",      TMD_STAGE_TILE,   NULL,                 tmd_tile_unet,   tmd_unet_begin,  tmd_unet_end},
     {"atoms",     TMD_STAGE_TILE,   NULL,                 tmd_tile_atoms,  NULL,            NULL},
     {"features",  TMD_STAGE_TILE,   NULL,                 tmd_tile_features, tmd_features_begin, tmd_features_end},

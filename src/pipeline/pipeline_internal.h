@@ -13,8 +13,6 @@ tmd_status tmd_stage_normalise(tmd_ctx *ctx, tmd_run *run);
 tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run);
 
 /* tile stages (stages.c, unet.c) */
-tmd_status tmd_tiles_begin(tmd_ctx *ctx, tmd_run *run);
-tmd_status tmd_tiles_end(tmd_ctx *ctx, tmd_run *run);
 tmd_status tmd_tile_read(tmd_ctx *ctx, tmd_run *run, tmd_tile *tile);
 tmd_status tmd_unet_begin(tmd_ctx *ctx, tmd_run *run);
 tmd_status tmd_unet_end(tmd_ctx *ctx, tmd_run *run);

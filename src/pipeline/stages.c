@@ -198,9 +198,6 @@ void tmd_tile_buffers_free(tmd_tile *tile)
     tile->pix = tile->prob = NULL;
 }
 
-tmd_status tmd_tiles_begin(tmd_ctx *ctx, tmd_run *run) { return TMD_OK; }
-tmd_status tmd_tiles_end(tmd_ctx *ctx, tmd_run *run) { return TMD_OK; }
-
 /* read: the input region of the tile's window, normalised (unclamped). */
 tmd_status tmd_tile_read(tmd_ctx *ctx, tmd_run *run, tmd_tile *tile)
 {
