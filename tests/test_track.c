@@ -81,6 +81,9 @@ static void check(int labelled)
     CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit(&ctx, MPI_COMM_SELF, &all, a1, a2, &bs), TMD_OK);
     CU_ASSERT(fabs(hypot(b.a1[0], b.a1[1]) - A) < 0.01);
     CU_ASSERT(b.rms_px < 0.7);
+    /* the rank-split basis is the one-rank basis to the last bit (fixed-point sums) */
+    CU_ASSERT(memcmp(b.a1, bs.a1, sizeof b.a1) == 0 && memcmp(b.a2, bs.a2, sizeof b.a2) == 0);
+    CU_ASSERT(memcmp(b.origin, bs.origin, sizeof b.origin) == 0 && b.c == bs.c);
     CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &b, drift, T, 0.45, &mine), TMD_OK);
     CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
     /* every atom has a site; one true site <-> one id; sublattice from the id matches */
@@ -185,9 +188,9 @@ static void test_stack_basis_poor_frame0(void)
     CU_ASSERT(fabs(hypot(b.a2[0], b.a2[1]) - A) < 0.01);
     CU_ASSERT(b.n_fit > 10 * 40); /* atoms of all frames, not the strip's few */
     for (int c = 0; c < 2; c++) {
-        CU_ASSERT(fabs(b.a1[c] - bs.a1[c]) < 1e-9);
-        CU_ASSERT(fabs(b.a2[c] - bs.a2[c]) < 1e-9);
-        CU_ASSERT(fabs(b.origin[c] - bs.origin[c]) < 1e-9);
+        CU_ASSERT(b.a1[c] == bs.a1[c]); /* to the last bit */
+        CU_ASSERT(b.a2[c] == bs.a2[c]);
+        CU_ASSERT(b.origin[c] == bs.origin[c]);
     }
     CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
     int64_t none = 0;
@@ -240,8 +243,8 @@ static void test_stack_basis_noisy_strip(void)
     CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, tmd_test_comm, &mine, m1, m2, drift, T, &b), TMD_OK);
     CU_ASSERT_EQUAL_FATAL(tmd_track_basis_fit_stack(&ctx, MPI_COMM_SELF, &all, m1, m2, drift, T, &bs), TMD_OK);
     for (int c = 0; c < 2; c++) {
-        CU_ASSERT(fabs(b.a1[c] - bs.a1[c]) < 1e-9);
-        CU_ASSERT(fabs(b.origin[c] - bs.origin[c]) < 1e-9);
+        CU_ASSERT(b.a1[c] == bs.a1[c]); /* to the last bit */
+        CU_ASSERT(b.origin[c] == bs.origin[c]);
     }
     CU_ASSERT_EQUAL(tmd_track_assign(&ctx, &bs, drift, T, 0.45, &all), TMD_OK);
     int64_t none = 0;
