@@ -75,9 +75,11 @@ tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
     if (run->s < 0.3 || run->s > 3)
         tmd_info(ctx, "warning: pixel size %g A is far from the models' %g A (scale %.2f); results may suffer",
                  run->pixel_size, run->cfg.nominal_pixel_size, run->s);
-    tmd_info(ctx, "pixel size %.4f A (%s); models see %.4f A/px (lattice at a = %.2f A), nominal %.3f A: %.3f input "
-             "pixels per nominal pixel", run->pixel_size, run->pixel_size_source, run->scale_px, TMD_A_DEFAULT,
-             run->cfg.nominal_pixel_size, run->s);
+    char seen[64];
+    if (run->lattice_a1) snprintf(seen, sizeof seen, "lattice at a = %.2f A", TMD_A_DEFAULT);
+    else snprintf(seen, sizeof seen, "no lattice: the pixel size");
+    tmd_info(ctx, "pixel size %.4f A (%s); models see %.4f A/px (%s), nominal %.3f A: %.3f input pixels per nominal pixel",
+             run->pixel_size, run->pixel_size_source, run->scale_px, seen, run->cfg.nominal_pixel_size, run->s);
     return TMD_OK;
 }
 
