@@ -73,6 +73,11 @@ tmd_status tmd_atom_table_reserve(tmd_ctx *ctx, tmd_atom_table *t, int64_t cap);
 tmd_status tmd_atom_table_shrink(tmd_ctx *ctx, tmd_atom_table *t);
 /* Appends a zeroed row (site = -1) and returns its index. */
 tmd_status tmd_atom_table_push(tmd_ctx *ctx, tmd_atom_table *t, int64_t *index);
+/* Appends rows [from, to) of src to dst, every column; dst and src must have the same nprob
+ * and nlatent (TMD_ERR_ARG otherwise). dst grows geometrically, so row-by-row appends stay
+ * linear. */
+tmd_status tmd_atom_table_append(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t from,
+                                 int64_t to);
 /* Allocates (or resizes) latent to (cap, nlatent), zeroed. */
 tmd_status tmd_atom_table_set_latent(tmd_ctx *ctx, tmd_atom_table *t, int nlatent);
 void tmd_atom_table_free(tmd_atom_table *t);

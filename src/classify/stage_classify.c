@@ -417,19 +417,6 @@ static void chunk_box(const tmd_decomp *d, const chunk_t *c, tmd_box *b)
     }
 }
 
-static tmd_status push_row(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t k)
-{
-    int64_t i;
-    TMD_CHECK(tmd_atom_table_push(ctx, dst, &i));
-    const int np = src->nprob, nl = src->nlatent;
-    dst->frame[i] = src->frame[k], dst->x[i] = src->x[k], dst->y[i] = src->y[k];
-    dst->sublattice[i] = src->sublattice[k], dst->species[i] = src->species[k];
-    dst->intensity[i] = src->intensity[k], dst->site[i] = src->site[k];
-    memcpy(dst->prob + i * np, src->prob + k * np, sizeof(float) * (size_t)np);
-    if (nl) memcpy(dst->latent + i * nl, src->latent + k * nl, sizeof(float) * (size_t)nl);
-    return TMD_OK;
-}
-
 /* The chunk's owned atoms (its tiles in row-major order) and its ghosts: atoms of the tiles
  * around it within gd of its box; gtile/gidx: each ghost's tile and row in that tile. */
 static tmd_status chunk_load(tmd_ctx *ctx, tmd_run *run, const chunk_t *c, const tmd_box *box, double gd,
@@ -464,7 +451,7 @@ static tmd_status chunk_load(tmd_ctx *ctx, tmd_run *run, const chunk_t *c, const
             st = tmd_run_tile_rows_read(ctx, run, "tile", g, &tmp);
             for (int64_t k = 0; k < tmp.n && !st; k++) {
                 if (tmd_box_distance(box, tmp.y[k], tmp.x[k]) > gd) continue;
-                st = push_row(ctx, gh, &tmp, k);
+                st = tmd_atom_table_append(ctx, gh, &tmp, k, k + 1);
                 if (st) break;
                 if (ng + 1 > cap) {
                     int64_t nc = cap ? 2 * cap : 1024;

@@ -79,6 +79,29 @@ tmd_status tmd_atom_table_push(tmd_ctx *ctx, tmd_atom_table *t, int64_t *index)
     return TMD_OK;
 }
 
+tmd_status tmd_atom_table_append(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t from,
+                                 int64_t to)
+{
+    if (dst->nprob != src->nprob || dst->nlatent != src->nlatent)
+        return TMD_FAIL(ctx, TMD_ERR_ARG, "atom table append: %d prob / %d latent columns into %d / %d", src->nprob,
+                        src->nlatent, dst->nprob, dst->nlatent);
+    if (to <= from) return TMD_OK;
+    int64_t need = dst->n + (to - from);
+    if (need > dst->cap) {
+        int64_t cap = dst->cap ? dst->cap * 2 : 256;
+        TMD_CHECK(tmd_atom_table_reserve(ctx, dst, need > cap ? need : cap));
+    }
+    tmd_atom_column dc[TMD_ATOM_MAX_COLUMNS], sc[TMD_ATOM_MAX_COLUMNS];
+    int ncols = tmd_atom_table_columns(dst, dc);
+    tmd_atom_table_columns((tmd_atom_table *)src, sc); /* read only: same layout as dst */
+    for (int c = 0; c < ncols; c++)
+        if (dc[c].row_bytes)
+            memcpy((char *)*dc[c].data + (size_t)dst->n * dc[c].row_bytes,
+                   (const char *)*sc[c].data + (size_t)from * sc[c].row_bytes, (size_t)(to - from) * dc[c].row_bytes);
+    dst->n = need;
+    return TMD_OK;
+}
+
 tmd_status tmd_atom_table_set_latent(tmd_ctx *ctx, tmd_atom_table *t, int nlatent)
 {
     free(t->latent);

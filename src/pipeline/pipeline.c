@@ -144,22 +144,6 @@ static tmd_status stage_table(tmd_ctx *ctx, tmd_run *run, char **out, int64_t **
 
 /* ---- the driver ----------------------------------------------------------------------- */
 
-/* Appends rows [from, to) of src to dst (same columns). */
-static tmd_status copy_rows(tmd_ctx *ctx, tmd_atom_table *dst, const tmd_atom_table *src, int64_t from, int64_t to)
-{
-    const int np = src->nprob, nl = src->nlatent;
-    for (int64_t k = from; k < to; k++) {
-        int64_t i;
-        TMD_CHECK(tmd_atom_table_push(ctx, dst, &i));
-        dst->frame[i] = src->frame[k], dst->x[i] = src->x[k], dst->y[i] = src->y[k];
-        dst->sublattice[i] = src->sublattice[k], dst->species[i] = src->species[k];
-        dst->intensity[i] = src->intensity[k], dst->site[i] = src->site[k];
-        memcpy(dst->prob + i * np, src->prob + k * np, sizeof(float) * (size_t)np);
-        if (nl) memcpy(dst->latent + i * nl, src->latent + k * nl, sizeof(float) * (size_t)nl);
-    }
-    return TMD_OK;
-}
-
 /* The tile pass over stages [first, last]: every local tile goes through each tile stage in
  * order, or (--resume) is loaded from the checkpoint; each computed tile is checkpointed as
  * it completes. Rows end in local tile order either way, so the global stages see the same
@@ -237,7 +221,7 @@ static tmd_status tile_pass(tmd_ctx *ctx, tmd_run *run, int first, int last)
         /* rows in local tile order, as an uninterrupted run has them */
         if (run->atoms.nlatent) st = tmd_atom_table_set_latent(ctx, &merged, run->atoms.nlatent);
         for (int64_t k = 0; k < d->nlocal && !st; k++)
-            st = copy_rows(ctx, &merged, from_ckpt[k] ? &loaded : &run->atoms, r0[k], r1[k]);
+            st = tmd_atom_table_append(ctx, &merged, from_ckpt[k] ? &loaded : &run->atoms, r0[k], r1[k]);
         if (!st) {
             tmd_atom_table_free(&run->atoms);
             run->atoms = merged;
