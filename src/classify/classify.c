@@ -329,6 +329,21 @@ static model_t fit_one(const tmd_classify_opts *o, const int64_t *hm, const int6
     return m;
 }
 
+/* A component too small for its own fit takes its frame's reference model r0, with the
+ * colour assignment (which colour is metal) that explains its histogram h better. */
+static model_t borrow_reference(const tmd_classify_opts *opt, model_t r0, const int64_t *h)
+{
+    double v = mean_vote(h);
+    model_t r1 = r0;
+    r0.hyp = 0;
+    r1.hyp = 1;
+    double s0 = hist_ll(&r0, h, h + NB) + 0.5 * opt->vote_weight * v;
+    double s1 = hist_ll(&r1, h + NB, h) - 0.5 * opt->vote_weight * v;
+    model_t m = s0 >= s1 ? r0 : r1;
+    m.ok = 2; /* borrowed */
+    return m;
+}
+
 /* Best model over n, starts and both colour assignments. h0, h1: histograms of colours 0 and 1;
  * vote = (V0 - V1) in log-odds units (positive: colour 0 looks metal). The exponent is searched
  * on a 0.05 grid, then refined per start by golden section within +-0.05 of its best grid
@@ -1021,15 +1036,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         if (models[sl].ok) continue;
         model_t r0 = ref[AF(i)];
         if (!r0.ok) continue;
-        const int64_t *h = hist + sl * W;
-        double v = mean_vote(h);
-        model_t r1 = r0;
-        r0.hyp = 0;
-        r1.hyp = 1;
-        double s0 = hist_ll(&r0, h, h + NB) + 0.5 * opt->vote_weight * v;
-        double s1 = hist_ll(&r1, h + NB, h) - 0.5 * opt->vote_weight * v;
-        models[sl] = s0 >= s1 ? r0 : r1;
-        models[sl].ok = 2; /* borrowed */
+        models[sl] = borrow_reference(opt, r0, hist + sl * W);
     }
 
 banded_apply:
@@ -1538,15 +1545,7 @@ tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt
         if (models[sl].ok || hist[sl * W + 2 * NB + 2] < 1) continue;
         model_t r0 = ref[slot_f[sl]];
         if (!r0.ok) continue;
-        const int64_t *h = hist + sl * W;
-        double v = mean_vote(h);
-        model_t r1 = r0;
-        r0.hyp = 0;
-        r1.hyp = 1;
-        double s0 = hist_ll(&r0, h, h + NB) + 0.5 * opt->vote_weight * v;
-        double s1 = hist_ll(&r1, h + NB, h) - 0.5 * opt->vote_weight * v;
-        models[sl] = s0 >= s1 ? r0 : r1;
-        models[sl].ok = 2; /* borrowed */
+        models[sl] = borrow_reference(opt, r0, hist + sl * W);
     }
     return TMD_OK;
 }
