@@ -206,67 +206,60 @@ static size_t ckpt_row_bytes(tmd_atom_table *a)
     return row;
 }
 
-tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64_t row0)
+/* One file of atom rows: the header and rows r0 .. r0+n-1 of t's columns (tmd_atom_table_columns
+ * order), then `tail` (tail_bytes, the tile's class map or nothing). Written atomically.
+ * Returns 0, or -1 with errno set when the file cannot be written; *nomem on a failed allocation. */
+static int rows_file_write(const char *path, int64_t id, tmd_atom_table *t, int64_t r0, int64_t n, const void *tail,
+                           int64_t tail_bytes, int *nomem)
 {
-    if (run->ckpt_off) return TMD_OK;
-    tmd_atom_table *a = &run->atoms;
-    int64_t n = a->n - row0;
-    int32_t np = a->nprob, nl = a->nlatent;
-    int64_t sb = (int64_t)seg_bytes(run, &tile->core);
-    size_t row = ckpt_row_bytes(a);
-    size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * row + (size_t)sb;
+    int32_t np = t->nprob, nl = t->nlatent;
+    size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * ckpt_row_bytes(t) + (size_t)tail_bytes;
     char *buf = malloc(total), *p = buf;
-    if (!buf) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the checkpoint of tile %lld", (long long)tile->index);
+    *nomem = !buf;
+    if (!buf) return -1;
 #define PUT(src, bytes) (memcpy(p, (src), (bytes)), p += (bytes))
     PUT(MAGIC, 8);
-    PUT(&tile->index, 8);
+    PUT(&id, 8);
     PUT(&n, 8);
     PUT(&np, 4);
     PUT(&nl, 4);
-    PUT(&sb, 8);
+    PUT(&tail_bytes, 8);
     tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
-    int ncols = tmd_atom_table_columns(a, cols);
+    int ncols = tmd_atom_table_columns(t, cols);
     for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
-        PUT((const char *)*cols[c].data + (size_t)row0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
-    if (sb) PUT(run->seg_buf, (size_t)sb);
+        PUT((const char *)*cols[c].data + (size_t)r0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
+    if (tail_bytes) PUT(tail, (size_t)tail_bytes);
 #undef PUT
-    char path[TMD_PATH_MAX + 32];
-    tile_path(run, tile->index, path, sizeof path);
     int e = write_file_atomic(path, buf, total);
     free(buf);
-    if (e) { /* best effort: the run itself goes on (a full disk fails later, in the writer, on every rank) */
-        tmd_info(ctx, "warning: cannot write the checkpoint %s on rank %d (%s): no more checkpoints from this rank",
-                 path, ctx->rank, strerror(errno));
-        run->ckpt_off = 1;
-    }
-    return TMD_OK;
+    return e;
 }
 
-tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_table *out)
+/* Reads a file of rows_file_write: checks the header against id, out's probability and
+ * feature widths and tail_bytes, appends the rows to out and copies the tail into `tail`;
+ * tail_bytes < 0 takes a tail of any length and skips it (the streamed passes read the tile
+ * checkpoints' rows without their class maps). `what` names the kind of file in the messages. */
+static tmd_status rows_file_read(tmd_ctx *ctx, const char *path, const char *what, int64_t id, tmd_atom_table *out,
+                                 void *tail, int64_t tail_bytes)
 {
-    char path[TMD_PATH_MAX + 32];
-    tile_path(run, index, path, sizeof path);
     tmd_status st = TMD_OK;
     FILE *f = fopen(path, "rb");
     char *buf = NULL;
-    if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open the checkpoint %s: %s", path, strerror(errno));
+    if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open the %s %s: %s", what, path, strerror(errno));
     char magic[8];
     int64_t g = -1, n = -1, sb = -1;
     int32_t np = -1, nl = -1;
-    tmd_box core;
-    tmd_decomp_tile_box(run->decomp, index, &core, NULL);
     if (fread(magic, 1, 8, f) != 8 || memcmp(magic, MAGIC, 8) || fread(&g, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1 ||
         fread(&np, 4, 1, f) != 1 || fread(&nl, 4, 1, f) != 1 || fread(&sb, 8, 1, f) != 1)
-        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: not a tmdflow tile checkpoint", path);
-    if (!st && (g != index || n < 0 || np != out->nprob || nl != out->nlatent || sb != (int64_t)seg_bytes(run, &core)))
+        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: not a tmdflow %s", path, what);
+    if (!st && (g != id || n < 0 || sb < 0 || np != out->nprob || nl != out->nlatent || (tail_bytes >= 0 && sb != tail_bytes)))
         st = TMD_FAIL(ctx, TMD_ERR_FORMAT,
                       "%s: tile %lld with %d probability and %d feature columns and %lld map bytes; this run expects tile "
                       "%lld, %d, %d and %lld",
-                      path, (long long)g, np, nl, (long long)sb, (long long)index, out->nprob, out->nlatent,
-                      (long long)seg_bytes(run, &core));
-    size_t row = ckpt_row_bytes(out);
-    size_t body = st ? 0 : (size_t)n * row + (size_t)sb;
-    if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, "checkpoint tile");
+                      path, (long long)g, np, nl, (long long)sb, (long long)id, out->nprob, out->nlatent,
+                      (long long)(tail_bytes >= 0 ? tail_bytes : sb));
+    size_t body = st ? 0 : (size_t)n * ckpt_row_bytes(out) + (size_t)(tail_bytes >= 0 ? sb : 0);
+    if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, what);
     if (!st && fread(buf, 1, body, f) != body) st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: truncated", path);
     fclose(f);
     int64_t first = out->n;
@@ -281,11 +274,39 @@ tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_tab
         int ncols = tmd_atom_table_columns(out, cols);
         for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
             GET((char *)*cols[c].data + (size_t)first * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
-        if (sb) GET(run->seg_buf, (size_t)sb);
+        if (sb && tail_bytes >= 0) GET(tail, (size_t)sb);
 #undef GET
-        if (sb && run->seg_dset != H5I_INVALID_HID) st = tmd_unet_write_seg(ctx, run, &core, index);
     }
     free(buf);
+    return st;
+}
+
+tmd_status tmd_ckpt_save(tmd_ctx *ctx, tmd_run *run, const tmd_tile *tile, int64_t row0)
+{
+    if (run->ckpt_off) return TMD_OK;
+    char path[TMD_PATH_MAX + 32];
+    tile_path(run, tile->index, path, sizeof path);
+    int nomem = 0;
+    int e = rows_file_write(path, tile->index, &run->atoms, row0, run->atoms.n - row0, run->seg_buf,
+                            (int64_t)seg_bytes(run, &tile->core), &nomem);
+    if (nomem) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the checkpoint of tile %lld", (long long)tile->index);
+    if (e) { /* best effort: the run itself goes on (a full disk fails later, in the writer, on every rank) */
+        tmd_info(ctx, "warning: cannot write the checkpoint %s on rank %d (%s): no more checkpoints from this rank",
+                 path, ctx->rank, strerror(errno));
+        run->ckpt_off = 1;
+    }
+    return TMD_OK;
+}
+
+tmd_status tmd_ckpt_load(tmd_ctx *ctx, tmd_run *run, int64_t index, tmd_atom_table *out)
+{
+    char path[TMD_PATH_MAX + 32];
+    tile_path(run, index, path, sizeof path);
+    tmd_box core;
+    tmd_decomp_tile_box(run->decomp, index, &core, NULL);
+    int64_t sb = (int64_t)seg_bytes(run, &core);
+    tmd_status st = rows_file_read(ctx, path, "tile checkpoint", index, out, run->seg_buf, sb);
+    if (!st && sb && run->seg_dset != H5I_INVALID_HID) st = tmd_unet_write_seg(ctx, run, &core, index);
     return st;
 }
 
@@ -312,29 +333,12 @@ int tmd_run_tile_file_exists(const tmd_run *run, const char *kind, int64_t g)
 tmd_status tmd_run_tile_rows_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, tmd_atom_table *t,
                                    int64_t r0, int64_t r1)
 {
-    int64_t n = r1 - r0, sb = 0;
-    int32_t np = t->nprob, nl = t->nlatent;
-    size_t row = ckpt_row_bytes(t);
-    size_t total = 8 + 8 + 8 + 4 + 4 + 8 + (size_t)n * row;
-    char *buf = malloc(total), *p = buf;
-    if (!buf) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the %s rows of tile %lld", kind, (long long)g);
-#define PUT(src, bytes) (memcpy(p, (src), (bytes)), p += (bytes))
-    PUT(MAGIC, 8);
-    PUT(&g, 8);
-    PUT(&n, 8);
-    PUT(&np, 4);
-    PUT(&nl, 4);
-    PUT(&sb, 8);
-    tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
-    int ncols = tmd_atom_table_columns(t, cols);
-    for (int c = 0; c < ncols && n > 0; c++) /* an empty table's columns may be NULL */
-        PUT((const char *)*cols[c].data + (size_t)r0 * cols[c].row_bytes, cols[c].row_bytes * (size_t)n);
-#undef PUT
     char path[TMD_PATH_MAX + 48];
     kind_path(run, kind, g, path, sizeof path);
-    int e = write_file_atomic(path, buf, total);
-    free(buf);
-    if (e) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot write %s on rank %d: %s", path, ctx->rank, strerror(errno));
+    int nomem = 0;
+    if (rows_file_write(path, g, t, r0, r1 - r0, NULL, 0, &nomem))
+        return nomem ? TMD_FAIL(ctx, TMD_ERR_NOMEM, "out of memory for the %s rows of tile %lld", kind, (long long)g)
+                     : TMD_FAIL(ctx, TMD_ERR_IO, "cannot write %s on rank %d: %s", path, ctx->rank, strerror(errno));
     return TMD_OK;
 }
 
@@ -342,40 +346,7 @@ tmd_status tmd_run_tile_rows_read(tmd_ctx *ctx, tmd_run *run, const char *kind, 
 {
     char path[TMD_PATH_MAX + 48];
     kind_path(run, kind, g, path, sizeof path);
-    tmd_status st = TMD_OK;
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    if (!f) return TMD_FAIL(ctx, TMD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    char magic[8];
-    int64_t gg = -1, n = -1, sb = -1;
-    int32_t np = -1, nl = -1;
-    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, MAGIC, 8) || fread(&gg, 8, 1, f) != 1 || fread(&n, 8, 1, f) != 1 ||
-        fread(&np, 4, 1, f) != 1 || fread(&nl, 4, 1, f) != 1 || fread(&sb, 8, 1, f) != 1)
-        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: not a tmdflow tile file", path);
-    if (!st && (gg != g || n < 0 || sb < 0 || np != out->nprob || nl != out->nlatent))
-        st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: tile %lld with %d probability and %d feature columns; expected tile %lld, %d, %d",
-                      path, (long long)gg, np, nl, (long long)g, out->nprob, out->nlatent);
-    size_t row = ckpt_row_bytes(out);
-    size_t body = st ? 0 : (size_t)n * row;
-    if (!st) st = tmd_calloc(ctx, (void **)&buf, body + 1, 1, "tile rows");
-    if (!st && fread(buf, 1, body, f) != body) st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: truncated", path);
-    fclose(f);
-    int64_t first = out->n;
-    for (int64_t k = 0; k < n && !st; k++) {
-        int64_t i;
-        st = tmd_atom_table_push(ctx, out, &i);
-    }
-    if (!st && n > 0) { /* an empty table's columns may be NULL */
-        const char *p = buf;
-        tmd_atom_column cols[TMD_ATOM_MAX_COLUMNS];
-        int ncols = tmd_atom_table_columns(out, cols);
-        for (int c = 0; c < ncols; c++) {
-            memcpy((char *)*cols[c].data + (size_t)first * cols[c].row_bytes, p, cols[c].row_bytes * (size_t)n);
-            p += cols[c].row_bytes * (size_t)n;
-        }
-    }
-    free(buf);
-    return st;
+    return rows_file_read(ctx, path, "tile file", g, out, NULL, -1);
 }
 
 tmd_status tmd_run_tile_blob_write(tmd_ctx *ctx, tmd_run *run, const char *kind, int64_t g, const void *data, size_t n)
