@@ -216,56 +216,30 @@ static tmd_status check_common(tmd_ctx *ctx, const tmd_writer *w, const char *ds
     return TMD_OK;
 }
 
+/* The rows of all ranks in rank order: tmd_writer_rows_create with the total, then each rank's
+ * part at its MPI_Exscan offset. Collective. */
 tmd_status tmd_writer_rows(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int64_t n_local,
                            int64_t ncols, const void *data)
 {
-    tmd_status st;
-    hid_t d = H5I_INVALID_HID;
-    tmd_io_h5_quiet();
+    tmd_status st = TMD_OK;
     MPI_Comm comm = w ? w->comm : MPI_COMM_NULL;
     if (comm == MPI_COMM_NULL) return TMD_FAIL(ctx, TMD_ERR_ARG, "writing %s: the writer is not open", dset ? dset : "?");
-
-    st = check_common(ctx, w, dset, type);
-    if (!st && (n_local < 0 || ncols < 1))
-        st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: invalid row count %lld or column count %lld", dset, (long long)n_local,
-                      (long long)ncols);
-    if (!st && n_local > 0 && !data) st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: %lld rows but no data", dset, (long long)n_local);
+    /* before the row counts are summed: a negative one would corrupt every rank's offset */
+    if (n_local < 0)
+        st = TMD_FAIL(ctx, TMD_ERR_ARG, "%s: invalid row count %lld", dset ? dset : "?", (long long)n_local);
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
-    st = agree_same(ctx, comm, (uint64_t)ncols * 64u + (uint64_t)type, "column counts or types", dset);
-    st = tmd_agree(ctx, comm, st);
-    if (st) return st;
-
     int64_t offset = 0, total = 0;
     if (MPI_Exscan(&n_local, &offset, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
         MPI_Allreduce(&n_local, &total, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        st = TMD_FAIL(ctx, TMD_ERR_MPI, "%s: MPI_Exscan/MPI_Allreduce of row counts failed", dset);
+        st = TMD_FAIL(ctx, TMD_ERR_MPI, "%s: MPI_Exscan/MPI_Allreduce of row counts failed", dset ? dset : "?");
     int me = 0;
     MPI_Comm_rank(comm, &me);
     if (me == 0) offset = 0; /* MPI_Exscan leaves rank 0's result undefined */
     st = tmd_agree(ctx, comm, st);
-    if (st) return st;
-
-    /* Chunks of about 1 MiB, at most 65536 rows, never 0 rows. */
-    int ndims = ncols == 1 ? 1 : 2;
-    size_t rowbytes = (size_t)ncols * tmd_dtype_size(type);
-    int64_t crow = (int64_t)((1 << 20) / rowbytes);
-    if (crow < 1) crow = 1;
-    if (crow > 65536) crow = 65536;
-    if (crow > total) crow = total > 0 ? total : 1; /* an empty dataset: chunk 1, maxdims unlimited */
-    hsize_t dims[2] = {(hsize_t)total, (hsize_t)ncols}, chunk[2] = {(hsize_t)crow, (hsize_t)ncols};
-    hsize_t start[2] = {(hsize_t)offset, 0}, count[2] = {(hsize_t)n_local, (hsize_t)ncols};
-
-    st = check_space(ctx, w, dset, (double)total * (double)rowbytes);
-    if (st) return st;
-    d = create_dataset(ctx, w, dset, type, ndims, dims, chunk, &st);
-    st = tmd_agree(ctx, comm, st);
-    if (st) goto cleanup;
-    st = write_box(ctx, w, d, dset, type, ndims, start, count, data);
-    st = tmd_agree(ctx, comm, st);
-cleanup:
-    if (d >= 0 && H5Dclose(d) < 0 && !st) st = h5fail(ctx, w, "closing dataset", dset);
-    return tmd_agree(ctx, comm, st);
+    if (!st) st = tmd_writer_rows_create(ctx, w, dset, type, total, ncols);
+    if (!st) st = tmd_writer_rows_part(ctx, w, dset, type, offset, n_local, ncols, data);
+    return st;
 }
 
 tmd_status tmd_writer_array(tmd_ctx *ctx, tmd_writer *w, const char *dset, tmd_dtype type, int ndims,
@@ -526,7 +500,7 @@ tmd_status tmd_writer_rows_create(tmd_ctx *ctx, tmd_writer *w, const char *dset,
     st = agree_same(ctx, comm, (uint64_t)ncols * 64u + (uint64_t)type + ((uint64_t)total << 20), "shapes or types", dset);
     st = tmd_agree(ctx, comm, st);
     if (st) return st;
-    /* the chunking of tmd_writer_rows: about 1 MiB, at most 65536 rows, never 0 */
+    /* chunks of about 1 MiB, at most 65536 rows, never 0 rows (an empty dataset: chunk 1) */
     int ndims = ncols == 1 ? 1 : 2;
     size_t rowbytes = (size_t)ncols * tmd_dtype_size(type);
     int64_t crow = (int64_t)((1 << 20) / rowbytes);
