@@ -19,17 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Rows of this rank's block gathered into the whole (gh, gw) map on every rank. */
 static float *gather_rows(const tmd_dyn_maps *m, const float *block)
 {
-    float *all = calloc((size_t)m->gh * m->gw + 1, sizeof(float));
-    int *cnt = calloc(tmd_test_size, sizeof(int)), *dis = calloc(tmd_test_size, sizeof(int));
-    int mine = (int)(m->rows * m->gw);
-    MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, tmd_test_comm);
-    for (int r = 1; r < tmd_test_size; r++) dis[r] = dis[r - 1] + cnt[r - 1];
-    MPI_Allgatherv(block, mine, MPI_FLOAT, all, cnt, dis, MPI_FLOAT, tmd_test_comm);
-    free(cnt);
-    free(dis);
-    return all;
+    return tmd_test_allgather_floats(block, (int)(m->rows * m->gw));
 }
 
 /* vacancies of a tall single image: a sparse background, a U of dense vacancies (two arms

@@ -326,18 +326,10 @@ static void test_neighbour_blend(void)
     edge_disc = 0;
 }
 
-/* Rows of this rank's block gathered into a whole (gh, gw) map on every rank. */
+/* Rows of this rank's block gathered into the whole (gh, gw) map on every rank. */
 static float *gather_map(const tmd_dyn_maps *m, const float *block)
 {
-    float *all = calloc((size_t)m->gh * m->gw, sizeof(float));
-    int *cnt = calloc(tmd_test_size, sizeof(int)), *dis = calloc(tmd_test_size, sizeof(int));
-    int mine = (int)(m->rows * m->gw);
-    MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, tmd_test_comm);
-    for (int r = 1; r < tmd_test_size; r++) dis[r] = dis[r - 1] + cnt[r - 1];
-    MPI_Allgatherv(block, mine, MPI_FLOAT, all, cnt, dis, MPI_FLOAT, tmd_test_comm);
-    free(cnt);
-    free(dis);
-    return all;
+    return tmd_test_allgather_floats(block, (int)(m->rows * m->gw));
 }
 
 static void test_maps_and_regions(void)

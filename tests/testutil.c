@@ -105,6 +105,22 @@ int tmd_test_run(const char *cmd, char **out)
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
 }
 
+float *tmd_test_allgather_floats(const float *mine, int n_mine)
+{
+    int *cnt = calloc((size_t)tmd_test_size, sizeof(int)), *dis = calloc((size_t)tmd_test_size, sizeof(int));
+    MPI_Allgather(&n_mine, 1, MPI_INT, cnt, 1, MPI_INT, tmd_test_comm);
+    int64_t total = cnt[0];
+    for (int r = 1; r < tmd_test_size; r++) {
+        dis[r] = dis[r - 1] + cnt[r - 1];
+        total += cnt[r];
+    }
+    float *all = calloc((size_t)total + 1, sizeof(float));
+    MPI_Allgatherv(mine, n_mine, MPI_FLOAT, all, cnt, dis, MPI_FLOAT, tmd_test_comm);
+    free(cnt);
+    free(dis);
+    return all;
+}
+
 float tmd_test_randf(unsigned *state)
 {
     *state = *state * 1664525u + 1013904223u;

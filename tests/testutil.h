@@ -43,6 +43,10 @@ void tmd_test_ctx(tmd_ctx *ctx);
  * (malloc'd, may be NULL to discard). */
 int tmd_test_run(const char *cmd, char **out);
 
+/* Collective over tmd_test_comm: every rank's n_mine floats, concatenated in rank order, on
+ * every rank (e.g. the row blocks of a map decomposed by rows). The caller frees the result. */
+float *tmd_test_allgather_floats(const float *mine, int n_mine);
+
 /* Deterministic pseudo-random float in [0,1) for fixtures. */
 float tmd_test_randf(unsigned *state);
 
