@@ -23,7 +23,11 @@
  *   profile width (bond), H_SPF=f scales the measured one. A truth file without /image (e.g.
  *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
  *   the directory of the image (DIR/IMAGE.tif: the truth file's name minus .truth.h5).
- * Cross-talk variants (2026-11-26, session 5; none in the stage yet, see docs/accuracy.md):
+ * Cross-talk: since session 6 the stage corrects it itself (tmd_classify_opts.xtalk, default on,
+ * the H_XS=1 H_XSG=1 H_XSX=0.05 variant below with the regression on integer histograms and N
+ * from the first pass's A sites); H_NOXT=1 turns the stage's correction off. Any of the
+ * variants below (H_XS, H_XR, H_XT, H_TAIL) turns it off too, so they are measured alone.
+ * Cross-talk variants (2026-11-26, session 5):
  *   H_XS=k  two passes: classify, then regress the chalcogens' amplitude on N, the sum of the
  *           amplitudes of their bonded metals (atoms 0.6-1.3 bond away classified Mo/W), one
  *           slope pooled within species groups (H_XSG=1: S with S2 and Se with SSe, so the
@@ -528,6 +532,7 @@ int main(int argc, char **argv)
         size_t ok = fread(lat, sizeof *lat, (size_t)nf, sf);
         tmd_classify_opts o;
         tmd_classify_opts_default(&o);
+        if (getenv("H_NOXT") || getenv("H_XS") || getenv("H_XR") || getenv("H_XT") || getenv("H_TAIL")) o.xtalk = 0;
         ok += fread(&o.pixel_size, sizeof(double), 1, sf);
         ok += fread(&o.constraint, sizeof(int), 1, sf);
         tmd_atom_table at;

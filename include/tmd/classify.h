@@ -106,6 +106,18 @@ typedef struct tmd_classify_opts {
                                 named by its distance to the nearest level alone; 0: one Gaussian */
     float *carry;            /* optional (atoms->n) per-atom values moved along when rows are removed (the
                                 pipeline's integrated intensity while atoms->intensity holds the contrast) */
+    int xtalk;               /* 1 (default): per-image chalcogen cross-talk correction in metal alloys. The
+                                fitted column amplitude of a chalcogen falls as its bonded metals brighten
+                                (W against Mo: the neighbours' profile tails raise the fitted plane). After a
+                                first classification, in frames whose fitted W fraction is in (0.05, 0.95),
+                                the amplitude of every interior chalcogen column is regressed on N, the sum
+                                of the contrasts of the A-site atoms 0.6-1.3 bond away (its bonded metals),
+                                one slope c pooled within species groups (S with S2, Se with SSe, Se2),
+                                trimmed at 3 robust sd; when c < 0, c N is subtracted from every chalcogen's
+                                contrast (and from the contrast measured at an empty B site whose N exceeds
+                                twice the median metal contrast) and the atoms are classified again. The
+                                regression runs on integer histograms summed over ranks, so c does not
+                                depend on the rank count. 0: one classification */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);

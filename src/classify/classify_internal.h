@@ -16,7 +16,9 @@
 #include "tmd/classify.h"
 
 typedef struct tmd_cls_bands {
-    int phase;               /* 1: graph only, 2: apply the given models */
+    int phase;               /* 1: graph only, 2: apply the given models, 3: cross-talk statistics (the
+                                given first-pass models: species, then xn and xhist; no vacancies, no
+                                rows removed) */
     /* phase 1 outputs, N = atoms->n + ghosts->n entries each (caller allocates) */
     int64_t *comp;           /* local component of each atom (owned, then ghosts) */
     int8_t *colour;          /* colour, -1 = none */
@@ -28,6 +30,15 @@ typedef struct tmd_cls_bands {
     const void *models;      /* nslot models, tmd_cls_model_size() bytes each */
     const void *ref;         /* nframes reference models */
     const double *fmax;      /* nframes: largest owned contrast of each frame, all ranks */
+    /* cross-talk correction (opt->xtalk; tmd_cls_xt_*) */
+    float *xn;               /* atoms->n: phase 3 out, phase 2 in: N of each owned first-pass chalcogen in a
+                                frame with the correction on (else 0) */
+    int64_t *xhist;          /* phase 3: tmd_cls_xt_size() sums the chunk's atoms are added to */
+    const void *models1;     /* phase 2 with xc < 0: the first pass's nslot models (A sites around an empty
+                                B site); NULL otherwise */
+    const int8_t *xframe;    /* phase 2: nframes, 1 where the correction is on (tmd_cls_xt_frames of the
+                                first pass's references) */
+    double xc, xmed;         /* phase 2: slope (0: no correction) and median metal contrast / fmax */
 } tmd_cls_bands;
 
 size_t tmd_cls_model_size(void);
@@ -45,5 +56,16 @@ void tmd_cls_hist_add(int64_t *h, int colour, double In, const float *p, int np)
 tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt, int64_t nframes, int64_t nslot,
                        const int64_t *hist, const int64_t *slot_f, const double *slot_a, void *models, void *ref,
                        tmd_classify_report *rp);
+
+/* Cross-talk correction (tmd_classify_opts.xtalk), for the banded driver: sums of
+ * tmd_cls_xt_size() int64 (phase 3 adds a chunk's atoms), summed over ranks, give the slope c
+ * and the median metal contrast (tmd_cls_xt_solve, the same on every rank: it only reads the
+ * sums). tmd_cls_xt_frames: the frames whose first-pass reference (ref, nframes models) is a
+ * metal alloy; returns whether any is. tmd_cls_xt_apply: the corrected contrast of a column
+ * with contrast raw and neighbour sum xn. */
+size_t tmd_cls_xt_size(void);
+int tmd_cls_xt_frames(const void *ref, int64_t nframes, int8_t *on);
+tmd_status tmd_cls_xt_solve(tmd_ctx *ctx, const int64_t *xhist, double *c, double *med);
+float tmd_cls_xt_apply(float raw, float xn, double c);
 
 #endif

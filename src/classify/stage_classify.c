@@ -349,6 +349,12 @@ static tmd_status measure_cb(tmd_ctx *ctx, void *user, int64_t n, const int32_t 
  *     component and the ghosts' contrast and colour from the side files: species, vacancies
  *     (to run->defects), empty columns removed; each tile's rows go to OUT.ckpt/cls-<g>.bin,
  *     which the write stage streams to /atoms in the canonical order.
+ *   cross-talk (tmd_classify_opts.xtalk, where the first fit found a metal alloy): between the
+ *     fit and pass 2, a statistics pass per chunk (tmd_classify phase 3: species with the first
+ *     models, N of each owned chalcogen to OUT.ckpt/xt1-<g>.bin, the regression sums); the sums
+ *     of all ranks give the slope; with a negative one the histograms are made again from the
+ *     corrected contrast (side + xt1 files) and refitted, and pass 2 applies the correction
+ *     (owned chalcogens from xt1; empty B sites from the first models' A sites around them).
  * The result is the unbanded one's (same bonds: every atom a chunk uses has all its
  * neighbours; same components; same sums; same models) at any chunk size and rank count. */
 
@@ -541,6 +547,66 @@ static tmd_status streamed_profile(tmd_ctx *ctx, tmd_run *run, const tmd_lattice
     return st;
 }
 
+/* The histograms of the global components from this rank's tiles (their atoms' votes, the
+ * contrast from the side files, corrected by the cross-talk slope xc < 0 where the xt1 side
+ * files hold an N), summed over ranks, and the models fitted (collective). hist, slot_f,
+ * slot_a, models and ref are zeroed here. */
+static tmd_status streamed_fit(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *lat, const tmd_classify_opts *o,
+                               const int64_t *tn, const double *fmax, double xc, const int64_t *allnodes, int64_t nall,
+                               const int64_t *uf, const int64_t *root_slot, int64_t nslot, int64_t *hist,
+                               int64_t *slot_f, double *slot_a, void *models, void *ref, tmd_classify_report *rep)
+{
+    const tmd_decomp *d = run->decomp;
+    const int64_t T = run->info.frames, HW = tmd_cls_hist_width();
+    const size_t MS = tmd_cls_model_size();
+    tmd_atom_table own;
+    tmd_atom_table_init(&own, run->atoms.nprob);
+    side_t side;
+    memset(&side, 0, sizeof side);
+    float *xn = NULL;
+    int64_t xcap = 0;
+    tmd_status st = run->atoms.nlatent ? tmd_atom_table_set_latent(ctx, &own, run->atoms.nlatent) : TMD_OK;
+    memset(hist, 0, (size_t)nslot * (size_t)HW * sizeof *hist);
+    memset(slot_f, 0, (size_t)nslot * sizeof *slot_f);
+    memset(slot_a, 0, (size_t)nslot * sizeof *slot_a);
+    memset(models, 0, (size_t)nslot * MS);
+    memset(ref, 0, (size_t)T * MS);
+    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+        int64_t g = tmd_decomp_local_tile(d, i);
+        own.n = 0;
+        st = tmd_run_tile_rows_read(ctx, run, "tile", g, &own);
+        if (!st) st = side_read(ctx, run, g, tn[g], &side);
+        if (!st && xc < 0) {
+            st = grow(ctx, (void **)&xn, &xcap, tn[g] + 1, sizeof *xn);
+            if (!st) st = tmd_run_tile_blob_read(ctx, run, "xt1", g, xn, (size_t)tn[g] * sizeof *xn);
+        }
+        for (int64_t k = 0; k < own.n && !st; k++) {
+            if (side.colour[k] < 0) continue;
+            int64_t sl = gslot(allnodes, nall, uf, root_slot, side.gid[k]), f = own.frame[k];
+            if (sl < 0) {
+                st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: component %llx of tile %lld not gathered",
+                              (unsigned long long)side.gid[k], (long long)g);
+                break;
+            }
+            float cv = xc < 0 && xn[k] != 0 ? tmd_cls_xt_apply(side.contrast[k], xn[k], xc) : side.contrast[k];
+            double In = fmax[f] > 0 ? cv / fmax[f] : 0;
+            tmd_cls_hist_add(hist + sl * HW, side.colour[k], In, own.prob + k * own.nprob, own.nprob);
+            slot_f[sl] = f;
+            slot_a[sl] = lat[f].period_px * o->pixel_size;
+        }
+    }
+    tmd_atom_table_free(&own);
+    side_free(&side);
+    free(xn);
+    st = tmd_agree(ctx, run->comm, st);
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, hist, (int)(nslot * HW), MPI_INT64_T, MPI_SUM, run->comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_f, (int)nslot, MPI_INT64_T, MPI_MAX, run->comm));
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_a, (int)nslot, MPI_DOUBLE, MPI_MAX, run->comm));
+    if (st) return st;
+    st = tmd_cls_fit(ctx, run->comm, o, T, nslot, hist, slot_f, slot_a, models, ref, rep);
+    return tmd_agree(ctx, run->comm, st);
+}
+
 static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *lat, double psig,
                                     tmd_classify_opts *o, tmd_classify_report *rep)
 {
@@ -567,6 +633,12 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
     memset(&side, 0, sizeof side);
     memset(&side2, 0, sizeof side2);
     int64_t nlinks = 0, caplinks = 0, npend = 0, cappend = 0, nnodes = 0, capnodes = 0, nall = 0, nslot = 0;
+    int8_t *xfr = NULL; /* cross-talk: frames where it is on, the sums, the first fit's models, N per row */
+    int64_t *xh = NULL;
+    void *models1 = NULL;
+    float *xnb = NULL;
+    double xc = 0, xmed = 0;
+    int xany = 0;
     memset(rep, 0, sizeof *rep);
     double gd = 0;
     for (int64_t f = 0; f < T; f++) gd = gd > 4.0 * lat[f].period_px ? gd : 4.0 * lat[f].period_px;
@@ -579,6 +651,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
     if (d->nlocal > 0 && ny > 0 && nx > 0)
         st = tmd_calloc(ctx, (void **)&chunks, (size_t)(ny * nx), sizeof *chunks, "classify chunks");
     if (!st) st = tmd_calloc(ctx, (void **)&fmax, (size_t)T + 1, sizeof *fmax, "classify");
+    if (!st) st = tmd_calloc(ctx, (void **)&xfr, (size_t)T + 1, 1, "classify");
     if (!st) st = tmd_calloc(ctx, (void **)&tn, (size_t)G + 1, sizeof *tn, "classify");
     if (!st) st = tmd_calloc(ctx, (void **)&cls_n, (size_t)G + 1, sizeof *cls_n, "classify");
     if (!st) memcpy(tn, run->tile_rows, (size_t)G * sizeof *tn);
@@ -596,6 +669,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         int64_t g = tmd_decomp_local_tile(d, i);
         st = tmd_run_tile_file_remove(ctx, run, "cp1", g);
         if (!st) st = tmd_run_tile_file_remove(ctx, run, "cls", g);
+        if (!st) st = tmd_run_tile_file_remove(ctx, run, "xt1", g);
     }
     st = tmd_agree(ctx, run->comm, st); /* (a barrier: no rank reads before all removed) */
     if (st) goto cleanup;
@@ -761,37 +835,38 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
     if (!st) st = tmd_calloc(ctx, (void **)&ref, (size_t)T + 1, MS, "classify models");
     st = tmd_agree(ctx, run->comm, st);
     if (st) goto cleanup;
-    for (int64_t i = 0; i < d->nlocal && !st; i++) {
-        int64_t g = tmd_decomp_local_tile(d, i);
-        own.n = 0;
-        st = tmd_run_tile_rows_read(ctx, run, "tile", g, &own);
-        if (!st) st = side_read(ctx, run, g, tn[g], &side);
-        for (int64_t k = 0; k < own.n && !st; k++) {
-            if (side.colour[k] < 0) continue;
-            int64_t sl = GSLOT(side.gid[k]), f = own.frame[k];
-            if (sl < 0) {
-                st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: component %llx of tile %lld not gathered",
-                              (unsigned long long)side.gid[k], (long long)g);
-                break;
-            }
-            double In = fmax[f] > 0 ? side.contrast[k] / fmax[f] : 0;
-            tmd_cls_hist_add(hist + sl * HW, side.colour[k], In, own.prob + k * own.nprob, own.nprob);
-            slot_f[sl] = f;
-            slot_a[sl] = lat[f].period_px * o->pixel_size;
-        }
-    }
-    st = tmd_agree(ctx, run->comm, st);
-    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, hist, (int)(nslot * HW), MPI_INT64_T, MPI_SUM, run->comm));
-    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_f, (int)nslot, MPI_INT64_T, MPI_MAX, run->comm));
-    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_a, (int)nslot, MPI_DOUBLE, MPI_MAX, run->comm));
-    if (st) goto cleanup;
-    st = tmd_cls_fit(ctx, run->comm, o, T, nslot, hist, slot_f, slot_a, models, ref, rep);
-    st = tmd_agree(ctx, run->comm, st);
+    st = streamed_fit(ctx, run, lat, o, tn, fmax, 0.0, allnodes, nall, uf, root_slot, nslot, hist, slot_f, slot_a, models,
+                      ref, rep);
     if (st) goto cleanup;
     tmd_info(ctx, "classify: streamed over %lld chunks of up to %lld x %lld tiles on rank 0; %lld components (%lld "
              "pieces merged)", (long long)nch, (long long)B, (long long)B, (long long)nslot, (long long)nall);
 
-    /* ---- pass 2: apply ---- */
+    /* ---- cross-talk correction (tmd_classify_opts.xtalk): in metal alloys, a statistics pass
+     * (tmd_classify phase 3 per chunk with the first fit's models: species, then each owned
+     * chalcogen's N to the xt1 side files and the regression sums), the slope from the sums of
+     * all ranks, and with a negative slope the fit again on the corrected contrast ---- */
+    xany = o->xtalk && tmd_cls_xt_frames(ref, T, xfr) ? 1 : 0;
+    if (xany) {
+        st = tmd_calloc(ctx, (void **)&xh, tmd_cls_xt_size(), sizeof *xh, "classify cross-talk sums");
+        if (!st) st = tmd_calloc(ctx, (void **)&models1, (size_t)nslot + 1, MS, "classify models");
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        memcpy(models1, models, (size_t)nslot * MS);
+    }
+    /* ---- pass 2: apply (ap = 1), after the cross-talk statistics (ap = 0) ---- */
+    for (int ap = xany ? 0 : 1; ap < 2 && !st; ap++) {
+    if (ap == 1 && xany) {
+        st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, xh, (int)tmd_cls_xt_size(), MPI_INT64_T, MPI_SUM, run->comm));
+        if (!st) st = tmd_cls_xt_solve(ctx, xh, &xc, &xmed);
+        st = tmd_agree(ctx, run->comm, st);
+        if (st) goto cleanup;
+        tmd_info(ctx, "classify: cross-talk slope %.5f in the metal alloy (median metal %.3f of the maximum)%s", xc, xmed,
+                 xc < 0 ? ": classified again on the corrected contrast" : ": none");
+        if (xc < 0)
+            st = streamed_fit(ctx, run, lat, o, tn, fmax, xc, allnodes, nall, uf, root_slot, nslot, hist, slot_f, slot_a,
+                              models, ref, rep);
+        if (st) goto cleanup;
+    }
     for (int64_t ci = 0; ci < nch && !st; ci++) {
         const chunk_t *c = &chunks[ci];
         tmd_box box;
@@ -818,6 +893,17 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
                 }
             }
         if (!st && r != n) st = TMD_FAIL(ctx, TMD_ERR_INTERNAL, "classify: chunk side files hold %lld rows, tiles %lld", (long long)r, (long long)n);
+        free(xnb);
+        xnb = NULL;
+        if (!st && (ap == 0 || xc < 0)) st = tmd_calloc(ctx, (void **)&xnb, (size_t)n + 1, sizeof *xnb, "classify");
+        /* pass 2 with the correction: the owned chalcogens' N from the statistics pass */
+        r = 0;
+        for (int64_t ty = c->ty0; ty < c->ty1 && !st && ap == 1 && xc < 0; ty++)
+            for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+                int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc);
+                st = tmd_run_tile_blob_read(ctx, run, "xt1", g, xnb + r, (size_t)tn[g] * sizeof *xnb);
+                r += tn[g];
+            }
         /* ghosts: the owners' contrast, colour and component */
         int64_t cached = -1;
         for (int64_t j = 0; j < m && !st; j++) {
@@ -843,6 +929,36 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         bd.fmax = fmax;
         tmd_classify_opts o2 = *o;
         o2.bands = &bd;
+        if (ap == 0) { /* cross-talk statistics: N of the owned chalcogens to xt1, sums to xh */
+            bd.phase = 3;
+            bd.models = models1;
+            bd.xn = xnb;
+            bd.xhist = xh;
+            o2.measure = NULL;
+            o2.carry = NULL;
+            tmd_defect_table none;
+            tmd_defect_table_init(&none);
+            float *keep = own.intensity;
+            own.intensity = contrast;
+            st = tmd_classify(ctx, MPI_COMM_SELF, &o2, T, lat, &box, H, Wd, &own, &gh, &none, NULL);
+            own.intensity = keep;
+            tmd_defect_table_free(&none);
+            r = 0;
+            for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+                for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+                    int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc);
+                    st = tmd_run_tile_blob_write(ctx, run, "xt1", g, xnb + r, (size_t)tn[g] * sizeof *xnb);
+                    r += tn[g];
+                }
+            continue;
+        }
+        if (xc < 0) {
+            bd.xn = xnb;
+            bd.models1 = models1;
+            bd.xframe = xfr;
+            bd.xc = xc;
+            bd.xmed = xmed;
+        }
         measure_user_t mu = {run, &box, lat, psig};
         o2.measure_user = &mu;
         float *keep = own.intensity;
@@ -869,6 +985,8 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
                           own.y[i]);
     }
     st = tmd_agree(ctx, run->comm, st);
+    }
+    st = tmd_agree(ctx, run->comm, st);
     if (st) goto cleanup;
     /* the classified rows' counts: each tile's owner set its own */
     st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, cls_n, (int)G, MPI_INT64_T, MPI_SUM, run->comm));
@@ -885,6 +1003,7 @@ cleanup:
     free(chunks), free(gtile), free(gidx), free(comp), free(gid), free(slot), free(colour), free(edge), free(gcol);
     free(contrast), free(links), free(alllinks), free(pend), free(nodes), free(allnodes), free(uf), free(root_slot);
     free(tn), free(cls_n), free(hist), free(slot_f), free(slot_a), free(fmax), free(models), free(ref), free(cnt), free(dsp);
+    free(xfr), free(xh), free(models1), free(xnb);
     return st;
 }
 
