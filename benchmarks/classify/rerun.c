@@ -71,6 +71,7 @@ static double xs_metal = 0; /* H_XS: median metal amplitude of pass 1 */
 static double g_nspf = 0, g_rss = 0;
 /* H_TAIL=t: two-component profile g(s) + g_tail g(t s), g_tail fitted with s on the radial profile */
 static double g_tail = 0;
+static double g_offx = 0, g_offy = 0; /* H_RCFIX=1: the six places stay where the detected centre put them */
 
 static double envd(const char *k, double d)
 {
@@ -117,7 +118,8 @@ static int chol_solve(double *A, double *b, int n)
 static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
 {
     double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
-    int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), nq = (int)envd("H_Q", 0), np = 4 + (nb ? 6 : 0) + nq;
+    int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), nq = (int)envd("H_Q", 0), nder = getenv("H_DER") ? 2 : 0,
+        np = 4 + (nb ? 6 : 0) + nq + nder;
     double cc = envd("H_C", 2.5), nsf = g_nspf > 0 ? g_nspf : envd("H_NSPF", 1);
     int64_t y0 = (int64_t)floor(cy - R), y1 = (int64_t)ceil(cy + R), x0 = (int64_t)floor(cx - R), x1 = (int64_t)ceil(cx + R);
     int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1);
@@ -142,13 +144,14 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                 int c = 4;
                 for (int q = 0; q < 3; q++)
                     for (int sg = -1; sg <= 1; sg += 2) {
-                        double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                        double ex = dx + g_offx - sg * dl[q][0], ey = dy + g_offy - sg * dl[q][1];
                         g[c++] = exp(-(ex * ex + ey * ey) * is2 / (nsf * nsf)) +
                                  (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
                     }
             }
-            if (nq) g[np - 1] = d2 / (bond * bond); /* H_Q=1: a radial bowl r^2 in the background */
-            if (nq == 1 && getenv("H_QW")) g[np - 1] = exp(-d2 * is2 / (envd("H_QW", 2) * envd("H_QW", 2))); /* or a wide Gaussian */
+            if (nq) g[np - 1 - nder] = d2 / (bond * bond); /* H_Q=1: a radial bowl r^2 in the background */
+            if (nq == 1 && getenv("H_QW")) g[np - 1 - nder] = exp(-d2 * is2 / (envd("H_QW", 2) * envd("H_QW", 2))); /* or a wide Gaussian */
+            if (nder) g[np - 2] = 2 * is2 * dx * g[0] * bond, g[np - 1] = 2 * is2 * dy * g[0] * bond;
             v[m] = u->img[yy * u->W + xx];
             w0[m] = tw > 0 ? exp(-0.5 * d2 / (tw * tw)) : 1;
             w[m] = w0[m];
@@ -158,7 +161,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
     double amp = NAN;
     int nit = rob ? 1 + (int)envd("H_IT", 4) : envd("H_POIS", 0.1) > 0 ? 2 : 1;
     for (int it = 0; it < nit; it++) {
-        double A[144] = {0}, b[12] = {0};
+        double A[256] = {0}, b[16] = {0};
         for (int64_t k = 0; k < m; k++) {
             const double *g = G + k * np;
             for (int i = 0; i < np; i++) {
@@ -226,6 +229,111 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
     }
     free(G), free(v), free(w0), free(w), free(e);
     return amp;
+}
+
+/* H_RC=k: the column's centre refined k times before the amplitude: an unweighted fit of the
+ * stage's ten terms plus the column profile's x and y derivatives at the centre, whose
+ * coefficients over a0 are the first-order shift; the centre (and the six places with it)
+ * moves by it, each step capped at H_RCSTEP (0.1) bond, in all at H_RCMAX (0.25) bond.
+ * H_DER=1: the derivative terms kept in the final fit instead (no move). */
+static int fit_shift(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2], double *sx,
+                     double *sy)
+{
+    enum { NP = 12 };
+    double R = envd("H_R", 0.6) * bond, is2 = 0.5 / (sp * sp), A[NP * NP] = {0}, b[NP] = {0};
+    int64_t m = 0;
+    for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
+        if (yy < 0 || yy >= u->H) continue;
+        for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
+            if (xx < 0 || xx >= u->W) continue;
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double g[NP];
+            g[0] = exp(-d2 * is2);
+            g[1] = 1, g[2] = dx / bond, g[3] = dy / bond;
+            int c = 4;
+            for (int q = 0; q < 3; q++)
+                for (int sg = -1; sg <= 1; sg += 2) {
+                    double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                    g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                }
+            g[10] = 2 * is2 * dx * g[0] * bond, g[11] = 2 * is2 * dy * g[0] * bond; /* d p / d c, per bond */
+            double v = u->img[yy * u->W + xx];
+            for (int i = 0; i < NP; i++) {
+                b[i] += g[i] * v;
+                for (int j = 0; j <= i; j++) A[i * NP + j] += g[i] * g[j];
+            }
+            m++;
+        }
+    }
+    for (int i = 0; i < NP; i++)
+        for (int j = i + 1; j < NP; j++) A[i * NP + j] = A[j * NP + i];
+    double A0[NP * NP];
+    memcpy(A0, A, sizeof A0);
+    if (m < 3 * NP || !chol_solve(A, b, NP) || !(b[0] > 0)) return 0;
+    *sx = b[10] / b[0] * bond, *sy = b[11] / b[0] * bond;
+    double tau = envd("H_RCTAU", 0.1) * bond;
+    if (tau > 0) { /* shrink by the shift's LSQ variance: k = tau^2 / (tau^2 + var) (the stage's column_shift) */
+        double rss = 0;
+        for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
+            if (yy < 0 || yy >= u->H) continue;
+            for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
+                if (xx < 0 || xx >= u->W) continue;
+                double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+                if (d2 > R * R) continue;
+                double g[NP];
+                g[0] = exp(-d2 * is2);
+                g[1] = 1, g[2] = dx / bond, g[3] = dy / bond;
+                int c = 4;
+                for (int q = 0; q < 3; q++)
+                    for (int sg = -1; sg <= 1; sg += 2) {
+                        double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                        g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                    }
+                g[10] = 2 * is2 * dx * g[0] * bond, g[11] = 2 * is2 * dy * g[0] * bond;
+                double f = 0;
+                for (int a = 0; a < NP; a++) f += g[a] * b[a];
+                double r = u->img[yy * u->W + xx] - f;
+                rss += r * r;
+            }
+        }
+        double s2 = rss / (double)(m - NP), e[NP];
+        for (int c = 10; c <= 11; c++) {
+            double Ac[NP * NP];
+            memcpy(Ac, A0, sizeof Ac);
+            for (int i = 0; i < NP; i++) e[i] = i == c ? 1 : 0;
+            if (!chol_solve(Ac, e, NP)) return 0;
+            double var = s2 * e[c] / (b[0] * b[0]) * bond * bond, k = tau * tau / (tau * tau + var);
+            if (c == 10) *sx *= k; else *sy *= k;
+        }
+    }
+    if (!isfinite(hypot(*sx, *sy))) return 0;
+    return 1;
+}
+
+static int g_atoms = 0; /* set while the detected atoms are measured (H_RCATOMS=1: refine only those) */
+static double model_amp_c(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
+{
+    int nrc = getenv("H_RCATOMS") && !g_atoms ? 0 : (int)envd("H_RC", 1);
+    double step = envd("H_RCSTEP", 0.1) * bond, tmax = envd("H_RCMAX", 0.25) * bond, ox = cx, oy = cy;
+    for (int it = 0; it < nrc; it++) {
+        double sx, sy;
+        if (!fit_shift(u, cx, cy, bond, sp, dl, &sx, &sy)) break;
+        double l = hypot(sx, sy);
+        if (l > step) sx *= step / l, sy *= step / l;
+        cx += sx, cy += sy;
+        l = hypot(cx - ox, cy - oy);
+        if (l > tmax) cx = ox + (cx - ox) * tmax / l, cy = oy + (cy - oy) * tmax / l;
+    }
+    if (getenv("H_RCFIX")) g_offx = cx - ox, g_offy = cy - oy;
+    double a = model_amp(u, cx, cy, bond, sp, dl);
+    g_offx = g_offy = 0;
+    if (getenv("H_RCDUMP")) {
+        FILE *fd = fopen(getenv("H_RCDUMP"), "a");
+        fprintf(fd, "%.4f %.4f %.4f %.4f %.6g\n", ox, oy, cx, cy, a);
+        fclose(fd);
+    }
+    return a;
 }
 
 /* per-image Gaussian profile width (px) from the mean radial profile of all columns */
@@ -334,7 +442,7 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
                                {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
                                {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
             g_nsum = NAN;
-            double a = model_amp(u, cx, cy, bond, u->sp, dm);
+            double a = model_amp_c(u, cx, cy, bond, u->sp, dm);
             if (nsum) nsum[i] = g_nsum;
             if (isfinite(a)) {
                 out[i] = (float)a;
@@ -590,7 +698,32 @@ int main(int argc, char **argv)
         im.W = cc;
         im.lat = lat;
         if (getenv("H_SIGMA") || getenv("H_REMEASURE")) { /* recompute the atoms' contrast with the harness measure */
-            measure(&ctx, &im, n, at.frame, at.x, at.y, at.intensity);
+            double *mx = at.x, *my = at.y;
+            if (getenv("H_TRUEPOS")) { /* oracle: measure at the nearest true column (within 0.35 bond) */
+                hid_t tf;
+                int64_t tn = 0, t1;
+                double *tx = NULL, *ty = NULL;
+                if (!tmd_h5_open_read(&ctx, simp, &tf)) {
+                    tmd_h5_read_rows(&ctx, tf, "/atoms/x", TMD_F64, &tn, &t1, (void **)&tx);
+                    tmd_h5_read_rows(&ctx, tf, "/atoms/y", TMD_F64, &tn, &t1, (void **)&ty);
+                    H5Fclose(tf);
+                }
+                double bd = lat[0].period_px / sqrt(3.0), lim = envd("H_TRUEPOS", 0.35) * bd;
+                mx = malloc(sizeof(double) * (size_t)(n + 1)), my = malloc(sizeof(double) * (size_t)(n + 1));
+                for (int64_t i = 0; i < n; i++) {
+                    double best = lim * lim;
+                    mx[i] = at.x[i], my[i] = at.y[i];
+                    for (int64_t j = 0; j < tn; j++) {
+                        double d2 = (tx[j] - at.x[i]) * (tx[j] - at.x[i]) + (ty[j] - at.y[i]) * (ty[j] - at.y[i]);
+                        if (d2 < best) best = d2, mx[i] = tx[j], my[i] = ty[j];
+                    }
+                }
+                free(tx), free(ty);
+            }
+            g_atoms = 1;
+            measure(&ctx, &im, n, at.frame, mx, my, at.intensity);
+            g_atoms = 0;
+            if (mx != at.x) free(mx), free(my);
         }
         if (getenv("H_USECARRY")) for (int64_t i = 0; i < n; i++) at.intensity[i] = carry[i];
         o.carry = carry;
@@ -725,6 +858,7 @@ int main(int argc, char **argv)
         wr(f, "/atoms/y", H5T_NATIVE_DOUBLE, at.n, at.y);
         wr(f, "/atoms/frame", H5T_NATIVE_INT32, at.n, at.frame);
         wr(f, "/atoms/species", H5T_NATIVE_INT8, at.n, at.species);
+        wr(f, "/atoms/intensity", H5T_NATIVE_FLOAT, at.n, at.intensity);
         wr(f, "/defects/x", H5T_NATIVE_DOUBLE, d.n, d.x);
         wr(f, "/defects/y", H5T_NATIVE_DOUBLE, d.n, d.y);
         wr(f, "/defects/frame", H5T_NATIVE_INT32, d.n, d.frame);

@@ -38,6 +38,14 @@ static int cmp_order(const void *a, const void *b)
  * (Gaussian-weighted mean, sigma 0.1 bond, at the column minus the mean of the three lowest of
  * the same means at the six places) is kept for columns whose disc the frame edge cuts too
  * much for the fit (fewer than 30 pixels). Linear in the column's Z^n.
+ * Before the fit the centre is refined once (column_shift): a detected centre off the column
+ * (scan jitter, a contamination scatterer pulling the detection) reads the amplitude low by up
+ * to exp(-d^2 / 4 s^2). An unweighted fit of the same terms plus the profile's x and y
+ * derivatives at the centre gives the first-order shift (derivative coefficient / a0); each
+ * component is shrunk by SHIFT_TAU^2 / (SHIFT_TAU^2 + its least-squares variance) (a prior
+ * of SHIFT_TAU bond on the detection's error, so a dim or noisy column barely moves: moving to
+ * the noise's maximum would bias it high) and the move is capped at SHIFT_MAX bond; the six
+ * places move with it. The read margin (1.25 bond) holds the moved disc.
  * Rows of this rank's domain are read in strips, so memory is bounded by a strip. out[i]
  * for every atom. With hist non-NULL nothing is measured: the radial profile of the columns
  * (PROF_NB bins over PROF_R bond; sums of the pixels quantised on the global levels, then
@@ -45,6 +53,9 @@ static int cmp_order(const void *a, const void *b)
  * the sum over ranks does not depend on how the atoms are split). */
 #define MODEL_R 0.6
 #define MODEL_NP 10
+#define SHIFT_NP (MODEL_NP + 2)
+#define SHIFT_TAU 0.1
+#define SHIFT_MAX 0.1
 #define MODEL_FLOOR 0.1
 #define PROF_NB 24
 #define PROF_R 0.6
@@ -86,6 +97,74 @@ static int in_profile_window(int64_t H, int64_t W, double x, double y, double rm
     double x0 = floor(0.5 * ((double)W - wx)), y0 = floor(0.5 * ((double)H - wy));
     if (x < x0 || x >= x0 + wx || y < y0 || y >= y0 + wy) return 0;
     return x >= rmax + 1 && y >= rmax + 1 && x <= (double)W - rmax - 2 && y <= (double)H - rmax - 2;
+}
+
+/* The first-order shift (px) of the column at (cx, cy): least squares over the disc of radius R
+ * of the MODEL_NP terms of measure_contrast plus d p / d cx, d p / d cy (per bond), each
+ * component shrunk by its variance (SHIFT_TAU) and the move capped at SHIFT_MAX bond. The
+ * pixels are buf[(yy - r0) * w + (xx - x0)] for rows [r0, r1), columns [x0, x1); G holds at
+ * least SHIFT_NP doubles per disc pixel, v one. Returns 0 (no move) if the fit is not
+ * determined or the column not positive. */
+static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, int64_t x1, int64_t w, double cx,
+                        double cy, double R, double is2, double bond, const double dl[3][2], double *G, double *v,
+                        double *sx, double *sy)
+{
+    double A[SHIFT_NP * SHIFT_NP] = {0}, A0[SHIFT_NP * SHIFT_NP], b[SHIFT_NP] = {0};
+    int64_t np = 0;
+    for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
+        if (yy < r0 || yy >= r1) continue;
+        for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
+            if (xx < x0 || xx >= x1) continue;
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double *g = G + np * SHIFT_NP;
+            g[0] = exp(-d2 * is2);
+            g[1] = 1;
+            g[2] = dx / bond;
+            g[3] = dy / bond;
+            int c = 4;
+            for (int q = 0; q < 3; q++)
+                for (int sg = -1; sg <= 1; sg += 2) {
+                    double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                    g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                }
+            g[MODEL_NP] = 2 * is2 * dx * g[0] * bond;
+            g[MODEL_NP + 1] = 2 * is2 * dy * g[0] * bond;
+            v[np] = buf[(yy - r0) * w + (xx - x0)];
+            for (int a = 0; a < SHIFT_NP; a++) {
+                b[a] += g[a] * v[np];
+                for (int k = 0; k <= a; k++) A[a * SHIFT_NP + k] += g[a] * g[k];
+            }
+            np++;
+        }
+    }
+    if (np < 3 * SHIFT_NP) return 0;
+    for (int a = 0; a < SHIFT_NP; a++)
+        for (int k = a + 1; k < SHIFT_NP; k++) A[a * SHIFT_NP + k] = A[k * SHIFT_NP + a];
+    memcpy(A0, A, sizeof A0);
+    if (!chol_solve(A, b, SHIFT_NP) || !(b[0] > 0)) return 0;
+    double rss = 0;
+    for (int64_t p = 0; p < np; p++) {
+        const double *g = G + p * SHIFT_NP;
+        double f = 0;
+        for (int a = 0; a < SHIFT_NP; a++) f += g[a] * b[a];
+        rss += (v[p] - f) * (v[p] - f);
+    }
+    double s2 = rss / (double)(np - SHIFT_NP), tau2 = SHIFT_TAU * bond * SHIFT_TAU * bond, sh[2];
+    for (int c = 0; c < 2; c++) { /* variance of the c-th derivative coefficient: s2 (A^-1)_cc */
+        double Ac[SHIFT_NP * SHIFT_NP], e[SHIFT_NP] = {0};
+        memcpy(Ac, A0, sizeof Ac);
+        e[MODEL_NP + c] = 1;
+        if (!chol_solve(Ac, e, SHIFT_NP)) return 0;
+        double var = s2 * e[MODEL_NP + c] / (b[0] * b[0]) * bond * bond;
+        sh[c] = b[MODEL_NP + c] / b[0] * bond * tau2 / (tau2 + var);
+    }
+    double l = hypot(sh[0], sh[1]), lmax = SHIFT_MAX * bond;
+    if (!isfinite(l)) return 0;
+    if (l > lmax) sh[0] *= lmax / l, sh[1] *= lmax / l;
+    *sx = sh[0];
+    *sy = sh[1];
+    return 1;
 }
 
 static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *own, const tmd_lattice *lat,
@@ -156,7 +235,7 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
         if (need > gcap) {
             free(G), free(v), free(wt);
             G = NULL, v = NULL, wt = NULL;
-            st = tmd_calloc(ctx, (void **)&G, (size_t)need * MODEL_NP, sizeof *G, "contrast fit");
+            st = tmd_calloc(ctx, (void **)&G, (size_t)need * SHIFT_NP, sizeof *G, "contrast fit");
             if (!st) st = tmd_calloc(ctx, (void **)&v, (size_t)need, sizeof *v, "contrast fit");
             if (!st) st = tmd_calloc(ctx, (void **)&wt, (size_t)need, sizeof *wt, "contrast fit");
             if (st) goto cleanup;
@@ -164,7 +243,9 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
         }
         for (; k < kend; k++) {
             int64_t i = ord[k].i;
-            double cx = xs[i], cy = ys[i];
+            double cx = xs[i], cy = ys[i], shx, shy;
+            if (column_shift(buf, r0, r1, x0, x1, w, xs[i], ys[i], R, is2, bond, dl, G, v, &shx, &shy))
+                cx += shx, cy += shy;
             int64_t np = 0;
             for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
                 if (yy < r0 || yy >= r1) continue;
@@ -242,6 +323,7 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
         (res) = sw_ > 0 ? sv_ / sw_ : NAN;                                                                        \
     } while (0)
             double peak;
+            cx = xs[i], cy = ys[i]; /* (the detected centre, as before the shift) */
             GMEAN(cx, cy, peak);
             double v6[6];
             int nv = 0;
