@@ -20,7 +20,15 @@
  *   re-measures every atom with it (the saved contrast is the one of the build that saved it),
  *   H_OLD=1 selects the measure before 2026-11-26 (Gaussian-weighted mean, sigma H_SIGMA = 0.1
  *   bond, minus the mean of the three lowest of the six places one bond away), H_SP=s fixes the
- *   profile width (bond), H_SPF=f scales the measured one. A truth file without /image (e.g.
+ *   profile width (bond), H_SPF=f scales the measured one. The centre refinement (stage:
+ *   column_shift, since 2026-11-26 session 6) is on by default: H_RC=0 turns it off (the measure
+ *   of 512c12a), H_RC=k refines k times (each step capped at H_RCSTEP 0.1 bond, in all at
+ *   H_RCMAX 0.25), H_RCTAU=t the shift's prior (0.1 bond; 0: no shrinkage), H_RCFIX=1 keeps the
+ *   six places where the detected centre put them, H_RCATOMS=1 refines only the detected atoms
+ *   (not the empty sites), H_DER=1 keeps the two derivative terms in the amplitude's fit instead
+ *   of moving, H_RCDUMP=file appends "x y x_refined y_refined amplitude" per measured column.
+ *   H_TRUEPOS=r (oracle) measures every atom at the true column within r bond (the truth file's
+ *   /atoms). The result files carry /atoms/intensity (the contrast the model saw). A truth file without /image (e.g.
  *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
  *   the directory of the image (DIR/IMAGE.tif: the truth file's name minus .truth.h5).
  * Cross-talk: since session 6 the stage corrects it itself (tmd_classify_opts.xtalk, default on,
