@@ -248,7 +248,7 @@ static int fit_shift(const img_t *u, double cx, double cy, double bond, double s
                      double *sy)
 {
     enum { NP = 12 };
-    double R = envd("H_R", 0.6) * bond, is2 = 0.5 / (sp * sp), A[NP * NP] = {0}, b[NP] = {0};
+    double R = envd("H_RCR", envd("H_R", 0.6)) * bond, is2 = 0.5 / (sp * sp), A[NP * NP] = {0}, b[NP] = {0};
     int64_t m = 0;
     for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
         if (yy < 0 || yy >= u->H) continue;
