@@ -27,6 +27,7 @@
  *   six places where the detected centre put them, H_RCATOMS=1 refines only the detected atoms
  *   (not the empty sites), H_DER=1 keeps the two derivative terms in the amplitude's fit instead
  *   of moving, H_RCDUMP=file appends "x y x_refined y_refined amplitude" per measured column.
+ *   H_RCW=1 fits the shift with the shot-noise weights (tried: no gain).
  *   H_TRUEPOS=r (oracle) measures every atom at the true column within r bond (the truth file's
  *   /atoms). The result files carry /atoms/intensity (the contrast the model saw). A truth file without /image (e.g.
  *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
@@ -248,15 +249,17 @@ static int fit_shift(const img_t *u, double cx, double cy, double bond, double s
                      double *sy)
 {
     enum { NP = 12 };
-    double R = envd("H_RCR", envd("H_R", 0.6)) * bond, is2 = 0.5 / (sp * sp), A[NP * NP] = {0}, b[NP] = {0};
-    int64_t m = 0;
+    double R = envd("H_RCR", envd("H_R", 0.6)) * bond, is2 = 0.5 / (sp * sp);
+    int64_t cap = ((int64_t)ceil(2 * R) + 3) * ((int64_t)ceil(2 * R) + 3), m = 0;
+    double *G = malloc(sizeof(double) * (size_t)(cap * NP)), *v = malloc(sizeof(double) * (size_t)cap),
+           *w = malloc(sizeof(double) * (size_t)cap);
     for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
         if (yy < 0 || yy >= u->H) continue;
         for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
             if (xx < 0 || xx >= u->W) continue;
             double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
             if (d2 > R * R) continue;
-            double g[NP];
+            double *g = G + m * NP;
             g[0] = exp(-d2 * is2);
             g[1] = 1, g[2] = dx / bond, g[3] = dy / bond;
             int c = 4;
@@ -266,57 +269,63 @@ static int fit_shift(const img_t *u, double cx, double cy, double bond, double s
                     g[c++] = exp(-(ex * ex + ey * ey) * is2);
                 }
             g[10] = 2 * is2 * dx * g[0] * bond, g[11] = 2 * is2 * dy * g[0] * bond; /* d p / d c, per bond */
-            double v = u->img[yy * u->W + xx];
-            for (int i = 0; i < NP; i++) {
-                b[i] += g[i] * v;
-                for (int j = 0; j <= i; j++) A[i * NP + j] += g[i] * g[j];
-            }
+            v[m] = u->img[yy * u->W + xx];
+            w[m] = 1;
             m++;
         }
     }
-    for (int i = 0; i < NP; i++)
-        for (int j = i + 1; j < NP; j++) A[i * NP + j] = A[j * NP + i];
-    double A0[NP * NP];
-    memcpy(A0, A, sizeof A0);
-    if (m < 3 * NP || !chol_solve(A, b, NP) || !(b[0] > 0)) return 0;
-    *sx = b[10] / b[0] * bond, *sy = b[11] / b[0] * bond;
-    double tau = envd("H_RCTAU", 0.1) * bond;
-    if (tau > 0) { /* shrink by the shift's LSQ variance: k = tau^2 / (tau^2 + var) (the stage's column_shift) */
-        double rss = 0;
-        for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
-            if (yy < 0 || yy >= u->H) continue;
-            for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
-                if (xx < 0 || xx >= u->W) continue;
-                double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
-                if (d2 > R * R) continue;
-                double g[NP];
-                g[0] = exp(-d2 * is2);
-                g[1] = 1, g[2] = dx / bond, g[3] = dy / bond;
-                int c = 4;
-                for (int q = 0; q < 3; q++)
-                    for (int sg = -1; sg <= 1; sg += 2) {
-                        double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
-                        g[c++] = exp(-(ex * ex + ey * ey) * is2);
-                    }
-                g[10] = 2 * is2 * dx * g[0] * bond, g[11] = 2 * is2 * dy * g[0] * bond;
+    int ok = m >= 3 * NP, npass = getenv("H_RCW") ? 2 : 1;
+    double b[NP] = {0}, A0[NP * NP];
+    for (int pass = 0; pass < npass && ok; pass++) {
+        if (pass == 1) { /* H_RCW=1: shot-noise weights from the unweighted fit, as the amplitude's */
+            double fmx = 0;
+            for (int64_t k = 0; k < m; k++) {
                 double f = 0;
-                for (int a = 0; a < NP; a++) f += g[a] * b[a];
-                double r = u->img[yy * u->W + xx] - f;
-                rss += r * r;
+                for (int a = 0; a < NP; a++) f += G[k * NP + a] * b[a];
+                w[k] = f;
+                if (f > fmx) fmx = f;
+            }
+            if (!(fmx > 0)) break;
+            for (int64_t k = 0; k < m; k++) w[k] = 1 / fmax(w[k], 0.1 * fmx);
+        }
+        double A[NP * NP] = {0}, bb[NP] = {0};
+        for (int64_t k = 0; k < m; k++) {
+            const double *g = G + k * NP;
+            for (int i = 0; i < NP; i++) {
+                bb[i] += w[k] * g[i] * v[k];
+                for (int j = 0; j <= i; j++) A[i * NP + j] += w[k] * g[i] * g[j];
             }
         }
-        double s2 = rss / (double)(m - NP), e[NP];
-        for (int c = 10; c <= 11; c++) {
-            double Ac[NP * NP];
-            memcpy(Ac, A0, sizeof Ac);
-            for (int i = 0; i < NP; i++) e[i] = i == c ? 1 : 0;
-            if (!chol_solve(Ac, e, NP)) return 0;
-            double var = s2 * e[c] / (b[0] * b[0]) * bond * bond, k = tau * tau / (tau * tau + var);
-            if (c == 10) *sx *= k; else *sy *= k;
-        }
+        for (int i = 0; i < NP; i++)
+            for (int j = i + 1; j < NP; j++) A[i * NP + j] = A[j * NP + i];
+        memcpy(A0, A, sizeof A0);
+        if (!chol_solve(A, bb, NP) || !(bb[0] > 0)) ok = 0;
+        else memcpy(b, bb, sizeof b);
     }
-    if (!isfinite(hypot(*sx, *sy))) return 0;
-    return 1;
+    double tau = envd("H_RCTAU", 0.1) * bond;
+    if (ok) {
+        *sx = b[10] / b[0] * bond, *sy = b[11] / b[0] * bond;
+        if (tau > 0) { /* shrink by the shift's LSQ variance: k = tau^2 / (tau^2 + var) (the stage's column_shift) */
+            double rss = 0, e[NP];
+            for (int64_t k = 0; k < m; k++) {
+                double f = 0;
+                for (int a = 0; a < NP; a++) f += G[k * NP + a] * b[a];
+                rss += w[k] * (v[k] - f) * (v[k] - f);
+            }
+            double s2 = rss / (double)(m - NP);
+            for (int c = 10; c <= 11 && ok; c++) {
+                double Ac[NP * NP];
+                memcpy(Ac, A0, sizeof Ac);
+                for (int i = 0; i < NP; i++) e[i] = i == c ? 1 : 0;
+                if (!chol_solve(Ac, e, NP)) ok = 0;
+                double var = s2 * e[c] / (b[0] * b[0]) * bond * bond, k = tau * tau / (tau * tau + var);
+                if (c == 10) *sx *= k; else *sy *= k;
+            }
+        }
+        if (!isfinite(hypot(*sx, *sy))) ok = 0;
+    }
+    free(G), free(v), free(w);
+    return ok;
 }
 
 static int g_atoms = 0; /* set while the detected atoms are measured (H_RCATOMS=1: refine only those) */
