@@ -28,6 +28,8 @@
  *   (not the empty sites), H_DER=1 keeps the two derivative terms in the amplitude's fit instead
  *   of moving, H_RCDUMP=file appends "x y x_refined y_refined amplitude" per measured column.
  *   H_RCW=1 fits the shift with the shot-noise weights (tried: no gain).
+ *   H_PRED=1 measures every atom at the site its bonded neighbours predict (H_PREDW=w: the
+ *   detected centre as w more votes); refined after that unless H_RC=0 (tried: V_X2 loses).
  *   H_TRUEPOS=r (oracle) measures every atom at the true column within r bond (the truth file's
  *   /atoms). The result files carry /atoms/intensity (the contrast the model saw). A truth file without /image (e.g.
  *   extsim's IMAGE.tif.truth.h5) runs without the vacancy measurement, unless H_IMG=DIR names
@@ -736,6 +738,31 @@ int main(int argc, char **argv)
                     }
                 }
                 free(tx), free(ty);
+            }
+            if (getenv("H_PRED")) { /* the site the bonded neighbours predict (mean over neighbours of x_j + bond vector) */
+                const tmd_lattice *L = &lat[0];
+                double bd = L->period_px / sqrt(3.0), dl[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                                                                  {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                                                                  {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+                double wself = envd("H_PREDW", 0); /* weight of the detected centre itself */
+                mx = malloc(sizeof(double) * (size_t)(n + 1)), my = malloc(sizeof(double) * (size_t)(n + 1));
+                for (int64_t i = 0; i < n; i++) {
+                    double sx = wself * at.x[i], sy = wself * at.y[i], c = wself;
+                    for (int64_t j = 0; j < n; j++) {
+                        double ddx = at.x[i] - at.x[j], ddy = at.y[i] - at.y[j], d = hypot(ddx, ddy);
+                        if (j == i || d < 0.6 * bd || d > 1.4 * bd) continue;
+                        double best = INFINITY, px = 0, py = 0;
+                        for (int q = 0; q < 3; q++)
+                            for (int sg = -1; sg <= 1; sg += 2) {
+                                double e = hypot(ddx - sg * dl[q][0], ddy - sg * dl[q][1]);
+                                if (e < best) best = e, px = at.x[j] + sg * dl[q][0], py = at.y[j] + sg * dl[q][1];
+                            }
+                        if (best > 0.35 * bd) continue;
+                        sx += px, sy += py, c += 1;
+                    }
+                    mx[i] = c > 0 ? sx / c : at.x[i], my[i] = c > 0 ? sy / c : at.y[i];
+                    if (c - wself < 2) mx[i] = at.x[i], my[i] = at.y[i];
+                }
             }
             g_atoms = 1;
             measure(&ctx, &im, n, at.frame, mx, my, at.intensity);
