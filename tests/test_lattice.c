@@ -14,12 +14,24 @@
 #include "testutil.h"
 #include "tmd/io.h"
 #include "tmd/lattice.h"
+#include "tmd/pipeline.h"
 
 /* Synthetic honeycomb: A sites at o + i a1 + j a2 (a1 at `rot_deg`, a2 = a1 turned +60),
  * B sites at A + (a1 + a2) / 3; Gaussian columns of sigma `sig` px, heights ia and ib,
  * optional strain (x stretched by 1 + exx), additive Gaussian noise of sd `noise`. */
+static void honeycomb_m(float *img, int h, int w, double period, double rot_deg, double ia, double ib, double sig,
+                        const double M[4], double noise, unsigned seed);
 static void honeycomb(float *img, int h, int w, double period, double rot_deg, double ia, double ib, double sig,
                       double exx, double noise, unsigned seed)
+{
+    const double M[4] = {1.0 + exx, 0.0, 0.0, 1.0};
+    honeycomb_m(img, h, w, period, rot_deg, ia, ib, sig, M, noise, seed);
+}
+
+/* The same with every position p mapped to M p (M row-major 2 x 2), e.g. a scan distortion
+ * {1, shear, 0, 1 + c}: rows (1 + c) x farther apart in the sample than pixels along a row. */
+static void honeycomb_m(float *img, int h, int w, double period, double rot_deg, double ia, double ib, double sig,
+                        const double M[4], double noise, unsigned seed)
 {
     double t = rot_deg * M_PI / 180.0;
     double a1[2] = {period * cos(t), period * sin(t)};
@@ -33,7 +45,9 @@ static void honeycomb(float *img, int h, int w, double period, double rot_deg, d
             for (int s = 0; s < 2; s++) {
                 double x = o[0] + i * a1[0] + j * a2[0] + s * (a1[0] + a2[0]) / 3.0;
                 double y = o[1] + i * a1[1] + j * a2[1] + s * (a1[1] + a2[1]) / 3.0;
-                x *= 1.0 + exx;
+                double mx = M[0] * x + M[1] * y, my = M[2] * x + M[3] * y;
+                x = mx;
+                y = my;
                 if (x < -rad || y < -rad || x > w + rad || y > h + rad) continue;
                 double amp = s ? ib : ia;
                 for (int yy = (int)y - rad; yy <= (int)y + rad; yy++)
@@ -188,6 +202,68 @@ static void test_conventions(void)
     CU_ASSERT(fabs(tmd_lattice_vegard(0, 0) - TMD_A_MOS2) < 1e-12);
     CU_ASSERT(fabs(tmd_lattice_vegard(1, 1) - TMD_A_WSE2) < 1e-12);
     CU_ASSERT(fabs(tmd_lattice_vegard(0.5, 0.5) - 0.25 * (TMD_A_MOS2 + TMD_A_WS2 + TMD_A_MOSE2 + TMD_A_WSE2)) < 1e-12);
+    tmd_lattice_plan_destroy(&p);
+    free(img);
+}
+
+/* The pixel size along the fast-scan axis x. A slow-scan compression c (the image shows the
+ * sample's rows 1 / (1 + c) as far apart as they are) with a shear: the area-based period is
+ * off by sqrt(1 + c) (about c / 2: 1 % at c = 0.02), tmd_lattice_period_fast finds the x period
+ * to 0.3 % at any rotation, the same for every choice of basis (a2, a2 - a1) and for a mirrored
+ * one, and equal to period_px without distortion. tmd_lattice_run_pixel_size_fast takes the
+ * median over frames like tmd_lattice_run_pixel_size. */
+static void test_fast_scan(void)
+{
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    int n = 256;
+    float *img = malloc(sizeof(float) * n * n);
+    tmd_lattice_plan *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(tmd_lattice_plan_create(&ctx, n, n, NULL, &p), TMD_OK);
+    const double rots[] = {0.0, 17.0, 41.0, 58.0}, cs[] = {0.02, -0.02, 0.0};
+    const double period = 18.2;
+    int bad = 0;
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 3; c++) {
+            const double M[4] = {1.0, cs[c] != 0 ? 0.03 : 0.0, 0.0, 1.0 / (1.0 + cs[c])};
+            honeycomb_m(img, n, n, period, rots[r], 1.6, 1.0, 1.5, M, 0.1, 40 + (unsigned)(3 * r + c));
+            tmd_lattice lat;
+            tmd_status st = tmd_lattice_measure(&ctx, p, img, n, &lat);
+            CU_ASSERT_EQUAL(st, TMD_OK);
+            if (st) continue;
+            double fast = tmd_lattice_period_fast(&lat), area = lat.period_px / period;
+            int ok = fabs(fast / period - 1) < 0.003 && fabs(area - 1 / sqrt(1 + cs[c])) < 0.003;
+            /* the same lattice in other bases: (a2, a2 - a1) and mirrored (a2, a1) */
+            double b2[2] = {lat.a2[0] - lat.a1[0], lat.a2[1] - lat.a1[1]};
+            ok = ok && fabs(tmd_lattice_basis_period_fast(lat.a2, b2) / fast - 1) < 1e-9;
+            ok = ok && fabs(tmd_lattice_basis_period_fast(lat.a2, lat.a1) / fast - 1) < 1e-9;
+            if (cs[c] == 0) ok = ok && fabs(fast / lat.period_px - 1) < 0.002;
+            if (!ok) {
+                bad++;
+                fprintf(stderr, "fast scan: rot %.0f c %+.2f: fast %.4f area %.4f (period %.2f)\n", rots[r], cs[c], fast,
+                        lat.period_px, period);
+            }
+        }
+    CU_ASSERT_EQUAL(bad, 0);
+    /* the run-level median over three frames */
+    double a1[6] = {20, 0, 19, 0, 21, 0}, a2[6] = {10, 20 * sqrt(3) / 2, 9.5, 19 * sqrt(3) / 2, 10.5, 21 * sqrt(3) / 2};
+    tmd_run run;
+    memset(&run, 0, sizeof run);
+    run.info.frames = 3;
+    run.lattice_a1 = a1;
+    run.lattice_a2 = a2;
+    double px = 0, pxa = 0;
+    CU_ASSERT_EQUAL(tmd_lattice_run_pixel_size_fast(&ctx, &run, 3.2, &px), TMD_OK);
+    CU_ASSERT(fabs(px - 0.16) < 1e-12);
+    /* rows compressed by 1 / 1.02: the fast-scan pixel size stays, the area-based one moves */
+    for (int f = 0; f < 3; f++) {
+        a1[2 * f + 1] /= 1.02;
+        a2[2 * f + 1] /= 1.02;
+    }
+    CU_ASSERT_EQUAL(tmd_lattice_run_pixel_size_fast(&ctx, &run, 3.2, &px), TMD_OK);
+    CU_ASSERT_EQUAL(tmd_lattice_run_pixel_size(&ctx, &run, 3.2, &pxa), TMD_OK);
+    CU_ASSERT(fabs(px - 0.16) < 1e-12);
+    CU_ASSERT(fabs(pxa / 0.16 - sqrt(1.02)) < 1e-9);
     tmd_lattice_plan_destroy(&p);
     free(img);
 }
@@ -435,6 +511,7 @@ int main(int argc, char **argv)
                                            {"harmonic traps: first order at long periods and alike sublattices",
                                             test_harmonic_traps},
                                            {"vector conventions, strain, Vegard", test_conventions},
+                                           {"fast-scan pixel size under scan compression", test_fast_scan},
                                            {"no lattice is refused", test_no_lattice},
                                            {"allreduce same on any rank count", test_allreduce},
                                            {"local ideal-site fit", test_local_fit},

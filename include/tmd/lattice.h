@@ -11,7 +11,9 @@
  * never a sub-harmonic), refines the six peaks to sub-pixel precision together with the
  * second-order peaks, and returns the lattice vectors a1, a2 in pixels, the rotation and the
  * period. With a lattice constant (default 3.22 Angstrom, refined by Vegard's law once the
- * composition is known) the period gives the pixel size. A tile without a lattice (vacuum,
+ * composition is known) the period gives the pixel size: the area-based period (period_px) the
+ * isotropic scale the models see, the period along x (tmd_lattice_period_fast) the pixel size
+ * proper, which a slow-scan compression of the rows does not change. A tile without a lattice (vacuum,
  * amorphous carbon, a period outside the searched range, or peaks whose lattice vectors differ
  * in length by more than 25 %) is TMD_ERR_NOLATTICE with a message saying how strong the best
  * hexagonal candidate was — never a guess.
@@ -97,8 +99,20 @@ tmd_status tmd_lattice_measure(tmd_ctx *ctx, tmd_lattice_plan *p, const float *t
 
 void tmd_lattice_plan_destroy(tmd_lattice_plan **p);
 
-/* Angstrom per pixel for lattice constant a_angstrom. */
+/* Angstrom per pixel for lattice constant a_angstrom: area-based (period_px), the isotropic
+ * scale that maps the measured cell onto an ideal one of the same area. */
 double tmd_lattice_pixel_size(const tmd_lattice *lat, double a_angstrom);
+
+/* The lattice constant in pixels along x, the fast-scan axis. The measured basis B = [a1 a2]
+ * (columns, pixels) is split as B = T R A0 with A0 an ideal hexagonal basis of constant 1, R
+ * a rotation and T = [[t11, t12], [0, t22]] upper triangular: the scan's own distortion, in
+ * which a slow-scan drift shears the rows (t12) and compresses or stretches them apart (t22)
+ * but leaves the fast-scan axis alone. t11 = |det B A0^-1| / |row 2 of B A0^-1| is returned.
+ * Equal to period_px for an undistorted lattice; with rows (1 + c) x farther apart than the
+ * pixels of a row, period_px is off by about c / 2 and this is not. 0 for an invalid lattice. */
+double tmd_lattice_period_fast(const tmd_lattice *lat);
+/* The same for a basis a1, a2 given as vectors (pixels; either handedness). */
+double tmd_lattice_basis_period_fast(const double a1[2], const double a2[2]);
 
 /* Lattice constant of Mo(1-x)W(x)S(2(1-y))Se(2y) by Vegard's law (bilinear between the four
  * binary end members), Angstrom. */
@@ -144,8 +158,13 @@ struct tmd_run;
  * fills run->lattice_a1/a2 (frames x 2, every rank). No lattice: TMD_ERR_NOLATTICE naming
  * the input unless a pixel size was given (then a warning, and no /lattice). */
 tmd_status tmd_stage_lattice(tmd_ctx *ctx, struct tmd_run *run);
-/* Pixel size from the measured lattice (median period over frames) and a lattice constant. */
+/* Isotropic scale from the measured lattice (median area-based period over frames) and a
+ * lattice constant, Angstrom per pixel: what the models' resampling needs. */
 tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, struct tmd_run *run, double a_angstrom, double *pixel_size);
+/* Pixel size along the fast-scan axis x (median of tmd_lattice_period_fast over frames) for
+ * a lattice constant, Angstrom per pixel: the pixel size a microscope's calibration states
+ * (a slow-scan drift changes the row spacing, not the spacing of the pixels along a row). */
+tmd_status tmd_lattice_run_pixel_size_fast(tmd_ctx *ctx, struct tmd_run *run, double a_angstrom, double *pixel_size);
 
 /* ---- local ideal-site fit ------------------------------------------------------------- */
 

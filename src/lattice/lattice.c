@@ -382,6 +382,22 @@ double tmd_lattice_pixel_size(const tmd_lattice *lat, double a_angstrom)
     return lat->period_px > 0.0 ? a_angstrom / lat->period_px : 0.0;
 }
 
+double tmd_lattice_period_fast(const tmd_lattice *lat)
+{
+    if (!lat->valid) return 0.0;
+    return tmd_lattice_basis_period_fast(lat->a1, lat->a2);
+}
+
+double tmd_lattice_basis_period_fast(const double a1[2], const double a2[2])
+{
+    /* G = B A0^-1 with A0 = [[1, 1/2], [0, sqrt(3)/2]]: row 2 of G is (a1y, (2 a2y - a1y) / sqrt(3))
+     * (the same for a mirrored A0), det G = det B * 2 / sqrt(3); G = T R gives t22 = |row 2|
+     * and t11 = det G / t22 */
+    double r0 = a1[1], r1 = (2.0 * a2[1] - a1[1]) / sqrt(3.0);
+    double t22 = sqrt(r0 * r0 + r1 * r1), det = fabs(a1[0] * a2[1] - a1[1] * a2[0]) * 2.0 / sqrt(3.0);
+    return t22 > 0.0 ? det / t22 : 0.0;
+}
+
 double tmd_lattice_vegard(double x, double y)
 {
     if (x < 0) x = 0;

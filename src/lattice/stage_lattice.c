@@ -88,15 +88,17 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
     }
     qsort(per, (size_t)T, sizeof *per, cmp_double);
     double p = per[T / 2];
-    tmd_info(ctx, "lattice: period %.3f px, rotation %.2f deg, distortion %.3f (frame 0), %.4f A/px at a = %.2f A", p,
-             lat[0].rotation_deg, lat[0].distortion, TMD_A_DEFAULT / p, TMD_A_DEFAULT);
+    tmd_info(ctx, "lattice: period %.3f px (along the fast-scan axis x %.3f px), rotation %.2f deg, distortion %.3f "
+             "(frame 0), %.4f A/px at a = %.2f A", p, tmd_lattice_period_fast(&lat[0]), lat[0].rotation_deg,
+             lat[0].distortion, TMD_A_DEFAULT / p, TMD_A_DEFAULT);
 cleanup:
     free(lat);
     free(per);
     return st;
 }
 
-tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, tmd_run *run, double a_angstrom, double *pixel_size)
+/* median over frames of the area-based period (fast = 0) or of the fast-scan one (fast = 1) */
+static tmd_status run_period(tmd_ctx *ctx, tmd_run *run, int fast, double *period)
 {
     if (!run->lattice_a1 || !run->lattice_a2 || run->info.frames < 1)
         return TMD_FAIL(ctx, TMD_ERR_NOLATTICE, "%s: no lattice was measured, so no pixel size: give --pixel-size",
@@ -106,10 +108,27 @@ tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, tmd_run *run, double a_angst
     if (!per) return TMD_FAIL(ctx, TMD_ERR_NOMEM, "lattice: out of memory");
     for (int64_t f = 0; f < T; f++) {
         const double *a1 = run->lattice_a1 + 2 * f, *a2 = run->lattice_a2 + 2 * f;
-        per[f] = sqrt(fabs(a1[0] * a2[1] - a1[1] * a2[0]) / (sqrt(3.0) / 2.0));
+        per[f] = fast ? tmd_lattice_basis_period_fast(a1, a2)
+                      : sqrt(fabs(a1[0] * a2[1] - a1[1] * a2[0]) / (sqrt(3.0) / 2.0));
     }
     qsort(per, (size_t)T, sizeof *per, cmp_double);
-    *pixel_size = a_angstrom / per[T / 2];
+    *period = per[T / 2];
     free(per);
+    return TMD_OK;
+}
+
+tmd_status tmd_lattice_run_pixel_size(tmd_ctx *ctx, tmd_run *run, double a_angstrom, double *pixel_size)
+{
+    double p = 0;
+    TMD_CHECK(run_period(ctx, run, 0, &p));
+    *pixel_size = a_angstrom / p;
+    return TMD_OK;
+}
+
+tmd_status tmd_lattice_run_pixel_size_fast(tmd_ctx *ctx, tmd_run *run, double a_angstrom, double *pixel_size)
+{
+    double p = 0;
+    TMD_CHECK(run_period(ctx, run, 1, &p));
+    *pixel_size = a_angstrom / p;
     return TMD_OK;
 }

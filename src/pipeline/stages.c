@@ -53,9 +53,9 @@ tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
         run->pixel_size = run->cfg.pixel_size;
         snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "configuration");
     } else {
-        /* measured: the lattice stage's period with a = 3.22 A (refined by Vegard's law in
-         * the classify stage once the composition is known) */
-        TMD_CHECK(tmd_lattice_run_pixel_size(ctx, run, TMD_A_DEFAULT, &run->pixel_size));
+        /* measured: the lattice stage's period along the fast-scan axis with a = 3.22 A
+         * (refined by Vegard's law in the classify stage once the composition is known) */
+        TMD_CHECK(tmd_lattice_run_pixel_size_fast(ctx, run, TMD_A_DEFAULT, &run->pixel_size));
         snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "lattice");
     }
     run->cfg.pixel_size = run->pixel_size; /* the stored configuration says what was used */
@@ -64,9 +64,11 @@ tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
      * rules were trained and set on periods of a = 3.15-3.29 A at the nominal scale, and a
      * given pixel size that is right for the compound (or slightly off, as a calibration
      * often is) moved the columns found on a real MoS2 image by ~4 % against the measured one.
-     * The pixel size itself (Angstrom, lattice constant, composition, maps) stays the given one. */
+     * The pixel size itself (Angstrom, lattice constant, composition, maps) stays the given one.
+     * The models' scale is isotropic (area-based period); a measured pixel size is the fast-scan
+     * axis's, which a slow-scan compression c leaves alone (the area-based one is off by c / 2). */
     run->scale_px = run->pixel_size;
-    if (run->lattice_a1 && strcmp(run->pixel_size_source, "lattice") != 0) {
+    if (run->lattice_a1) {
         double lattice_px = 0;
         if (tmd_lattice_run_pixel_size(ctx, run, TMD_A_DEFAULT, &lattice_px) == TMD_OK && lattice_px > 0)
             run->scale_px = lattice_px;
