@@ -1,7 +1,8 @@
 /* Tests of the lattice module: FFT registration of synthetic honeycombs of known period,
  * rotation, sublattice contrast and noise; refusal of images without a lattice; the
- * tile combination being the same on any number of ranks; the local ideal-site fit under
- * strain; and the real MoS2 image (pixel size ~0.175 A/px with a = 3.16 A).
+ * tile combination being the same on any number of ranks; the pixel size along the fast-scan
+ * axis under a slow-scan compression and shear; the local ideal-site fit under strain; and
+ * the real MoS2 image (pixel size ~0.175 A/px with a = 3.16 A).
  * TMD_TEST_RANKS: 1 2
  * TMD_TEST_TIMEOUT: 120
  */
