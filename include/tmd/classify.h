@@ -133,6 +133,9 @@ typedef struct tmd_classify_report {
                                 composition minus the best score of any composition whose Vegard
                                 constant differs by more than 1 % (a tie: MoS2 at n 1.75 against
                                 W(S0.5Se1.5)2 at n 2.0 can differ by < 1 log unit at high noise) */
+    double alt_exponent;     /* that best composition of a > 1 % different constant: its exponent */
+    double alt_x_w, alt_y_se; /* and its composition (0 when there is none); for a pure compound, its
+                                 contrast twin (MoS2 at n and WSe2 at 1.24 n fit alike) */
     double a_post;           /* the posterior mean of the lattice constant over the compositions fitted
                                 (each weighted by exp(score - best)): what the pixel size is refined
                                 with; = a_vegard when the composition is settled, between the

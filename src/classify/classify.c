@@ -67,6 +67,7 @@ typedef struct {
     double n, s, sa2, rho, x, y, v, em, ex; /* exponent, scale, abs. variance, rel. noise, composition, vacancies */
     double wc, c2;                           /* heavy tail: share and extra variance of the broad noise component */
     double agap;                             /* score gap to the best model whose Vegard constant differs > 1 % */
+    double alt_n, alt_x, alt_y;              /* that model's exponent and composition (the twin, when agap is small) */
     double apost;                            /* posterior mean of the Vegard constant over the compositions */
     int hyp;                                 /* colour that is the metal sublattice */
     int fixx, fixy;                          /* composition held at its start (a pure end member) */
@@ -371,6 +372,7 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
     memset(&best, 0, sizeof best);
     best.score = -1e300;
     double cand_a[2 * NC * NC], cand_s[2 * NC * NC];
+    model_t cand_m[2 * NC * NC];
     int ncand = 0;
     for (int hyp = 0; hyp < 2; hyp++) {
         const int64_t *hm = hyp ? h1 : h0, *hx = hyp ? h0 : h1;
@@ -429,6 +431,7 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
                     if (m2.score > q->score) *q = m2;
                 }
                 cand_a[ncand] = tmd_lattice_vegard(q->x, q->y);
+                cand_m[ncand] = *q;
                 cand_s[ncand++] = q->score;
             }
         for (int c = 0; c < NC * NC; c++)
@@ -436,9 +439,18 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
     }
     {
         double ab = tmd_lattice_vegard(best.x, best.y), alt = -1e300;
+        int calt = -1;
         for (int c = 0; c < ncand; c++)
-            if (fabs(cand_a[c] - ab) > 0.01 * ab && cand_s[c] > alt) alt = cand_s[c];
+            if (fabs(cand_a[c] - ab) > 0.01 * ab && cand_s[c] > alt) {
+                alt = cand_s[c];
+                calt = c;
+            }
         best.agap = alt > -1e299 ? best.score - alt : 1e3;
+        if (calt >= 0) {
+            best.alt_n = cand_m[calt].n;
+            best.alt_x = cand_m[calt].x;
+            best.alt_y = cand_m[calt].y;
+        }
         /* posterior mean of a: the candidates grouped by their constant (0.005 A bins; the
          * starts that reach the same composition count once), each group at its best score */
         double ga[2 * NC * NC], gs[2 * NC * NC], sw = 0, swa = 0;
@@ -1149,7 +1161,7 @@ xt_again:
     {
         int64_t *bsize = NULL, *bid = NULL;
         double *params = NULL;
-        int PW = 14;
+        int PW = 17;
         st = tmd_calloc(ctx, (void **)&bsize, (size_t)nframes, sizeof *bsize, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&bid, (size_t)nframes, sizeof *bid, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&params, (size_t)nframes * PW, sizeof *params, "classify");
@@ -1191,7 +1203,8 @@ xt_again:
                     for (int64_t f = 0; f < nframes; f++)
                         if (gcomp[c] == bid[f] && holder[f] == rank) {
                             const model_t *q = &models[sl];
-                            double pv[14] = {q->n, q->s, q->sa2, q->rho, q->x, q->y, q->v, q->em, q->ex, 1.0, q->wc, q->c2, q->agap, q->apost};
+                            double pv[17] = {q->n,  q->s,  q->sa2,  q->rho,   q->x,     q->y,     q->v,    q->em,   q->ex,
+                                             1.0,   q->wc, q->c2,   q->agap, q->apost, q->alt_n, q->alt_x, q->alt_y};
                             memcpy(params + f * PW, pv, sizeof pv);
                         }
                 }
@@ -1214,6 +1227,9 @@ xt_again:
                 ref[f].c2 = pv[11];
                 ref[f].agap = pv[12];
                 ref[f].apost = pv[13];
+                ref[f].alt_n = pv[14];
+                ref[f].alt_x = pv[15];
+                ref[f].alt_y = pv[16];
             }
             if (!st && nframes > 0 && ref[0].ok) {
                 rp.n_exponent = ref[0].n;
@@ -1222,6 +1238,9 @@ xt_again:
                 rp.a_vegard = tmd_lattice_vegard(ref[0].x, ref[0].y);
                 rp.vegard_gap = ref[0].agap;
                 rp.a_post = ref[0].apost;
+                rp.alt_exponent = ref[0].alt_n;
+                rp.alt_x_w = ref[0].alt_x;
+                rp.alt_y_se = ref[0].alt_y;
             }
         }
         free(bsize);
@@ -1796,6 +1815,7 @@ tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt
             r.ok = 1;
             r.n = q->n, r.s = q->s, r.sa2 = q->sa2, r.rho = q->rho, r.x = q->x, r.y = q->y, r.v = q->v;
             r.em = q->em, r.ex = q->ex, r.wc = q->wc, r.c2 = q->c2, r.agap = q->agap, r.apost = q->apost;
+            r.alt_n = q->alt_n, r.alt_x = q->alt_x, r.alt_y = q->alt_y;
             ref[f] = r;
         }
     }
@@ -1808,6 +1828,9 @@ tmd_status tmd_cls_fit(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *opt
             rp->a_vegard = tmd_lattice_vegard(ref[0].x, ref[0].y);
             rp->vegard_gap = ref[0].agap;
             rp->a_post = ref[0].apost;
+            rp->alt_exponent = ref[0].alt_n;
+            rp->alt_x_w = ref[0].alt_x;
+            rp->alt_y_se = ref[0].alt_y;
         }
         rp->n_components = 0;
         for (int64_t sl = 0; sl < nslot; sl++) rp->n_components += hist[sl * W + 2 * NB + 2] >= 2;

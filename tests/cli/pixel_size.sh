@@ -92,3 +92,27 @@ TOL=0.004 check mose2_slowscan_c+0.02 --size 384 --seed 960208 --composition 0,1
     shear=0.03 strain=0 edge=0 hole_prob=0
 TOL=0.004 check mose2_slowscan_c-0.02 --size 384 --seed 960208 --composition 0,1 --pixel-size 0.11 scan_compress=-0.02 \
     shear=0.03 strain=0 edge=0 hole_prob=0
+
+# The contrast twin: for a pure compound MoS2 at n and WSe2 at 1.24 n give the same contrasts, so
+# without a pixel size only the prior on n names the species. A run without --pixel-size must say
+# so (naming both compounds); with the pixel size given, or on an alloy (whose contrasts have no
+# such twin), it must not.
+twin_warning() { # name, expect (1 warn / 0 not), run options..., --, simulate options...
+    local name=$1 expect=$2 ropt=()
+    shift 2
+    while [ "$1" != -- ]; do ropt+=("$1"); shift; done
+    shift
+    [ -f "$work/$name.h5" ] || "$bin" simulate -o "$work/$name.h5" "$@" > /dev/null
+    TMDFLOW_LOG=info "$bin" run "$work/$name.h5:/image" -o "$work/${name}_w.h5" --force "${ropt[@]}" 2> "$work/w.log" > /dev/null
+    local got=0
+    grep -q "warning: the species are uncertain" "$work/w.log" && got=1
+    [ "$got" = "$expect" ] || { cat "$work/w.log"; fail "$name ${ropt[*]}: twin warning $got, expected $expect"; }
+    if [ "$expect" = 1 ]; then
+        grep "warning: the species" "$work/w.log" | grep -q "Mo1.00W0.00 S2.00Se0.00" || fail "$name: the warning does not name MoS2"
+        grep "warning: the species" "$work/w.log" | grep -q "Mo0.00W1.00 S0.00Se2.00" || fail "$name: the warning does not name WSe2"
+    fi
+    echo "ok: $name ${ropt[*]}: twin warning $got"
+}
+twin_warning wse2_n1.95 1 -- --size 256 --seed 960301 --composition 1,1 --pixel-size 0.12 z_exponent=1.95
+twin_warning wse2_n1.95 0 --pixel-size 0.12 -- --size 256 --seed 960301
+twin_warning alloy_n1.8 0 -- --size 256 --seed 960302 --composition 0.5,0.5 --pixel-size 0.12 z_exponent=1.8
