@@ -1203,8 +1203,9 @@ xt_again:
                     for (int64_t f = 0; f < nframes; f++)
                         if (gcomp[c] == bid[f] && holder[f] == rank) {
                             const model_t *q = &models[sl];
-                            double pv[17] = {q->n,  q->s,  q->sa2,  q->rho,   q->x,     q->y,     q->v,    q->em,   q->ex,
-                                             1.0,   q->wc, q->c2,   q->agap, q->apost, q->alt_n, q->alt_x, q->alt_y};
+                            double pv[17] = {q->n,  q->s,  q->sa2,  q->rho,   q->x,     q->y,
+                                             q->v,  q->em, q->ex,   1.0,      q->wc,    q->c2,
+                                             q->agap, q->apost, q->alt_n, q->alt_x, q->alt_y};
                             memcpy(params + f * PW, pv, sizeof pv);
                         }
                 }
