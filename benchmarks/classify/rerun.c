@@ -2,6 +2,11 @@
  * simulator's truth, so a change to the contrast model can be judged on many held-out images in
  * seconds instead of a pipeline run each.
  *
+ *   Faithful figures: save the inputs with the build under test (benchmarks/classify/save_inputs.sh)
+ *   and run without H_REMEASURE: species / chalcogen are then accuracy.sh's "given" figures to the
+ *   last digit. H_REMEASURE on inputs saved by an older build re-measures with this file's copy of
+ *   the measure, which is not the stage's (session 7: a change looked +0.0013 on block 2 that way,
+ *   +0.0004 end to end).
  *   1. Save the stage's inputs with a debug build (one rank):
  *        cmake -S . -B build-dbg -DCMAKE_C_FLAGS=-DTMD_CLASSIFY_DEBUG && cmake --build build-dbg
  *        TMD_CLASSIFY_SAVE=in_7001.bin build-dbg/tmdflow run sim_7001.h5:/image -o r.h5
