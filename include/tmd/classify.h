@@ -78,7 +78,15 @@ typedef struct tmd_classify_opts {
                                 0.983. With the heavy-tailed noise (heavy_tail) an empty site's posterior is
                                 lower (a dark S2 is plausible): at 0.95 the 12 sims of benchmarks/classify
                                 kept true V_X2 sites at contrast ~0 (P 0.87-0.92) as S2, V_X2 F1 0.744; at
-                                0.85 0.799, detection 0.9945 -> 0.9950, random5 0.9889 -> 0.9831) */
+                                0.85 0.799, detection 0.9945 -> 0.9950, random5 0.9889 -> 0.9831). B sites
+                                (and atoms of unknown sublattice) only: A sites use empty_prob_metal */
+    double empty_prob_metal; /* the same on an A site (V_M; default 0.5: empty when more probable than a metal).
+                                The metal levels are far from empty, so no dark-S2 ambiguity calls for a
+                                margin: a detected column on an empty metal site is a scatterer or a
+                                probe tail next to it, at 0.0-0.3 of the Mo level, and its P(empty) is
+                                0.5-0.85 under the broad noise component; real metals sit at P < 0.05 (1 of
+                                8 000 above 0.3 on the held-out blocks). 0.85 -> 0.5: V_M F1 0.880 -> 0.903
+                                and 0.904 -> 0.923, metal accuracy 0.9987 -> 0.9989 and 1.0000 */
     double pixel_size;       /* Angstrom per pixel when known independently of the lattice (given by the
                                 user), else 0. Then the measured lattice constant enters the fit through
                                 Vegard's law (sd a_sd_rel): it tells S from Se where the contrast ratio
