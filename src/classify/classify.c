@@ -495,6 +495,19 @@ static int64_t cell_key(int64_t frame, int64_t cy, int64_t cx)
     return ((frame * (1LL << 21)) + (cy + (1LL << 20))) * (1LL << 21) + (cx + (1LL << 20));
 }
 
+/* The first entry of the sorted cell list `cells` (N entries) whose key is >= key: the atoms of
+ * cell `key` follow it for as long as their key equals it. */
+static int64_t cell_first(const cellent_t *cells, int64_t N, int64_t key)
+{
+    int64_t lo = 0, hi = N;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (cells[mid].key < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 typedef struct {
     int64_t frame, xb, yb, gid; /* position bits and global component id (rank << 40 | comp) */
 } rec_t;
@@ -555,12 +568,7 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
     int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
     for (int64_t dy = -reach; dy <= reach; dy++)
         for (int64_t dx = -reach; dx <= reach; dx++) {
-            int64_t key = cell_key(f, ky + dy, kx + dx), lo = 0, hi = N;
-            while (lo < hi) {
-                int64_t mid = (lo + hi) / 2;
-                if (cells[mid].key < key) lo = mid + 1;
-                else hi = mid;
-            }
+            int64_t key = cell_key(f, ky + dy, kx + dx), lo = cell_first(cells, N, key);
             for (int64_t c = lo; c < N && cells[c].key == key && nv < 128; c++) {
                 int64_t j = cells[c].node;
                 if (j == skip || isnan(mres[j]) || hypot(ax[j] - x, ay[j] - y) > radius) continue;
@@ -649,12 +657,7 @@ static float xt_nsum(const cellent_t *cells, int64_t N, double cell, const doubl
     int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
     for (int64_t dy = -reach; dy <= reach; dy++)
         for (int64_t dx = -reach; dx <= reach; dx++) {
-            int64_t key = cell_key(f, ky + dy, kx + dx), lo = 0, hi = N;
-            while (lo < hi) {
-                int64_t mid = (lo + hi) / 2;
-                if (cells[mid].key < key) lo = mid + 1;
-                else hi = mid;
-            }
+            int64_t key = cell_key(f, ky + dy, kx + dx), lo = cell_first(cells, N, key);
             for (int64_t c = lo; c < N && cells[c].key == key && nv < XT_NBMAX; c++) {
                 int64_t j = cells[c].node;
                 if (!isA[j]) continue;
@@ -875,13 +878,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         int64_t cy = (int64_t)floor(AY(i) / cell), cx = (int64_t)floor(AX(i) / cell);
         for (int64_t dy = -1; dy <= 1; dy++)
             for (int64_t dx = -1; dx <= 1; dx++) {
-                int64_t key = cell_key(f, cy + dy, cx + dx);
-                int64_t lo = 0, hi = N;
-                while (lo < hi) {
-                    int64_t mid = (lo + hi) / 2;
-                    if (cells[mid].key < key) lo = mid + 1;
-                    else hi = mid;
-                }
+                int64_t key = cell_key(f, cy + dy, cx + dx), lo = cell_first(cells, N, key);
                 for (int64_t c = lo; c < N && cells[c].key == key; c++) {
                     int64_t j = cells[c].node;
                     if (j == i) continue;
@@ -1540,12 +1537,7 @@ banded_apply:
             int64_t ky = (int64_t)floor(cy / cell), kx = (int64_t)floor(cx / cell);
             for (int64_t dy = -1; dy <= 1 && !occupied; dy++)
                 for (int64_t dx = -1; dx <= 1 && !occupied; dx++) {
-                    int64_t key = cell_key(f, ky + dy, kx + dx), lo = 0, hi = N;
-                    while (lo < hi) {
-                        int64_t mid = (lo + hi) / 2;
-                        if (cells[mid].key < key) lo = mid + 1;
-                        else hi = mid;
-                    }
+                    int64_t key = cell_key(f, ky + dy, kx + dx), lo = cell_first(cells, N, key);
                     for (int64_t c = lo; c < N && cells[c].key == key; c++) {
                         int64_t j = cells[c].node;
                         if (hypot(AX(j) - cx, AY(j) - cy) < 0.45 * bond) {
