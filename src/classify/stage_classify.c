@@ -103,6 +103,45 @@ static int in_profile_window(int64_t H, int64_t W, double x, double y, double rm
     return x >= rmax + 1 && y >= rmax + 1 && x <= (double)W - rmax - 2 && y <= (double)H - rmax - 2;
 }
 
+/* The design rows of the column contrast fit over the disc of radius R about (cx, cy): per
+ * pixel the MODEL_NP terms — the column profile exp(-d^2 is2), a constant, the x/y plane (per
+ * bond) and the profile at the six neighbour places one bond away (dl) — and, with
+ * `derivatives`, the profile's derivatives d/dcx, d/dcy (per bond) after them; row stride
+ * SHIFT_NP with derivatives, MODEL_NP without. The pixels are buf[(yy - r0) * w + (xx - x0)]
+ * for rows [r0, r1), columns [x0, x1); their values go to v. Returns the number of rows. */
+static int64_t disc_design(const float *buf, int64_t r0, int64_t r1, int64_t x0, int64_t x1, int64_t w, double cx,
+                           double cy, double R, double is2, double bond, const double dl[3][2], int derivatives,
+                           double *G, double *v)
+{
+    int stride = derivatives ? SHIFT_NP : MODEL_NP;
+    int64_t np = 0;
+    for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
+        if (yy < r0 || yy >= r1) continue;
+        for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
+            if (xx < x0 || xx >= x1) continue;
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double *g = G + np * stride;
+            g[0] = exp(-d2 * is2);
+            g[1] = 1;
+            g[2] = dx / bond;
+            g[3] = dy / bond;
+            int c = 4;
+            for (int q = 0; q < 3; q++)
+                for (int sg = -1; sg <= 1; sg += 2) {
+                    double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                    g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                }
+            if (derivatives) {
+                g[MODEL_NP] = 2 * is2 * dx * g[0] * bond;
+                g[MODEL_NP + 1] = 2 * is2 * dy * g[0] * bond;
+            }
+            v[np++] = buf[(yy - r0) * w + (xx - x0)];
+        }
+    }
+    return np;
+}
+
 /* The first-order shift (px) of the column at (cx, cy): least squares over the disc of radius R
  * of the MODEL_NP terms of measure_contrast plus d p / d cx, d p / d cy (per bond), each
  * component shrunk by its variance (SHIFT_TAU) and the move capped at SHIFT_MAX bond. The
@@ -114,32 +153,12 @@ static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, in
                         double *sx, double *sy)
 {
     double A[SHIFT_NP * SHIFT_NP] = {0}, A0[SHIFT_NP * SHIFT_NP], b[SHIFT_NP] = {0};
-    int64_t np = 0;
-    for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
-        if (yy < r0 || yy >= r1) continue;
-        for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
-            if (xx < x0 || xx >= x1) continue;
-            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
-            if (d2 > R * R) continue;
-            double *g = G + np * SHIFT_NP;
-            g[0] = exp(-d2 * is2);
-            g[1] = 1;
-            g[2] = dx / bond;
-            g[3] = dy / bond;
-            int c = 4;
-            for (int q = 0; q < 3; q++)
-                for (int sg = -1; sg <= 1; sg += 2) {
-                    double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
-                    g[c++] = exp(-(ex * ex + ey * ey) * is2);
-                }
-            g[MODEL_NP] = 2 * is2 * dx * g[0] * bond;
-            g[MODEL_NP + 1] = 2 * is2 * dy * g[0] * bond;
-            v[np] = buf[(yy - r0) * w + (xx - x0)];
-            for (int a = 0; a < SHIFT_NP; a++) {
-                b[a] += g[a] * v[np];
-                for (int k = 0; k <= a; k++) A[a * SHIFT_NP + k] += g[a] * g[k];
-            }
-            np++;
+    int64_t np = disc_design(buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, 1, G, v);
+    for (int64_t p = 0; p < np; p++) {
+        const double *g = G + p * SHIFT_NP;
+        for (int a = 0; a < SHIFT_NP; a++) {
+            b[a] += g[a] * v[p];
+            for (int k = 0; k <= a; k++) A[a * SHIFT_NP + k] += g[a] * g[k];
         }
     }
     if (np < 3 * SHIFT_NP) return 0;
@@ -250,27 +269,7 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
             double cx = xs[i], cy = ys[i], shx, shy;
             if (column_shift(buf, r0, r1, x0, x1, w, xs[i], ys[i], R, is2, bond, dl, G, v, &shx, &shy))
                 cx += shx, cy += shy;
-            int64_t np = 0;
-            for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
-                if (yy < r0 || yy >= r1) continue;
-                for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
-                    if (xx < x0 || xx >= x1) continue;
-                    double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
-                    if (d2 > R * R) continue;
-                    double *g = G + np * MODEL_NP;
-                    g[0] = exp(-d2 * is2);
-                    g[1] = 1;
-                    g[2] = dx / bond;
-                    g[3] = dy / bond;
-                    int c = 4;
-                    for (int q = 0; q < 3; q++)
-                        for (int sg = -1; sg <= 1; sg += 2) {
-                            double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
-                            g[c++] = exp(-(ex * ex + ey * ey) * is2);
-                        }
-                    v[np++] = buf[(yy - r0) * w + (xx - x0)];
-                }
-            }
+            int64_t np = disc_design(buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, 0, G, v);
             /* pass 0 unweighted; pass 1 weighted by 1 / (fitted value), floored at MODEL_FLOOR of its
              * largest in the disc (shot noise: the variance grows with the signal) */
             int ok = np >= 3 * MODEL_NP;
