@@ -88,6 +88,21 @@ static double g_nspf = 0, g_rss = 0;
 /* H_TAIL=t: two-component profile g(s) + g_tail g(t s), g_tail fitted with s on the radial profile */
 static double g_tail = 0;
 static double g_offx = 0, g_offy = 0; /* H_RCFIX=1: the six places stay where the detected centre put them */
+/* H_JOINT=1 (issue #7): the amplitude refitted with the neighbour terms held. Pass 1 measures
+ * every detected atom as the stage does and keeps its refined centre and amplitude (j_*); pass 2
+ * (and any site measured later, e.g. the vacancy sites) fits [column profile, background] with
+ * each of the six places one bond away that holds a pass-1 atom (nearest within H_JR 0.35 bond of
+ * the place, not within 0.5 bond of the centre) fixed at that atom's amplitude and at its own
+ * refined centre; places without an atom are held at 0 (H_JE=1: a free amplitude there as now).
+ * The background is a constant (H_JBG=3: constant + x/y plane as now). H_JIT=k repeats pass 2
+ * k times, each with the previous pass's amplitudes held (Jacobi steps towards the joint fit of
+ * all columns). g_jon / g_jfix / g_jx / g_jy / g_ja: the held places of the fit in progress. */
+static int g_jon = 0, g_jfix[6];
+static double g_jx[6], g_jy[6], g_ja[6], g_rcx, g_rcy;
+static double *j_x, *j_y, *j_a;
+static int64_t j_n, *j_head, *j_next;
+static int j_gw, j_gh;
+static double j_cell;
 
 static double envd(const char *k, double d)
 {
@@ -161,6 +176,11 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                 for (int q = 0; q < 3; q++)
                     for (int sg = -1; sg <= 1; sg += 2) {
                         double ex = dx + g_offx - sg * dl[q][0], ey = dy + g_offy - sg * dl[q][1];
+                        if (g_jon && g_jfix[c - 4]) { /* H_JOINT: a held neighbour, its own profile at its own centre */
+                            ex = (double)xx - g_jx[c - 4], ey = (double)yy - g_jy[c - 4];
+                            g[c++] = exp(-(ex * ex + ey * ey) * is2) + (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
+                            continue;
+                        }
                         g[c++] = exp(-(ex * ex + ey * ey) * is2 / (nsf * nsf)) +
                                  (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
                     }
@@ -173,6 +193,22 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             w[m] = w0[m];
             m++;
         }
+    }
+    double *fx = calloc((size_t)(m + 1), sizeof(double)); /* H_JOINT: the held neighbours' part of the model */
+    if (g_jon && nb) { /* keep the free columns: profile, constant (plane: H_JBG=3), free places, extras */
+        int act[16], na = 0, full = np;
+        act[na++] = 0, act[na++] = 1;
+        if ((int)envd("H_JBG", 1) >= 3) act[na++] = 2, act[na++] = 3;
+        for (int c = 4; c < 10; c++)
+            if (!g_jfix[c - 4]) act[na++] = c;
+        for (int c = 10; c < full; c++) act[na++] = c;
+        for (int64_t k = 0; k < m; k++) { /* in place: row k's writes never pass an unread entry */
+            for (int c = 4; c < 10; c++)
+                if (g_jfix[c - 4]) fx[k] += G[k * full + c] * g_ja[c - 4];
+            v[k] -= fx[k];
+            for (int a = 0; a < na; a++) G[k * na + a] = G[k * full + act[a]];
+        }
+        np = na;
     }
     double amp = NAN;
     int nit = rob ? 1 + (int)envd("H_IT", 4) : envd("H_POIS", 0.1) > 0 ? 2 : 1;
@@ -197,14 +233,15 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             for (int i = 0; i < np; i++) f += g[i] * b[i];
             g_rss += w[k] * (v[k] - f) * (v[k] - f);
         }
-        g_nsum = nb ? b[4] + b[5] + b[6] + b[7] + b[8] + b[9] : NAN;
-        if (nb && getenv("H_XT")) amp += envd("H_XT", 0) * (b[4] + b[5] + b[6] + b[7] + b[8] + b[9]);
+        g_nsum = nb && !g_jon ? b[4] + b[5] + b[6] + b[7] + b[8] + b[9] : NAN;
+        if (nb && !g_jon && getenv("H_XT")) amp += envd("H_XT", 0) * (b[4] + b[5] + b[6] + b[7] + b[8] + b[9]);
         if (envd("H_POIS", 0.1) > 0 && it == 0) { /* shot noise: weights 1 / max(fitted value, floor) */
             double fl = envd("H_POIS", 0.1), fmaxv = 0;
             for (int64_t k = 0; k < m; k++) {
                 const double *g = G + k * np;
                 double f = 0;
                 for (int i = 0; i < np; i++) f += g[i] * b[i];
+                f += fx[k]; /* the fitted value includes the held neighbours */
                 e[k] = f;
                 if (f > fmaxv) fmaxv = f;
             }
@@ -243,7 +280,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             w[k] = w0[k] * wt;
         }
     }
-    free(G), free(v), free(w0), free(w), free(e);
+    free(G), free(v), free(w0), free(w), free(e), free(fx);
     return amp;
 }
 
@@ -350,6 +387,7 @@ static double model_amp_c(const img_t *u, double cx, double cy, double bond, dou
         if (l > tmax) cx = ox + (cx - ox) * tmax / l, cy = oy + (cy - oy) * tmax / l;
     }
     if (getenv("H_RCFIX")) g_offx = cx - ox, g_offy = cy - oy;
+    g_rcx = cx, g_rcy = cy;
     double a = model_amp(u, cx, cy, bond, sp, dl);
     g_offx = g_offy = 0;
     if (getenv("H_RCDUMP")) {
@@ -358,6 +396,70 @@ static double model_amp_c(const img_t *u, double cx, double cy, double bond, dou
         fclose(fd);
     }
     return a;
+}
+
+/* H_JOINT: the amplitude of the column at (cx, cy) (a refined centre) with its six places held
+ * from the pass-1 atoms (see g_jon) */
+static double joint_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
+{
+    double jr = envd("H_JR", 0.35) * bond, self = 0.5 * bond;
+    int free_empty = (int)envd("H_JE", 0);
+    for (int p = 0; p < 6; p++) { /* the order of model_amp's places: q outer, sign -1 then +1 */
+        int q = p / 2, sg = p % 2 ? 1 : -1;
+        double px = cx - g_offx + sg * dl[q][0], py = cy - g_offy + sg * dl[q][1], best = jr * jr;
+        int64_t bj = -1;
+        int gx = (int)floor(px / j_cell), gy = (int)floor(py / j_cell);
+        for (int ey = gy - 1; ey <= gy + 1; ey++)
+            for (int ex = gx - 1; ex <= gx + 1; ex++) {
+                if (ex < 0 || ey < 0 || ex >= j_gw || ey >= j_gh) continue;
+                for (int64_t j = j_head[ey * j_gw + ex]; j >= 0; j = j_next[j]) {
+                    double d2 = (j_x[j] - px) * (j_x[j] - px) + (j_y[j] - py) * (j_y[j] - py);
+                    double c2 = (j_x[j] - cx) * (j_x[j] - cx) + (j_y[j] - cy) * (j_y[j] - cy);
+                    if (!isfinite(j_a[j]) || c2 < self * self || d2 >= best) continue;
+                    best = d2, bj = j;
+                }
+            }
+        if (bj >= 0) g_jfix[p] = 1, g_jx[p] = j_x[bj], g_jy[p] = j_y[bj], g_ja[p] = j_a[bj];
+        else if (free_empty) g_jfix[p] = 0;
+        else g_jfix[p] = 1, g_jx[p] = px, g_jy[p] = py, g_ja[p] = 0;
+    }
+    g_jon = 1;
+    double a = model_amp(u, cx, cy, bond, sp, dl);
+    g_jon = 0;
+    return a;
+}
+
+/* H_JOINT pass 1: every detected atom measured as the stage does; its refined centre and
+ * amplitude kept (j_*), with a grid of cell 1 bond for the place look-up; then H_JIT - 1 Jacobi
+ * steps (each atom refitted with the others held at the previous step's amplitudes) */
+static void joint_pass1(const img_t *u, int64_t n, const double *xs, const double *ys, double bond, const double dl[3][2])
+{
+    free(j_x), free(j_y), free(j_a), free(j_head), free(j_next);
+    j_x = malloc(sizeof(double) * (size_t)(n + 1)), j_y = malloc(sizeof(double) * (size_t)(n + 1));
+    j_a = malloc(sizeof(double) * (size_t)(n + 1)), j_next = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    for (int64_t i = 0; i < n; i++) {
+        j_a[i] = model_amp_c(u, xs[i], ys[i], bond, u->sp, dl);
+        j_x[i] = g_rcx, j_y[i] = g_rcy;
+    }
+    j_n = n, j_cell = bond;
+    j_gw = (int)(u->W / j_cell) + 1, j_gh = (int)(u->H / j_cell) + 1;
+    j_head = malloc(sizeof(int64_t) * (size_t)j_gw * (size_t)j_gh);
+    for (int64_t g = 0; g < (int64_t)j_gw * j_gh; g++) j_head[g] = -1;
+    for (int64_t j = 0; j < n; j++) {
+        int gx = (int)floor(j_x[j] / j_cell), gy = (int)floor(j_y[j] / j_cell);
+        if (gx < 0 || gy < 0 || gx >= j_gw || gy >= j_gh) {
+            j_next[j] = -1;
+            continue;
+        }
+        j_next[j] = j_head[gy * j_gw + gx], j_head[gy * j_gw + gx] = j;
+    }
+    double *t = malloc(sizeof(double) * (size_t)(n + 1));
+    for (int it = 1; it < (int)envd("H_JIT", 1); it++) {
+        for (int64_t i = 0; i < n; i++) t[i] = isfinite(j_a[i]) ? joint_amp(u, j_x[i], j_y[i], bond, u->sp, dl) : NAN;
+        for (int64_t i = 0; i < n; i++)
+            if (isfinite(t[i])) j_a[i] = t[i];
+    }
+    free(t);
 }
 
 /* per-image Gaussian profile width (px) from the mean radial profile of all columns */
@@ -458,6 +560,13 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
         if (getenv("H_VERB")) fprintf(stderr, "nspf chosen %.1f\n", best);
     }
     const tmd_lattice *L = u->lat;
+    int joint = getenv("H_JOINT") && atoi(getenv("H_JOINT")) && !getenv("H_OLD");
+    if (joint && g_atoms) {
+        double bj = L->period_px / sqrt(3.0), dj[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                                                         {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                                                         {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+        joint_pass1(u, n, xs, ys, bj, dj);
+    }
     double bond = L->period_px / sqrt(3.0), sw = fmax(0.7, (getenv("H_SIGMA") ? atof(getenv("H_SIGMA")) : 0.1) * bond), rc = 2.5 * sw;
     for (int64_t i = 0; i < n; i++) {
         double cx = xs[i], cy = ys[i];
@@ -466,7 +575,16 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
                                {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
                                {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
             g_nsum = NAN;
-            double a = model_amp_c(u, cx, cy, bond, u->sp, dm);
+            double a;
+            if (joint && g_atoms && n == j_n) { /* pass 2 at the pass-1 centre; pass 1's amplitude if it fails */
+                a = isfinite(j_a[i]) ? joint_amp(u, j_x[i], j_y[i], bond, u->sp, dm) : NAN;
+                if (!isfinite(a)) a = j_a[i];
+            } else if (joint && j_n > 0) { /* a site measured later (vacancy sites): its centre refined, then held */
+                double a1 = model_amp_c(u, cx, cy, bond, u->sp, dm);
+                a = isfinite(a1) ? joint_amp(u, g_rcx, g_rcy, bond, u->sp, dm) : NAN;
+                if (!isfinite(a)) a = a1;
+            } else
+                a = model_amp_c(u, cx, cy, bond, u->sp, dm);
             if (nsum) nsum[i] = g_nsum;
             if (isfinite(a)) {
                 out[i] = (float)a;
@@ -695,6 +813,7 @@ int main(int argc, char **argv)
         img_t im = {0};
         xr_slope = NAN;
         g_nspf = 0;
+        j_n = 0; /* H_JOINT: no pass-1 atoms of this image yet */
         xr_stored = 0;
         int64_t r, cc;
         int have_img = tmd_h5_exists(fs, "/image");
