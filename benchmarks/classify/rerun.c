@@ -96,9 +96,11 @@ static double g_offx = 0, g_offy = 0; /* H_RCFIX=1: the six places stay where th
  * refined centre; places without an atom are held at 0 (H_JE=1: a free amplitude there as now).
  * The background is a constant (H_JBG=3: constant + x/y plane as now). H_JIT=k repeats pass 2
  * k times, each with the previous pass's amplitudes held (Jacobi steps towards the joint fit of
- * all columns). g_jon / g_jfix / g_jx / g_jy / g_ja: the held places of the fit in progress. */
+ * all columns). H_JOINT=2: the held neighbours' part (sum of their amplitude x profile) enters
+ * as one term with a free factor (the tails' scale free, their pattern held). g_jon / g_jfix / g_jx / g_jy / g_ja: the held places of the fit in progress. */
 static int g_jon = 0, g_jfix[6];
 static double g_jx[6], g_jy[6], g_ja[6], g_rcx, g_rcy;
+static double g_asd = NAN; /* H_JDUMP=file: model_amp's LSQ standard error of the amplitude, dumped per atom */
 static double *j_x, *j_y, *j_a;
 static int64_t j_n, *j_head, *j_next;
 static int j_gw, j_gh;
@@ -202,13 +204,22 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         for (int c = 4; c < 10; c++)
             if (!g_jfix[c - 4]) act[na++] = c;
         for (int c = 10; c < full; c++) act[na++] = c;
-        for (int64_t k = 0; k < m; k++) { /* in place: row k's writes never pass an unread entry */
+        double fxmax = 0;
+        for (int64_t k = 0; k < m; k++) {
             for (int c = 4; c < 10; c++)
                 if (g_jfix[c - 4]) fx[k] += G[k * full + c] * g_ja[c - 4];
-            v[k] -= fx[k];
-            for (int a = 0; a < na; a++) G[k * na + a] = G[k * full + act[a]];
+            fxmax = fmax(fxmax, fabs(fx[k]));
         }
-        np = na;
+        int scale = g_jon == 2 && fxmax > 0 && na < full; /* H_JOINT=2: the held part times one free factor */
+        double *G2 = malloc(sizeof(double) * (size_t)((m + 1) * (na + scale)));
+        for (int64_t k = 0; k < m; k++) {
+            for (int a = 0; a < na; a++) G2[k * (na + scale) + a] = G[k * full + act[a]];
+            if (scale) G2[k * (na + 1) + na] = fx[k], fx[k] = 0;
+            v[k] -= fx[k];
+        }
+        free(G);
+        G = G2;
+        np = na + scale;
     }
     double amp = NAN;
     int nit = rob ? 1 + (int)envd("H_IT", 4) : envd("H_POIS", 0.1) > 0 ? 2 : 1;
@@ -224,8 +235,11 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         for (int i = 0; i < np; i++)
             for (int j = i + 1; j < np; j++) A[i * np + j] = A[j * np + i];
         for (int i = 4; i < np; i++) A[i * np + i] += envd("H_RIDGE", 0) * m; /* weak ridge on neighbours */
+        double Ac[256], e0[16] = {1};
+        memcpy(Ac, A, sizeof(double) * (size_t)(np * np));
         if (m < 3 * np || !chol_solve(A, b, np)) break;
         amp = b[0];
+        g_asd = chol_solve(Ac, e0, np) ? e0[0] : NAN; /* (A^-1)_00; times the residual variance below */
         g_rss = 0;
         for (int64_t k = 0; k < m; k++) {
             const double *g = G + k * np;
@@ -233,6 +247,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             for (int i = 0; i < np; i++) f += g[i] * b[i];
             g_rss += w[k] * (v[k] - f) * (v[k] - f);
         }
+        g_asd = sqrt(g_asd * g_rss / (double)(m - np)); /* the amplitude's LSQ standard error */
         g_nsum = nb && !g_jon ? b[4] + b[5] + b[6] + b[7] + b[8] + b[9] : NAN;
         if (nb && !g_jon && getenv("H_XT")) amp += envd("H_XT", 0) * (b[4] + b[5] + b[6] + b[7] + b[8] + b[9]);
         if (envd("H_POIS", 0.1) > 0 && it == 0) { /* shot noise: weights 1 / max(fitted value, floor) */
@@ -423,7 +438,7 @@ static double joint_amp(const img_t *u, double cx, double cy, double bond, doubl
         else if (free_empty) g_jfix[p] = 0;
         else g_jfix[p] = 1, g_jx[p] = px, g_jy[p] = py, g_ja[p] = 0;
     }
-    g_jon = 1;
+    g_jon = (int)envd("H_JOINT", 1);
     double a = model_amp(u, cx, cy, bond, sp, dl);
     g_jon = 0;
     return a;
@@ -586,6 +601,10 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             } else
                 a = model_amp_c(u, cx, cy, bond, u->sp, dm);
             if (nsum) nsum[i] = g_nsum;
+            if (getenv("H_JDUMP") && g_atoms) { /* "x y amplitude lsq_sd" per detected atom */
+                FILE *fd = fopen(getenv("H_JDUMP"), "a");
+                if (fd) fprintf(fd, "%.4f %.4f %.6g %.6g\n", cx, cy, a, g_asd), fclose(fd);
+            }
             if (isfinite(a)) {
                 out[i] = (float)a;
                 continue;
