@@ -372,8 +372,8 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
     model_t best;
     memset(&best, 0, sizeof best);
     best.score = -1e300;
-    double cand_a[2 * NC * NC], cand_s[2 * NC * NC];
-    model_t cand_m[2 * NC * NC];
+    double cand_a[2 * NC * NC];  /* each candidate's Vegard constant */
+    model_t cand_m[2 * NC * NC]; /* the best model of each start (its score ranks it) */
     int ncand = 0;
     for (int hyp = 0; hyp < 2; hyp++) {
         const int64_t *hm = hyp ? h1 : h0, *hx = hyp ? h0 : h1;
@@ -432,8 +432,7 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
                     if (m2.score > q->score) *q = m2;
                 }
                 cand_a[ncand] = tmd_lattice_vegard(q->x, q->y);
-                cand_m[ncand] = *q;
-                cand_s[ncand++] = q->score;
+                cand_m[ncand++] = *q;
             }
         for (int c = 0; c < NC * NC; c++)
             if (bs[c].score > best.score) best = bs[c];
@@ -442,8 +441,8 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
         double ab = tmd_lattice_vegard(best.x, best.y), alt = -1e300;
         int calt = -1;
         for (int c = 0; c < ncand; c++)
-            if (fabs(cand_a[c] - ab) > 0.01 * ab && cand_s[c] > alt) {
-                alt = cand_s[c];
+            if (fabs(cand_a[c] - ab) > 0.01 * ab && cand_m[c].score > alt) {
+                alt = cand_m[c].score;
                 calt = c;
             }
         best.agap = alt > -1e299 ? best.score - alt : 1e3;
@@ -461,9 +460,9 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
             while (g < ng && fabs(ga[g] - cand_a[c]) > 0.005) g++;
             if (g == ng) {
                 ga[ng] = cand_a[c];
-                gs[ng++] = cand_s[c];
-            } else if (cand_s[c] > gs[g]) {
-                gs[g] = cand_s[c];
+                gs[ng++] = cand_m[c].score;
+            } else if (cand_m[c].score > gs[g]) {
+                gs[g] = cand_m[c].score;
             }
         }
         for (int g = 0; g < ng; g++) {
