@@ -17,6 +17,7 @@
 
 #include "testutil.h"
 #include "tmd/classify.h"
+#include "../src/classify/classify_internal.h"
 
 typedef struct {
     double n_exp, x_w, y_se, p_vm, p_vx, p_vx2, noise_rel, noise_abs, period, rot;
@@ -715,6 +716,163 @@ static void test_vacancy_on_rank_edge(void)
     free_truth(&t);
 }
 
+/* ---- held-neighbour column contrast (tmd_classify_opts.held_gate; the stage's measure) ---- */
+
+static double poisson(unsigned *s, double lam)
+{
+    if (lam > 30) return fmax(0, lam + sqrt(lam) * gauss01(s));
+    double L = exp(-lam), p = 1;
+    int k = 0;
+    do {
+        k++;
+        p *= tmd_test_randf(s);
+    } while (p > L);
+    return k - 1;
+}
+
+typedef struct {
+    int n;
+    double *x, *y;
+    int *sub; /* 0: A (metal, amplitude 1), 1: B (S2, amplitude 0.5) */
+} held_scene_t;
+
+/* A MoS2-like honeycomb (period 16 px, Gaussian columns of 0.23 bond) on 0.05 background, at
+ * `dose` counts per unit, Poisson noise; with clutter > 0 also column-scale structure: blobs of
+ * 0.3 bond and amplitude up to clutter at random places (contamination). Detected positions
+ * are the true ones plus 0.3 px of scatter. */
+static float *held_image(int size, double dose, double clutter, unsigned seed, held_scene_t *sc)
+{
+    const double P = 16, bond = P / sqrt(3.0), s = 0.23 * bond;
+    double a1[2] = {P, 0}, a2[2] = {P * 0.5, P * sqrt(3.0) / 2};
+    float *img = calloc((size_t)size * size, sizeof *img);
+    double *clean = calloc((size_t)size * size, sizeof *clean);
+    int cap = 4 * (int)(size * size / (P * P)) + 64;
+    sc->x = calloc((size_t)cap, sizeof(double));
+    sc->y = calloc((size_t)cap, sizeof(double));
+    sc->sub = calloc((size_t)cap, sizeof(int));
+    sc->n = 0;
+    unsigned r = seed;
+    for (int i = -4; i < size / P + 4; i++)
+        for (int j = -4; j < size / P + 4; j++)
+            for (int b = 0; b < 2; b++) {
+                double x = 3 + i * a1[0] + j * a2[0] + b * (a1[0] + a2[0]) / 3;
+                double y = 3 + i * a1[1] + j * a2[1] + b * (a1[1] + a2[1]) / 3;
+                if (x < -8 || y < -8 || x > size + 8 || y > size + 8) continue;
+                double amp = b ? 0.5 : 1.0;
+                for (int yy = (int)y - 8; yy <= (int)y + 8; yy++)
+                    for (int xx = (int)x - 8; xx <= (int)x + 8; xx++)
+                        if (yy >= 0 && xx >= 0 && yy < size && xx < size)
+                            clean[yy * size + xx] += amp * exp(-((xx - x) * (xx - x) + (yy - y) * (yy - y)) / (2 * s * s));
+                if (x < 2 || y < 2 || x > size - 3 || y > size - 3 || sc->n >= cap) continue;
+                sc->x[sc->n] = x + 0.3 * gauss01(&r);
+                sc->y[sc->n] = y + 0.3 * gauss01(&r);
+                sc->sub[sc->n++] = b;
+            }
+    for (int k = 0; clutter > 0 && k < size * size / 40; k++) {
+        double cx = size * tmd_test_randf(&r), cy = size * tmd_test_randf(&r), am = clutter * tmd_test_randf(&r);
+        double cs = 0.3 * bond;
+        for (int yy = (int)cy - 8; yy <= (int)cy + 8; yy++)
+            for (int xx = (int)cx - 8; xx <= (int)cx + 8; xx++)
+                if (yy >= 0 && xx >= 0 && yy < size && xx < size)
+                    clean[yy * size + xx] += am * exp(-((xx - cx) * (xx - cx) + (yy - cy) * (yy - cy)) / (2 * cs * cs));
+    }
+    for (int k = 0; k < size * size; k++) img[k] = (float)(poisson(&r, dose * (clean[k] + 0.05)) / dose);
+    free(clean);
+    return img;
+}
+
+static void held_scene_free(held_scene_t *sc)
+{
+    free(sc->x), free(sc->y), free(sc->sub);
+}
+
+/* sd of the contrast of the interior B (S2) columns */
+static double held_sd(const held_scene_t *sc, const float *c, int size)
+{
+    double s1 = 0, s2 = 0;
+    int k = 0;
+    for (int i = 0; i < sc->n; i++) {
+        if (!sc->sub[i] || sc->x[i] < 20 || sc->y[i] < 20 || sc->x[i] > size - 20 || sc->y[i] > size - 20) continue;
+        s1 += c[i], s2 += (double)c[i] * c[i], k++;
+    }
+    return k > 1 ? sqrt((s2 - s1 * s1 / k) / (k - 1)) : NAN;
+}
+
+/* The stage's held-neighbour contrast on synthetic images (tmd_cls_held_image: the stage's own
+ * measure, pass 1, gate, pass 2): with Poisson noise only (dose 15 / unit) the gate holds and
+ * the held contrast of the pure S2 class scatters less than the free one (shot noise of the six
+ * place terms no longer enters); with column-scale clutter at a high dose the free place terms
+ * soak up structure, the gate does not hold and the contrast is the free one, value for value.
+ * Split by x over the ranks (owned atoms by the pixel rule, the rest as ghosts), the contrast
+ * and the gate are bitwise those of one rank (the gate's medians are summed over ranks). */
+static void test_held_contrast(void)
+{
+    const int size = 224;
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    double P = 16;
+    tmd_lattice lat;
+    {
+        double a1[2] = {P, 0}, a2[2] = {P * 0.5, P * sqrt(3.0) / 2}, det = a1[0] * a2[1] - a1[1] * a2[0];
+        double g1[2] = {a2[1] / det, -a2[0] / det}, g2[2] = {-a1[1] / det, a1[0] / det};
+        memset(&lat, 0, sizeof lat);
+        tmd_lattice_from_reciprocal(&lat, g1, g2);
+    }
+    for (int cl = 0; cl < 2; cl++) {
+        held_scene_t sc;
+        float *img = held_image(size, cl ? 3000 : 15, cl ? 0.6 : 0, 9001 + cl, &sc);
+        float *fr = calloc((size_t)sc.n + 1, sizeof *fr), *hd = calloc((size_t)sc.n + 1, sizeof *hd);
+        tmd_box all = {{0, 0, 0}, {1, size, size}};
+        int hold = -1;
+        double stat = NAN;
+        CU_ASSERT_EQUAL(tmd_cls_held_image(&ctx, MPI_COMM_SELF, img, size, size, &lat, 0.23, 1.4, &all, sc.n, sc.x, sc.y,
+                                           0, NULL, NULL, fr, hd, &hold, &stat), TMD_OK);
+        double sdf = held_sd(&sc, fr, size), sdh = held_sd(&sc, hd, size);
+        int same = 1;
+        for (int i = 0; i < sc.n; i++) same &= fr[i] == hd[i];
+        if (tmd_test_rank == 0)
+            printf("\n    held contrast, %s: %d atoms, gate statistic %.2f (hold %d), S2 sd free %.4f held %.4f", cl ? "clutter" : "Poisson",
+                   sc.n, stat, hold, sdf, sdh);
+        if (cl == 0) {
+            CU_ASSERT_EQUAL(hold, 1);
+            CU_ASSERT(sdh < 0.9 * sdf);
+            CU_ASSERT(!same);
+        } else {
+            CU_ASSERT_EQUAL(hold, 0);
+            CU_ASSERT(same);
+        }
+        /* ranks: strips in x */
+        int P_ = tmd_test_size, R_ = tmd_test_rank;
+        int64_t x0 = (int64_t)size * R_ / P_, x1 = (int64_t)size * (R_ + 1) / P_;
+        tmd_box own = {{0, 0, x0}, {1, size, x1}};
+        double *ox = calloc((size_t)sc.n + 1, sizeof(double)), *oy = calloc((size_t)sc.n + 1, sizeof(double));
+        double *gx = calloc((size_t)sc.n + 1, sizeof(double)), *gy = calloc((size_t)sc.n + 1, sizeof(double));
+        int *idx = calloc((size_t)sc.n + 1, sizeof(int));
+        int n = 0, m = 0;
+        for (int i = 0; i < sc.n; i++) {
+            int64_t px = (int64_t)floor(sc.x[i] + 0.5);
+            if (px >= x0 && px < x1) ox[n] = sc.x[i], oy[n] = sc.y[i], idx[n++] = i;
+            else gx[m] = sc.x[i], gy[m] = sc.y[i], m++;
+        }
+        float *pf = calloc((size_t)n + 1, sizeof *pf), *ph = calloc((size_t)n + 1, sizeof *ph);
+        float *allh = calloc((size_t)sc.n + 1, sizeof *allh);
+        int hold_r = -1;
+        double stat_r = NAN;
+        CU_ASSERT_EQUAL(tmd_cls_held_image(&ctx, tmd_test_comm, img, size, size, &lat, 0.23, 1.4, &own, n, ox, oy, m, gx,
+                                           gy, pf, ph, &hold_r, &stat_r), TMD_OK);
+        for (int k = 0; k < n; k++) allh[idx[k]] = ph[k];
+        MPI_Allreduce(MPI_IN_PLACE, allh, sc.n, MPI_FLOAT, MPI_SUM, tmd_test_comm); /* each atom on one rank */
+        int diff = 0;
+        for (int i = 0; i < sc.n; i++) diff += allh[i] != hd[i];
+        CU_ASSERT_EQUAL(diff, 0);
+        CU_ASSERT_EQUAL(hold_r, hold);
+        CU_ASSERT(stat_r == stat);
+        free(ox), free(oy), free(gx), free(gy), free(idx), free(pf), free(ph), free(allh);
+        free(fr), free(hd), free(img);
+        held_scene_free(&sc);
+    }
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "classify",
@@ -726,5 +884,6 @@ int main(int argc, char **argv)
                                            {"cross-talk correction", test_crosstalk},
                                            {"vacancy on a rank edge", test_vacancy_on_rank_edge},
                                            {"vacancies in a relaxed lattice", test_relaxed_vacancies},
+                                           {"held-neighbour contrast and its gate", test_held_contrast},
                                            {NULL, NULL}});
 }

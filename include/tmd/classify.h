@@ -126,6 +126,21 @@ typedef struct tmd_classify_opts {
                                 twice the median metal contrast) and the atoms are classified again. The
                                 regression runs on integer histograms summed over ranks, so c does not
                                 depend on the rank count. 0: one classification */
+    double held_gate;        /* held-neighbour column contrast of the pipeline stage (tmd_stage_classify; a
+                                caller's own `measure` here is not affected). Default 1.4; 0: never held
+                                (the free measure only). Pass 1 measures every column with its six
+                                neighbour places free (stage_classify.c). Per frame, the free place
+                                amplitudes are compared with the pass-1 amplitudes of the atoms sitting at
+                                those places: r = median free / held ratio over the brighter half of the
+                                held ones, sd = robust sd of (free - r held). Where sd < held_gate x
+                                sqrt(median LSQ variance of the free place amplitudes) (the place terms
+                                are shot noise, not column-scale structure: low dose, little
+                                contamination), each column (and each empty site measured for the
+                                vacancies) is refitted at its pass-1 refined centre with [profile,
+                                constant] free and the six places held at their atoms' pass-1 amplitudes
+                                and centres (0 where no atom is); elsewhere the free measure stays. The
+                                medians are taken on integer histograms summed over ranks, so the result
+                                does not depend on the rank count or the streamed chunk size */
 } tmd_classify_opts;
 
 void tmd_classify_opts_default(tmd_classify_opts *o);

@@ -51,6 +51,7 @@ void tmd_classify_opts_default(tmd_classify_opts *o)
     o->heavy_tail = 1;
     o->carry = NULL;
     o->xtalk = 1;
+    o->held_gate = 1.4;
     o->measure = NULL;
     o->measure_user = NULL;
 }

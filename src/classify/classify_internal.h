@@ -68,4 +68,15 @@ int tmd_cls_xt_frames(const void *ref, int64_t nframes, int8_t *on);
 tmd_status tmd_cls_xt_solve(tmd_ctx *ctx, const int64_t *xhist, double *c, double *med);
 float tmd_cls_xt_apply(float raw, float xn, double c);
 
+/* Test hook (tests/test_classify.c): the pipeline stage's column contrast (stage_classify.c)
+ * on one frame of H x W in memory, psig the profile width (bond), gate as
+ * tmd_classify_opts.held_gate. Collective over comm: n owned atoms (x, y) inside own, m other
+ * atoms (ghosts; the ones within 2 bond of own are measured too). free_c[n]: the free measure
+ * (pass 1); held_c[n]: the stage's contrast (the held refit where the gate holds, else the
+ * free one); *hold: the gate; *stat: the free places' robust scatter / their LSQ error. */
+tmd_status tmd_cls_held_image(tmd_ctx *ctx, MPI_Comm comm, const float *img, int64_t H, int64_t W,
+                              const tmd_lattice *lat, double psig, double gate, const tmd_box *own, int64_t n,
+                              const double *x, const double *y, int64_t m, const double *gx, const double *gy,
+                              float *free_c, float *held_c, int *hold, double *stat);
+
 #endif

@@ -190,17 +190,179 @@ static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, in
     return 1;
 }
 
-static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *own, const tmd_lattice *lat,
-                                   double psig, int64_t n, const int32_t *frame, const double *xs, const double *ys,
-                                   float *out, int64_t *hist)
+/* Where measure_contrast reads its pixels: the run's input (reader), or (test hook) frames
+ * of H x W in memory. */
+typedef struct {
+    tmd_run *run; /* NULL: img */
+    const float *img;
+    int64_t H, W, T;
+} pix_t;
+
+static pix_t pix_of_run(tmd_run *run)
 {
-    int64_t H = run->info.height, W = run->info.width;
+    pix_t p = {run, NULL, run->info.height, run->info.width, run->info.frames};
+    return p;
+}
+
+static tmd_status pix_read(tmd_ctx *ctx, const pix_t *px, int64_t f, int64_t r0, int64_t x0, int64_t nr, int64_t w,
+                           float *buf)
+{
+    if (px->run) return tmd_reader_read(ctx, px->run->reader, f, r0, x0, nr, w, buf);
+    for (int64_t r = 0; r < nr; r++)
+        memcpy(buf + r * w, px->img + (f * px->H + r0 + r) * px->W + x0, (size_t)w * sizeof(float));
+    return TMD_OK;
+}
+
+/* ---- held neighbours (tmd_classify_opts.held_gate) ----------------------------------------
+ * Pass 1 (the free measure above) keeps, per column, its refined centre and amplitude (NaN
+ * where the fit could not be made) in a table of the owned atoms and the ghosts within
+ * HELD_NEAR bond of the box (their pass 1 recomputed here from the same pixels, so the table
+ * does not depend on who owns what). The atom at a place is the table's nearest within
+ * HELD_JR bond of it and not within HELD_SELF bond of the column itself. The held refit
+ * (held_fit) is a weighted least-squares fit of [profile, constant] at the pass-1 centre with
+ * the data minus the held part (each place's atom: its amplitude times its own profile at its
+ * own refined centre; an empty place: 0), unweighted and then weighted by 1 / the full model
+ * (held part included) floored at MODEL_FLOOR of its largest, as the free fit. */
+#define HELD_JR 0.35
+#define HELD_SELF 0.5
+#define HELD_NEAR 2.0
+
+typedef struct {
+    int64_t f, gy, gx;
+    double y, x;
+    int64_t i;
+} cell_t;
+
+typedef struct {
+    int64_t n;
+    int32_t *frame;
+    double *x, *y, *a; /* refined centre (px), amplitude (NaN: no fit) */
+    cell_t *cell;      /* sorted by (frame, cell row, cell column, y, x) */
+    double csize;      /* cell edge (px): the largest bond */
+} held_tab;
+
+static void held_tab_free(held_tab *t)
+{
+    free(t->frame), free(t->x), free(t->y), free(t->a), free(t->cell);
+    memset(t, 0, sizeof *t);
+}
+
+static int cmp_cell(const void *p, const void *q)
+{
+    const cell_t *a = p, *b = q;
+    if (a->f != b->f) return a->f < b->f ? -1 : 1;
+    if (a->gy != b->gy) return a->gy < b->gy ? -1 : 1;
+    if (a->gx != b->gx) return a->gx < b->gx ? -1 : 1;
+    if (a->y != b->y) return a->y < b->y ? -1 : 1;
+    if (a->x != b->x) return a->x < b->x ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* the table's atom at the place (px, py) of the column at (cx, cy) in frame f, or -1 */
+static int64_t held_find(const held_tab *t, int64_t f, double px, double py, double cx, double cy, double bond)
+{
+    double best = HELD_JR * bond * HELD_JR * bond, self = HELD_SELF * bond * HELD_SELF * bond;
+    int64_t bj = -1, gx = (int64_t)floor(px / t->csize), gy = (int64_t)floor(py / t->csize);
+    for (int64_t ey = gy - 1; ey <= gy + 1; ey++)
+        for (int64_t ex = gx - 1; ex <= gx + 1; ex++) {
+            cell_t key = {f, ey, ex, -INFINITY, -INFINITY, INT64_MIN};
+            int64_t lo = 0, hi = t->n;
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (cmp_cell(&t->cell[mid], &key) < 0) lo = mid + 1;
+                else hi = mid;
+            }
+            for (int64_t k = lo; k < t->n && t->cell[k].f == f && t->cell[k].gy == ey && t->cell[k].gx == ex; k++) {
+                int64_t j = t->cell[k].i;
+                double d2 = (t->x[j] - px) * (t->x[j] - px) + (t->y[j] - py) * (t->y[j] - py);
+                double c2 = (t->x[j] - cx) * (t->x[j] - cx) + (t->y[j] - cy) * (t->y[j] - cy);
+                if (!isfinite(t->a[j]) || c2 < self || d2 >= best) continue;
+                best = d2, bj = j;
+            }
+        }
+    return bj;
+}
+
+/* The held refit of the column at (cx, cy) (frame f) over the disc of radius R; G holds at
+ * least 2, v and wt one double per disc pixel. Returns the amplitude or NaN. */
+static double held_fit(const held_tab *t, int64_t f, const float *buf, int64_t r0, int64_t r1, int64_t x0, int64_t x1,
+                       int64_t w, double cx, double cy, double R, double is2, double bond, const double dl[3][2],
+                       double *G, double *v, double *wt)
+{
+    double hx[6], hy[6], ha[6];
+    int nh = 0;
+    for (int q = 0; q < 3; q++)
+        for (int sg = -1; sg <= 1; sg += 2) {
+            int64_t j = held_find(t, f, cx + sg * dl[q][0], cy + sg * dl[q][1], cx, cy, bond);
+            if (j < 0) continue; /* an empty place: held at 0 */
+            hx[nh] = t->x[j], hy[nh] = t->y[j], ha[nh] = t->a[j];
+            nh++;
+        }
+    int64_t np = 0;
+    for (int64_t yy = (int64_t)floor(cy - R); yy <= (int64_t)ceil(cy + R); yy++) {
+        if (yy < r0 || yy >= r1) continue;
+        for (int64_t xx = (int64_t)floor(cx - R); xx <= (int64_t)ceil(cx + R); xx++) {
+            if (xx < x0 || xx >= x1) continue;
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double fx = 0;
+            for (int h = 0; h < nh; h++) {
+                double ex = (double)xx - hx[h], ey = (double)yy - hy[h];
+                fx += ha[h] * exp(-(ex * ex + ey * ey) * is2);
+            }
+            G[2 * np] = exp(-d2 * is2);
+            G[2 * np + 1] = fx;
+            v[np] = buf[(yy - r0) * w + (xx - x0)] - fx;
+            np++;
+        }
+    }
+    double b[2] = {0, 0}, amp = NAN;
+    for (int pass = 0; pass < 2 && np >= 6; pass++) {
+        if (pass == 1) {
+            double fl = 0;
+            for (int64_t p = 0; p < np; p++) {
+                wt[p] = b[0] * G[2 * p] + b[1] + G[2 * p + 1];
+                if (wt[p] > fl) fl = wt[p];
+            }
+            if (!(fl > 0)) break;
+            fl *= MODEL_FLOOR;
+            for (int64_t p = 0; p < np; p++) wt[p] = 1 / (wt[p] > fl ? wt[p] : fl);
+        }
+        double A[4] = {0, 0, 0, 0}, bb[2] = {0, 0};
+        for (int64_t p = 0; p < np; p++) {
+            double ww = pass == 1 ? wt[p] : 1, g0 = G[2 * p];
+            bb[0] += ww * g0 * v[p], bb[1] += ww * v[p];
+            A[0] += ww * g0 * g0, A[2] += ww * g0, A[3] += ww;
+        }
+        A[1] = A[2];
+        if (!chol_solve(A, bb, 2) || !isfinite(bb[0])) break;
+        b[0] = bb[0], b[1] = bb[1], amp = bb[0];
+    }
+    return amp;
+}
+
+/* measure_contrast's held-neighbour inputs and outputs (NULL: the free measure only) */
+typedef struct {
+    double *rx, *ry, *ra;  /* optional out, per atom: pass 1's refined centre and amplitude (NaN: no fit) */
+    float *pb, *pv;        /* optional out, 6 per atom: pass 1's free place amplitudes, their LSQ variances */
+    const held_tab *tab;   /* held refit with this table in the frames where hold[f] (NULL: none) */
+    const int8_t *hold;
+    int given;             /* 1: the atoms are tab's rows 0..n-1 and out[] holds their pass-1 contrast: only
+                              the held refit at the table's centres (held frames, fitted rows) */
+} held_io;
+
+static tmd_status measure_contrast(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, const tmd_lattice *lat,
+                                   double psig, int64_t n, const int32_t *frame, const double *xs, const double *ys,
+                                   float *out, int64_t *hist, const held_io *io)
+{
+    tmd_run *run = px->run;
+    int64_t H = px->H, W = px->W;
     double bondmax = 0;
-    for (int64_t f = 0; f < run->info.frames; f++) bondmax = fmax(bondmax, lat[f].period_px / sqrt(3.0));
+    for (int64_t f = 0; f < px->T; f++) bondmax = fmax(bondmax, lat[f].period_px / sqrt(3.0));
     int64_t m = (int64_t)ceil(1.25 * bondmax) + 2, S = 256;
     int64_t x0 = own->lo[2] - m < 0 ? 0 : own->lo[2] - m, x1 = own->hi[2] + m > W ? W : own->hi[2] + m, w = x1 - x0;
     double qlo = 0, qhi = 1;
-    if (run->norm) tmd_normalise_levels(run->norm, &qlo, &qhi);
+    if (run && run->norm) tmd_normalise_levels(run->norm, &qlo, &qhi);
     double qs = qhi > qlo ? PROF_Q / (qhi - qlo) : PROF_Q;
     order_t *ord = NULL;
     float *buf = NULL;
@@ -228,10 +390,12 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
         int64_t kend = k;
         int any = 0;
         while (kend < n && ord[kend].frame == f && (int64_t)floor(ord[kend].y + 0.5) < ystart + S) {
-            if (!hist || in_profile_window(H, W, xs[ord[kend].i], ys[ord[kend].i], PROF_R * bond)) any = 1;
+            if (hist ? in_profile_window(H, W, xs[ord[kend].i], ys[ord[kend].i], PROF_R * bond)
+                     : !(io && io->given) || io->hold[f])
+                any = 1;
             kend++;
         }
-        if (any) st = tmd_reader_read(ctx, run->reader, f, r0, x0, r1 - r0, w, buf);
+        if (any) st = pix_read(ctx, px, f, r0, x0, r1 - r0, w, buf);
         if (st) goto cleanup;
         if (hist) { /* radial profile of the columns in the window */
             double rmax = PROF_R * bond;
@@ -264,6 +428,16 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
             if (st) goto cleanup;
             gcap = need;
         }
+        if (io && io->given) { /* the held refit of the table's rows at their pass-1 centres */
+            for (; k < kend; k++) {
+                int64_t i = ord[k].i;
+                if (!io->hold[f] || !isfinite(io->tab->a[i])) continue;
+                double a = held_fit(io->tab, f, buf, r0, r1, x0, x1, w, io->tab->x[i], io->tab->y[i], R, is2, bond, dl,
+                                    G, v, wt);
+                if (isfinite(a)) out[i] = (float)a;
+            }
+            continue;
+        }
         for (; k < kend; k++) {
             int64_t i = ord[k].i;
             double cx = xs[i], cy = ys[i], shx, shy;
@@ -272,10 +446,10 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
             int64_t np = disc_design(buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, 0, G, v);
             /* pass 0 unweighted; pass 1 weighted by 1 / (fitted value), floored at MODEL_FLOOR of its
              * largest in the disc (shot noise: the variance grows with the signal) */
-            int ok = np >= 3 * MODEL_NP;
-            double b[MODEL_NP] = {0};
+            int ok = np >= 3 * MODEL_NP, kept = 0;
+            double b[MODEL_NP] = {0}, Ak[MODEL_NP * MODEL_NP];
             for (int pass = 0; pass < 2 && ok; pass++) {
-                double A[MODEL_NP * MODEL_NP] = {0}, fl = 0;
+                double A[MODEL_NP * MODEL_NP] = {0}, A0[MODEL_NP * MODEL_NP], fl = 0;
                 if (pass == 1) {
                     for (int64_t p = 0; p < np; p++) {
                         const double *g = G + p * MODEL_NP;
@@ -299,15 +473,43 @@ static tmd_status measure_contrast(tmd_ctx *ctx, tmd_run *run, const tmd_box *ow
                 }
                 for (int a = 0; a < MODEL_NP; a++)
                     for (int c = a + 1; c < MODEL_NP; c++) A[a * MODEL_NP + c] = A[c * MODEL_NP + a];
-                if (chol_solve(A, bb, MODEL_NP) && isfinite(bb[0]))
+                memcpy(A0, A, sizeof A0);
+                if (chol_solve(A, bb, MODEL_NP) && isfinite(bb[0])) {
                     memcpy(b, bb, sizeof b);
-                else if (pass == 0)
+                    memcpy(Ak, A0, sizeof Ak);
+                    kept = pass;
+                } else if (pass == 0)
                     ok = 0; /* (a failed weighted pass keeps the unweighted fit) */
             }
             if (ok) {
                 out[i] = (float)b[0];
+                if (io && io->ra) io->rx[i] = cx, io->ry[i] = cy, io->ra[i] = b[0];
+                if (io && io->pb) { /* the place amplitudes and their variances (A^-1)_cc s^2 of the kept fit */
+                    double rss = 0;
+                    for (int64_t p = 0; p < np; p++) {
+                        const double *g = G + p * MODEL_NP;
+                        double fv = 0;
+                        for (int a = 0; a < MODEL_NP; a++) fv += g[a] * b[a];
+                        rss += (kept ? wt[p] : 1) * (v[p] - fv) * (v[p] - fv);
+                    }
+                    double s2 = rss / (double)(np - MODEL_NP);
+                    for (int c = 4; c < MODEL_NP; c++) {
+                        double Ac[MODEL_NP * MODEL_NP], e[MODEL_NP] = {0};
+                        memcpy(Ac, Ak, sizeof Ac);
+                        e[c] = 1;
+                        io->pb[6 * i + c - 4] = (float)b[c];
+                        io->pv[6 * i + c - 4] = chol_solve(Ac, e, MODEL_NP) ? (float)(e[c] * s2) : NAN;
+                    }
+                }
+                if (io && io->tab && io->hold[f]) { /* held refit at the refined centre */
+                    double a = held_fit(io->tab, f, buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, G, v, wt);
+                    if (isfinite(a)) out[i] = (float)a;
+                }
                 continue;
             }
+            if (io && io->ra) io->rx[i] = cx, io->ry[i] = cy, io->ra[i] = NAN;
+            if (io && io->pb)
+                for (int c = 0; c < 6; c++) io->pb[6 * i + c] = io->pv[6 * i + c] = NAN;
             /* fallback (disc cut by the frame edge): Gaussian-weighted mean around (px, py) */
 #define GMEAN(px, py, res)                                                                                        \
     do {                                                                                                          \
@@ -358,6 +560,315 @@ cleanup:
     return st;
 }
 
+/* Pass 1 of the held contrast: the free measure of the n owned atoms (contrast[n]) and of the
+ * ghosts (m) within HELD_NEAR bond of `own` (recomputed from the same pixels: their disc is
+ * read through a box widened to hold it), into the table tab (owned atoms first, as rows
+ * 0..n-1). With trip non-NULL, per owned atom and place (18 floats: 6 x [held amplitude of
+ * the place's atom (NaN: no atom), free place amplitude, its LSQ variance]) for the gate. */
+static tmd_status held_pass1(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, const tmd_lattice *lat, double psig,
+                             int64_t n, const int32_t *frame, const double *x, const double *y, int64_t m,
+                             const int32_t *gframe, const double *gx, const double *gy, float *contrast, held_tab *tab,
+                             float *trip)
+{
+    double bondmax = 0;
+    for (int64_t f = 0; f < px->T; f++) bondmax = fmax(bondmax, lat[f].period_px / sqrt(3.0));
+    int64_t N = n;
+    for (int64_t j = 0; j < m; j++)
+        if (tmd_box_distance(own, gy[j], gx[j]) <= HELD_NEAR * lat[gframe[j]].period_px / sqrt(3.0) + 1) N++;
+    float *out = NULL, *pb = NULL, *pv = NULL;
+    memset(tab, 0, sizeof *tab);
+    tmd_status st = tmd_calloc(ctx, (void **)&tab->frame, (size_t)N + 1, sizeof *tab->frame, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->x, (size_t)N + 1, sizeof *tab->x, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->y, (size_t)N + 1, sizeof *tab->y, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->a, (size_t)N + 1, sizeof *tab->a, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->cell, (size_t)N + 1, sizeof *tab->cell, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&out, (size_t)N + 1, sizeof *out, "held contrast");
+    if (!st && trip) st = tmd_calloc(ctx, (void **)&pb, (size_t)(6 * N) + 1, sizeof *pb, "held contrast");
+    if (!st && trip) st = tmd_calloc(ctx, (void **)&pv, (size_t)(6 * N) + 1, sizeof *pv, "held contrast");
+    double *ix = NULL, *iy = NULL;
+    if (!st) st = tmd_calloc(ctx, (void **)&ix, (size_t)N + 1, sizeof *ix, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&iy, (size_t)N + 1, sizeof *iy, "held contrast");
+    if (st) goto cleanup;
+    tab->n = N;
+    for (int64_t i = 0; i < n; i++) tab->frame[i] = frame[i], ix[i] = x[i], iy[i] = y[i];
+    for (int64_t j = 0, k = n; j < m; j++)
+        if (tmd_box_distance(own, gy[j], gx[j]) <= HELD_NEAR * lat[gframe[j]].period_px / sqrt(3.0) + 1)
+            tab->frame[k] = gframe[j], ix[k] = gx[j], iy[k] = gy[j], k++;
+    tmd_box wide = *own;
+    int64_t e = (int64_t)ceil(HELD_NEAR * bondmax) + 2;
+    for (int a = 1; a < 3; a++) wide.lo[a] -= e, wide.hi[a] += e;
+    held_io io = {tab->x, tab->y, tab->a, pb, pv, NULL, NULL, 0};
+    st = measure_contrast(ctx, px, &wide, lat, psig, N, tab->frame, ix, iy, out, NULL, &io);
+    if (st) goto cleanup;
+    memcpy(contrast, out, (size_t)n * sizeof *contrast);
+    tab->csize = bondmax > 1 ? bondmax : 1;
+    for (int64_t i = 0; i < N; i++)
+        tab->cell[i] = (cell_t){tab->frame[i], (int64_t)floor(tab->y[i] / tab->csize),
+                                (int64_t)floor(tab->x[i] / tab->csize), tab->y[i], tab->x[i], i};
+    qsort(tab->cell, (size_t)N, sizeof *tab->cell, cmp_cell);
+    for (int64_t i = 0; trip && i < n; i++) {
+        int64_t f = tab->frame[i];
+        const tmd_lattice *L = &lat[f];
+        double bond = L->period_px / sqrt(3.0);
+        double dl[3][2] = {{(L->a1[0] + L->a2[0]) / 3, (L->a1[1] + L->a2[1]) / 3},
+                           {(L->a2[0] - 2 * L->a1[0]) / 3, (L->a2[1] - 2 * L->a1[1]) / 3},
+                           {(L->a1[0] - 2 * L->a2[0]) / 3, (L->a1[1] - 2 * L->a2[1]) / 3}};
+        for (int p = 0; p < 6; p++) {
+            int q = p / 2, sg = p % 2 ? 1 : -1;
+            int64_t j = isfinite(tab->a[i]) ? held_find(tab, f, tab->x[i] + sg * dl[q][0], tab->y[i] + sg * dl[q][1],
+                                                        tab->x[i], tab->y[i], bond)
+                                            : -1;
+            trip[18 * i + 3 * p] = j >= 0 ? (float)tab->a[j] : NAN;
+            trip[18 * i + 3 * p + 1] = pb[6 * i + p];
+            trip[18 * i + 3 * p + 2] = pv[6 * i + p];
+        }
+    }
+cleanup:
+    free(out), free(pb), free(pv), free(ix), free(iy);
+    if (st) held_tab_free(tab);
+    return st;
+}
+
+/* Pass 2: the held refit of the owned atoms (tab's rows 0..n-1) in the frames where hold[f];
+ * contrast[n] holds their pass-1 contrast and gets the held one where the refit succeeds. */
+static tmd_status held_pass2(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, const tmd_lattice *lat, double psig,
+                             const held_tab *tab, const int8_t *hold, int64_t n, float *contrast)
+{
+    held_io io = {NULL, NULL, NULL, NULL, NULL, tab, hold, 1};
+    return measure_contrast(ctx, px, own, lat, psig, n, tab->frame, tab->x, tab->y, contrast, NULL, &io);
+}
+
+/* ---- the gate: per frame, medians over every rank's (held, free, variance) place triples ----
+ * Each median is exact to 24 bits of the float (relative 3e-5): a histogram of the top 12 bits
+ * of the order-preserving key of the value, summed over ranks, finds the bucket of the middle
+ * element(s); a second one of the next 12 bits inside it finds the sub-bucket. Integer sums,
+ * so every rank count gets the same medians. The triples come from an iterator (memory, or the
+ * streamed path's side files) that calls gate_add for each owned atom's 18 floats. */
+#define GATE_B 4096
+
+typedef struct {
+    int64_t T;
+    int stage, nq, level;   /* stage 1: held, variance; 2: free / held (held >= its median); 3: free -
+                               r held; 4: |free - r held - its median|. level 1 / 2: top / next 12 bits */
+    const double *hmed, *r, *dm;
+    const int64_t *bsel;    /* level 2: T x nq x 2 buckets of the middle elements */
+    int64_t *h;             /* level 1: T x nq x GATE_B; level 2: T x nq x 2 x GATE_B */
+} gacc_t;
+
+typedef tmd_status (*gate_iter)(tmd_ctx *ctx, void *user, gacc_t *acc);
+
+static uint32_t fkey(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static float fkey_inv(uint32_t k)
+{
+    uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static void gate_put(gacc_t *a, int64_t f, int q, double val)
+{
+    float fv = (float)val;
+    if (!isfinite(fv)) return;
+    uint32_t k = fkey(fv);
+    int64_t s = f * a->nq + q;
+    if (a->level == 1) {
+        a->h[s * GATE_B + (k >> 20)]++;
+        return;
+    }
+    for (int e = 0; e < 2; e++)
+        if (a->bsel[2 * s + e] == (int64_t)(k >> 20)) a->h[(2 * s + e) * GATE_B + ((k >> 8) & 0xfff)]++;
+}
+
+static void gate_add(gacc_t *a, int64_t f, const float *t)
+{
+    if (f < 0 || f >= a->T) return;
+    for (int p = 0; p < 6; p++) {
+        double hh = t[3 * p], bb = t[3 * p + 1], vv = t[3 * p + 2];
+        if (!isfinite(hh) || !isfinite(bb) || !isfinite(vv)) continue;
+        if (a->stage == 1) gate_put(a, f, 0, hh), gate_put(a, f, 1, vv);
+        else if (a->stage == 2) {
+            if (hh >= a->hmed[f] && hh > 0) gate_put(a, f, 0, bb / hh);
+        } else if (a->stage == 3) gate_put(a, f, 0, bb - a->r[f] * hh);
+        else gate_put(a, f, 0, fabs(bb - a->r[f] * hh - a->dm[f]));
+    }
+}
+
+/* Collective: the medians (T x nq, NaN where none) and counts of the stage's values */
+static tmd_status gate_medians(tmd_ctx *ctx, MPI_Comm comm, gacc_t *a, gate_iter it, void *user, double *med,
+                               int64_t *cnt)
+{
+    int64_t S = a->T * a->nq, *h = NULL, *bsel = NULL, *rr = NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&h, (size_t)(2 * S * GATE_B), sizeof *h, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&bsel, (size_t)(2 * S), sizeof *bsel, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&rr, (size_t)(2 * S), sizeof *rr, "held gate");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    a->h = h;
+    a->level = 1;
+    st = it(ctx, user, a);
+    st = tmd_agree(ctx, comm, st);
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, h, (int)(S * GATE_B), MPI_INT64_T, MPI_SUM, comm));
+    if (st) goto cleanup;
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t *hs = h + s * GATE_B;
+        int64_t nn = 0;
+        for (int b = 0; b < GATE_B; b++) nn += hs[b];
+        cnt[s] = nn;
+        for (int e = 0; e < 2; e++) {
+            bsel[2 * s + e] = -1;
+            if (nn == 0) continue;
+            int64_t want = e == 0 ? (nn - 1) / 2 : nn / 2, c = 0;
+            for (int b = 0; b < GATE_B; b++) {
+                if (c + hs[b] > want) {
+                    bsel[2 * s + e] = b, rr[2 * s + e] = want - c;
+                    break;
+                }
+                c += hs[b];
+            }
+        }
+    }
+    memset(h, 0, (size_t)(2 * S * GATE_B) * sizeof *h);
+    a->level = 2;
+    a->bsel = bsel;
+    st = it(ctx, user, a);
+    st = tmd_agree(ctx, comm, st);
+    if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, h, (int)(2 * S * GATE_B), MPI_INT64_T, MPI_SUM, comm));
+    if (st) goto cleanup;
+    for (int64_t s = 0; s < S; s++) {
+        double v2[2] = {NAN, NAN};
+        for (int e = 0; e < 2; e++) {
+            if (bsel[2 * s + e] < 0) continue;
+            const int64_t *hs = h + (2 * s + e) * GATE_B;
+            int64_t c = 0;
+            for (int b = 0; b < GATE_B; b++) {
+                if (c + hs[b] > rr[2 * s + e]) {
+                    v2[e] = fkey_inv((uint32_t)bsel[2 * s + e] << 20 | (uint32_t)b << 8 | 0x80u);
+                    break;
+                }
+                c += hs[b];
+            }
+        }
+        med[s] = 0.5 * (v2[0] + v2[1]);
+    }
+cleanup:
+    a->h = NULL;
+    a->bsel = NULL;
+    free(h), free(bsel), free(rr);
+    return st;
+}
+
+/* Collective. hold[f] = 1 where frame f's free place terms look like shot noise: robust sd of
+ * (free - r held) < gate x sqrt(median LSQ variance), with over 20 places (fewer: not held);
+ * stat[f] = that sd / sqrt(median variance) (NaN: no places). */
+static tmd_status gate_compute(tmd_ctx *ctx, MPI_Comm comm, int64_t T, double gate, gate_iter it, void *user,
+                               int8_t *hold, double *stat)
+{
+    double *m1 = NULL, *hmed = NULL, *vmed = NULL, *r = NULL, *dm = NULL, *mad = NULL;
+    int64_t *c1 = NULL, *c2 = NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&m1, (size_t)(2 * T) + 1, sizeof *m1, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&hmed, (size_t)T + 1, sizeof *hmed, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&vmed, (size_t)T + 1, sizeof *vmed, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&r, (size_t)T + 1, sizeof *r, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&dm, (size_t)T + 1, sizeof *dm, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&mad, (size_t)T + 1, sizeof *mad, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&c1, (size_t)(2 * T) + 1, sizeof *c1, "held gate");
+    if (!st) st = tmd_calloc(ctx, (void **)&c2, (size_t)T + 1, sizeof *c2, "held gate");
+    st = tmd_agree(ctx, comm, st);
+    if (st) goto cleanup;
+    gacc_t a;
+    memset(&a, 0, sizeof a);
+    a.T = T, a.hmed = hmed, a.r = r, a.dm = dm;
+    a.stage = 1, a.nq = 2;
+    st = gate_medians(ctx, comm, &a, it, user, m1, c1);
+    if (st) goto cleanup;
+    for (int64_t f = 0; f < T; f++) hmed[f] = m1[2 * f], vmed[f] = m1[2 * f + 1];
+    a.stage = 2, a.nq = 1;
+    st = gate_medians(ctx, comm, &a, it, user, r, c2);
+    if (st) goto cleanup;
+    for (int64_t f = 0; f < T; f++)
+        if (c2[f] == 0) r[f] = 1;
+    a.stage = 3;
+    st = gate_medians(ctx, comm, &a, it, user, dm, c2);
+    if (!st) a.stage = 4, st = gate_medians(ctx, comm, &a, it, user, mad, c2);
+    if (st) goto cleanup;
+    for (int64_t f = 0; f < T; f++) {
+        double sd = 1.4826 * mad[f], ls = sqrt(vmed[f]);
+        hold[f] = c1[2 * f] > 20 && sd < gate * ls;
+        if (stat) stat[f] = c1[2 * f] > 0 && ls > 0 ? sd / ls : NAN;
+    }
+cleanup:
+    free(m1), free(hmed), free(vmed), free(r), free(dm), free(mad), free(c1), free(c2);
+    return st;
+}
+
+typedef struct { /* in memory: n atoms' frames and place triples */
+    int64_t n;
+    const int32_t *frame;
+    const float *trip;
+} trip_mem_t;
+
+static tmd_status trip_mem_iter(tmd_ctx *ctx, void *user, gacc_t *acc)
+{
+    (void)ctx;
+    const trip_mem_t *t = user;
+    for (int64_t i = 0; i < t->n; i++) gate_add(acc, t->frame[i], t->trip + 18 * i);
+    return TMD_OK;
+}
+
+/* Collective. The whole held contrast of n owned atoms with the m ghosts around them (the
+ * in-memory path and the test hook): pass 1, the gate, pass 2. contrast[n] out; tab (kept for
+ * the vacancy sites) and hold[T] out; stat[T] optional. */
+static tmd_status held_measure(tmd_ctx *ctx, MPI_Comm comm, const pix_t *px, const tmd_box *own,
+                               const tmd_lattice *lat, double psig, double gate, int64_t n, const int32_t *frame,
+                               const double *x, const double *y, int64_t m, const int32_t *gframe, const double *gx,
+                               const double *gy, float *contrast, held_tab *tab, int8_t *hold, double *stat)
+{
+    float *trip = NULL;
+    tmd_status st = tmd_calloc(ctx, (void **)&trip, (size_t)(18 * n) + 1, sizeof *trip, "held contrast");
+    if (!st) st = held_pass1(ctx, px, own, lat, psig, n, frame, x, y, m, gframe, gx, gy, contrast, tab, trip);
+    st = tmd_agree(ctx, comm, st);
+    if (!st) {
+        trip_mem_t tm = {n, frame, trip};
+        st = gate_compute(ctx, comm, px->T, gate, trip_mem_iter, &tm, hold, stat);
+    }
+    free(trip);
+    int any = 0;
+    for (int64_t f = 0; f < px->T && !st; f++) any |= hold[f];
+    if (!st && any) st = held_pass2(ctx, px, own, lat, psig, tab, hold, n, contrast);
+    return tmd_agree(ctx, comm, st);
+}
+
+tmd_status tmd_cls_held_image(tmd_ctx *ctx, MPI_Comm comm, const float *img, int64_t H, int64_t W,
+                              const tmd_lattice *lat, double psig, double gate, const tmd_box *own, int64_t n,
+                              const double *x, const double *y, int64_t m, const double *gx, const double *gy,
+                              float *free_c, float *held_c, int *hold, double *stat)
+{
+    pix_t px = {NULL, img, H, W, 1};
+    held_tab tab;
+    memset(&tab, 0, sizeof tab);
+    int32_t *fr = NULL;
+    int8_t h1 = 0;
+    tmd_status st = tmd_calloc(ctx, (void **)&fr, (size_t)(n + m) + 1, sizeof *fr, "held contrast");
+    st = tmd_agree(ctx, comm, st);
+    if (!st) st = held_measure(ctx, comm, &px, own, lat, psig, gate, n, fr, x, y, m, fr, gx, gy, held_c, &tab, &h1, stat);
+    if (!st) {
+        memcpy(free_c, held_c, (size_t)n * sizeof *free_c);
+        for (int64_t i = 0; i < n; i++) /* pass 1's contrast: the table's amplitude where fitted */
+            if (isfinite(tab.a[i])) free_c[i] = (float)tab.a[i];
+        *hold = h1;
+    }
+    held_tab_free(&tab);
+    free(fr);
+    return st;
+}
+
 /* Collective. The column profile's width (bond lengths): the Gaussian A exp(-r^2 / 2 s^2) + C
  * that fits the mean radial profile of the columns in the central window of every frame best
  * (s on a grid of 0.005 bond in [0.05, 0.45]; 0.2 bond when no column is in the window). The
@@ -366,7 +877,8 @@ cleanup:
 static tmd_status profile_accumulate(tmd_ctx *ctx, tmd_run *run, const tmd_box *own, const tmd_lattice *lat, int64_t n,
                                      const int32_t *frame, const double *xs, const double *ys, int64_t *hist)
 {
-    return measure_contrast(ctx, run, own, lat, 0.2, n, frame, xs, ys, NULL, hist);
+    pix_t px = pix_of_run(run);
+    return measure_contrast(ctx, &px, own, lat, 0.2, n, frame, xs, ys, NULL, hist, NULL);
 }
 
 static tmd_status profile_sigma(tmd_ctx *ctx, tmd_run *run, int64_t *hist, double *psig)
@@ -401,13 +913,19 @@ typedef struct {
     const tmd_box *own;
     const tmd_lattice *lat;
     double psig;
+    const held_tab *tab; /* the held refit of the sites in the frames where hold[f] (NULL: free only) */
+    const int8_t *hold;
 } measure_user_t;
 
+/* the contrast at the sites tmd_classify proposes (empty sites): pass 1 with the centre
+ * refined, then in held frames the held refit there */
 static tmd_status measure_cb(tmd_ctx *ctx, void *user, int64_t n, const int32_t *frame, const double *x, const double *y,
                              float *out)
 {
     measure_user_t *u = user;
-    return measure_contrast(ctx, u->run, u->own, u->lat, u->psig, n, frame, x, y, out, NULL);
+    pix_t px = pix_of_run(u->run);
+    held_io io = {NULL, NULL, NULL, NULL, NULL, u->tab, u->hold, 0};
+    return measure_contrast(ctx, &px, u->own, u->lat, u->psig, n, frame, x, y, out, NULL, u->tab ? &io : NULL);
 }
 
 /* ---- banded (streamed) classification ------------------------------------------------------
@@ -440,6 +958,12 @@ static tmd_status measure_cb(tmd_ctx *ctx, void *user, int64_t n, const int32_t 
  *     of all ranks give the slope; with a negative one the histograms are made again from the
  *     corrected contrast (side + xt1 files) and refitted, and pass 2 applies the correction
  *     (owned chalcogens from xt1; empty B sites from the first models' A sites around them).
+ *   held neighbours (tmd_classify_opts.held_gate > 0): before pass 1, a gate sweep per chunk
+ *     (pass 1 of the column contrast of its atoms and of the ghosts within HELD_NEAR bond,
+ *     recomputed from the same pixels; the place triples to OUT.ckpt/hp1-<g>.bin), then the
+ *     gate's medians over all ranks' side files. In held frames pass 1 measures the chunk's
+ *     atoms and near ghosts the same way and refits the owned ones with their places held,
+ *     and pass 2 rebuilds that table for the vacancy sites' held refit (measure_cb).
  * The result is the unbanded one's (same bonds: every atom a chunk uses has all its
  * neighbours; same components; same sums; same models) at any chunk size and rank count. */
 
@@ -692,6 +1216,66 @@ static tmd_status streamed_fit(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *la
     return tmd_agree(ctx, run->comm, st);
 }
 
+/* held neighbours in a mosaic: the gate's place triples of this rank's tiles, from the side
+ * files OUT.ckpt/hp1-<g>.bin (per atom: frame, then 18 floats as held_pass1's trip) */
+typedef struct {
+    tmd_run *run;
+    const int64_t *tn;
+} trip_file_t;
+
+static tmd_status trip_file_iter(tmd_ctx *ctx, void *user, gacc_t *acc)
+{
+    const trip_file_t *u = user;
+    const tmd_decomp *d = u->run->decomp;
+    float *buf = NULL;
+    int64_t cap = 0;
+    tmd_status st = TMD_OK;
+    for (int64_t i = 0; i < d->nlocal && !st; i++) {
+        int64_t g = tmd_decomp_local_tile(d, i), n = u->tn[g];
+        st = grow(ctx, (void **)&buf, &cap, 19 * n + 1, sizeof *buf);
+        if (!st) st = tmd_run_tile_blob_read(ctx, u->run, "hp1", g, buf, (size_t)(19 * n) * sizeof *buf);
+        for (int64_t k = 0; k < n && !st; k++) gate_add(acc, (int64_t)buf[19 * k], buf + 19 * k + 1);
+    }
+    free(buf);
+    return st;
+}
+
+/* A chunk's held-neighbour pass 1 (owned atoms and the ghosts near the box); with trip, the
+ * gate's triples go to the chunk's tiles' hp1 side files. contrast[own->n] out, tab out. */
+static tmd_status chunk_held_pass1(tmd_ctx *ctx, tmd_run *run, const chunk_t *c, const tmd_box *box,
+                                   const tmd_lattice *lat, double psig, const int64_t *tn, const tmd_atom_table *own,
+                                   const tmd_atom_table *gh, float *contrast, held_tab *tab, int want_trip)
+{
+    const tmd_decomp *d = run->decomp;
+    pix_t px = pix_of_run(run);
+    int64_t n = own->n;
+    float *trip = NULL, *buf = NULL;
+    tmd_status st = TMD_OK;
+    if (want_trip) st = tmd_calloc(ctx, (void **)&trip, (size_t)(18 * n) + 1, sizeof *trip, "held contrast");
+    if (!st) st = held_pass1(ctx, &px, box, lat, psig, n, own->frame, own->x, own->y, gh->n, gh->frame, gh->x, gh->y,
+                             contrast, tab, trip);
+    int64_t r = 0;
+    for (int64_t ty = c->ty0; ty < c->ty1 && !st && want_trip; ty++)
+        for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+            int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc), k = tn[g];
+            if (r + k > n) {
+                st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: tile %lld has fewer rows than counted", run->ckpt, (long long)g);
+                break;
+            }
+            free(buf);
+            buf = NULL;
+            st = tmd_calloc(ctx, (void **)&buf, (size_t)(19 * k) + 1, sizeof *buf, "held contrast");
+            for (int64_t a = 0; a < k && !st; a++) {
+                buf[19 * a] = (float)own->frame[r + a];
+                memcpy(buf + 19 * a + 1, trip + 18 * (r + a), 18 * sizeof *buf);
+            }
+            if (!st) st = tmd_run_tile_blob_write(ctx, run, "hp1", g, buf, (size_t)(19 * k) * sizeof *buf);
+            r += k;
+        }
+    free(trip), free(buf);
+    return st;
+}
+
 static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *lat, double psig,
                                     tmd_classify_opts *o, tmd_classify_report *rep)
 {
@@ -722,6 +1306,11 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
     int64_t *xh = NULL;
     void *models1 = NULL;
     float *xnb = NULL;
+    held_tab htab; /* held neighbours: a chunk's pass-1 table, the frames held */
+    memset(&htab, 0, sizeof htab);
+    int8_t *hold = NULL;
+    double *hstat = NULL;
+    int held_any = 0;
     double xc = 0, xmed = 0;
     int xany = 0;
     memset(rep, 0, sizeof *rep);
@@ -755,9 +1344,40 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         st = tmd_run_tile_file_remove(ctx, run, "cp1", g);
         if (!st) st = tmd_run_tile_file_remove(ctx, run, "cls", g);
         if (!st) st = tmd_run_tile_file_remove(ctx, run, "xt1", g);
+        if (!st) st = tmd_run_tile_file_remove(ctx, run, "hp1", g);
     }
     st = tmd_agree(ctx, run->comm, st); /* (a barrier: no rank reads before all removed) */
     if (st) goto cleanup;
+
+    /* ---- held neighbours (o->held_gate): the gate's sweep. Per chunk pass 1 of its atoms and
+     * the ghosts near it (recomputed from the same pixels), the place triples to hp1 side
+     * files; then the gate from all ranks' triples (same medians as in memory) ---- */
+    if (o->held_gate > 0) {
+        st = tmd_calloc(ctx, (void **)&hold, (size_t)T + 1, sizeof *hold, "classify held");
+        if (!st) st = tmd_calloc(ctx, (void **)&hstat, (size_t)T + 1, sizeof *hstat, "classify held");
+        for (int64_t ci = 0; ci < nch && !st; ci++) {
+            const chunk_t *c = &chunks[ci];
+            tmd_box box;
+            chunk_box(d, c, &box);
+            st = chunk_load(ctx, run, c, &box, gd, &own, &gh, &gtile, &gidx);
+            free(contrast);
+            contrast = NULL;
+            if (!st) st = tmd_calloc(ctx, (void **)&contrast, (size_t)own.n + 1, sizeof *contrast, "classify contrast");
+            if (!st) st = chunk_held_pass1(ctx, run, c, &box, lat, psig, tn, &own, &gh, contrast, &htab, 1);
+            held_tab_free(&htab);
+        }
+        st = tmd_agree(ctx, run->comm, st); /* (a barrier: every hp1 file is written) */
+        if (!st) {
+            trip_file_t tf = {run, tn};
+            st = gate_compute(ctx, run->comm, T, o->held_gate, trip_file_iter, &tf, hold, hstat);
+        }
+        if (st) goto cleanup;
+        int64_t nh = 0;
+        for (int64_t f = 0; f < T; f++) nh += hold[f];
+        held_any = nh > 0;
+        tmd_info(ctx, "classify: neighbour places held in %lld of %lld frames (frame 0: free-place scatter %.2f x its "
+                 "LSQ error, gate %.2f)", (long long)nh, (long long)T, hstat[0], o->held_gate);
+    }
 
     /* ---- pass 1: contrast, graph, components, links ---- */
     for (int64_t ci = 0; ci < nch && !st; ci++) {
@@ -773,7 +1393,15 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         if (!st) st = tmd_calloc(ctx, (void **)&gid, (size_t)N + 1, sizeof *gid, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&colour, (size_t)N + 1, 1, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&edge, (size_t)N + 1, 1, "classify");
-        if (!st) st = measure_contrast(ctx, run, &box, lat, psig, n, own.frame, own.x, own.y, contrast, NULL);
+        if (!st && held_any) { /* held neighbours: pass 1 (owned and near ghosts), then the held refit */
+            pix_t px = pix_of_run(run);
+            st = chunk_held_pass1(ctx, run, c, &box, lat, psig, tn, &own, &gh, contrast, &htab, 0);
+            if (!st) st = held_pass2(ctx, &px, &box, lat, psig, &htab, hold, n, contrast);
+            held_tab_free(&htab);
+        } else if (!st) {
+            pix_t px = pix_of_run(run);
+            st = measure_contrast(ctx, &px, &box, lat, psig, n, own.frame, own.x, own.y, contrast, NULL, NULL);
+        }
         for (int64_t i = 0; i < n && !st; i++)
             if (contrast[i] > fmax[own.frame[i]]) fmax[own.frame[i]] = contrast[i];
         if (st) break;
@@ -1044,7 +1672,16 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             bd.xc = xc;
             bd.xmed = xmed;
         }
-        measure_user_t mu = {run, &box, lat, psig};
+        measure_user_t mu = {run, &box, lat, psig, NULL, NULL};
+        held_tab_free(&htab);
+        if (held_any) { /* the vacancy sites' held refit needs the chunk's pass-1 table again */
+            float *scratch = NULL;
+            st = tmd_calloc(ctx, (void **)&scratch, (size_t)n + 1, sizeof *scratch, "classify held");
+            if (!st) st = chunk_held_pass1(ctx, run, c, &box, lat, psig, tn, &own, &gh, scratch, &htab, 0);
+            free(scratch);
+            if (st) break;
+            mu.tab = &htab, mu.hold = hold;
+        }
         o2.measure_user = &mu;
         float *keep = own.intensity;
         own.intensity = contrast;
@@ -1089,6 +1726,8 @@ cleanup:
     free(contrast), free(links), free(alllinks), free(pend), free(nodes), free(allnodes), free(uf), free(root_slot);
     free(tn), free(cls_n), free(hist), free(slot_f), free(slot_a), free(fmax), free(models), free(ref), free(cnt), free(dsp);
     free(xfr), free(xh), free(models1), free(xnb);
+    held_tab_free(&htab);
+    free(hold), free(hstat);
     return st;
 }
 
@@ -1098,6 +1737,10 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     tmd_lattice *lat = NULL;
     tmd_ghost *g = NULL;
     float *contrast = NULL;
+    held_tab htab;
+    memset(&htab, 0, sizeof htab);
+    int8_t *hold = NULL;
+    double *hstat = NULL;
     tmd_status st = TMD_OK;
     int have = run->lattice_a1 != NULL && run->lattice_a2 != NULL, all = 0;
     MPI_Allreduce(&have, &all, 1, MPI_INT, MPI_MIN, run->comm);
@@ -1132,7 +1775,7 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     if (st) goto cleanup;
     double psig = 0.2;
     profile_sigma(ctx, run, hist, &psig);
-    measure_user_t mu = {run, &own, lat, psig};
+    measure_user_t mu = {run, &own, lat, psig, NULL, NULL};
     o.measure = measure_cb;
     o.measure_user = &mu;
     if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration"))
@@ -1148,15 +1791,38 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
      * raw input (/atoms/intensity keeps the atom stage's integrated intensity) */
     st = tmd_calloc(ctx, (void **)&contrast, (size_t)(run->atoms.cap > 0 ? run->atoms.cap : 1), sizeof(float),
                     "classify contrast");
-    if (!st)
-        st = measure_contrast(ctx, run, &own, lat, psig, run->atoms.n, run->atoms.frame, run->atoms.x, run->atoms.y,
-                              contrast, NULL);
     st = tmd_agree(ctx, run->comm, st);
     if (st) goto cleanup;
-    /* ghosts carry the owner's contrast (the local references of tmd_classify read it) */
+    pix_t px = pix_of_run(run);
     float *keep = run->atoms.intensity;
+    if (o.held_gate > 0) { /* held neighbours: the ghosts' positions first (their pass 1 is recomputed here) */
+        st = tmd_calloc(ctx, (void **)&hold, (size_t)T + 1, sizeof *hold, "classify held");
+        if (!st) st = tmd_calloc(ctx, (void **)&hstat, (size_t)T + 1, sizeof *hstat, "classify held");
+        st = tmd_agree(ctx, run->comm, st);
+        if (!st) st = tmd_ghost_create(ctx, run->comm, &own, gd, &g);
+        if (!st) {
+            run->ghosts.n = 0;
+            st = tmd_ghost_exchange(ctx, g, &run->atoms, &run->ghosts);
+        }
+        st = tmd_agree(ctx, run->comm, st);
+        if (!st)
+            st = held_measure(ctx, run->comm, &px, &own, lat, psig, o.held_gate, run->atoms.n, run->atoms.frame,
+                              run->atoms.x, run->atoms.y, run->ghosts.n, run->ghosts.frame, run->ghosts.x,
+                              run->ghosts.y, contrast, &htab, hold, hstat);
+        if (st) goto cleanup;
+        int64_t nh = 0;
+        for (int64_t f = 0; f < T; f++) nh += hold[f];
+        tmd_info(ctx, "classify: neighbour places held in %lld of %lld frames (frame 0: free-place scatter %.2f x its "
+                 "LSQ error, gate %.2f)", (long long)nh, (long long)T, hstat[0], o.held_gate);
+        if (nh > 0) mu.tab = &htab, mu.hold = hold;
+    } else
+        st = measure_contrast(ctx, &px, &own, lat, psig, run->atoms.n, run->atoms.frame, run->atoms.x, run->atoms.y,
+                              contrast, NULL, NULL);
+    st = tmd_agree(ctx, run->comm, st);
+    if (st) goto cleanup;
+    /* ghosts carry the owner's (final) contrast (the local references of tmd_classify read it) */
     run->atoms.intensity = contrast;
-    st = tmd_ghost_create(ctx, run->comm, &own, gd, &g);
+    if (!g) st = tmd_ghost_create(ctx, run->comm, &own, gd, &g);
     if (!st) {
         run->ghosts.n = 0;
         st = tmd_ghost_exchange(ctx, g, &run->atoms, &run->ghosts);
@@ -1222,6 +1888,9 @@ report:;
                      rep.alt_exponent, tmd_lattice_vegard(rep.alt_x_w, rep.alt_y_se));
     }
 cleanup:
+    tmd_ghost_destroy(&g);
+    held_tab_free(&htab);
+    free(hold), free(hstat);
     free(lat);
     free(contrast);
     return st;
