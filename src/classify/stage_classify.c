@@ -258,6 +258,28 @@ static int cmp_cell(const void *p, const void *q)
     return (a->i > b->i) - (a->i < b->i);
 }
 
+/* the cells of tab's n rows (cell edge: the largest bond) */
+static void held_tab_index(held_tab *tab, double bondmax)
+{
+    tab->csize = bondmax > 1 ? bondmax : 1;
+    for (int64_t i = 0; i < tab->n; i++)
+        tab->cell[i] = (cell_t){tab->frame[i], (int64_t)floor(tab->y[i] / tab->csize),
+                                (int64_t)floor(tab->x[i] / tab->csize), tab->y[i], tab->x[i], i};
+    if (tab->n > 1) qsort(tab->cell, (size_t)tab->n, sizeof *tab->cell, cmp_cell);
+}
+
+static tmd_status held_tab_alloc(tmd_ctx *ctx, held_tab *tab, int64_t N)
+{
+    memset(tab, 0, sizeof *tab);
+    tmd_status st = tmd_calloc(ctx, (void **)&tab->frame, (size_t)N + 1, sizeof *tab->frame, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->x, (size_t)N + 1, sizeof *tab->x, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->y, (size_t)N + 1, sizeof *tab->y, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->a, (size_t)N + 1, sizeof *tab->a, "held contrast");
+    if (!st) st = tmd_calloc(ctx, (void **)&tab->cell, (size_t)N + 1, sizeof *tab->cell, "held contrast");
+    if (!st) tab->n = N;
+    return st;
+}
+
 /* the table's atom at the place (px, py) of the column at (cx, cy) in frame f, or -1 */
 static int64_t held_find(const held_tab *t, int64_t f, double px, double py, double cx, double cy, double bond)
 {
@@ -576,12 +598,7 @@ static tmd_status held_pass1(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, 
     for (int64_t j = 0; j < m; j++)
         if (tmd_box_distance(own, gy[j], gx[j]) <= HELD_NEAR * lat[gframe[j]].period_px / sqrt(3.0) + 1) N++;
     float *out = NULL, *pb = NULL, *pv = NULL;
-    memset(tab, 0, sizeof *tab);
-    tmd_status st = tmd_calloc(ctx, (void **)&tab->frame, (size_t)N + 1, sizeof *tab->frame, "held contrast");
-    if (!st) st = tmd_calloc(ctx, (void **)&tab->x, (size_t)N + 1, sizeof *tab->x, "held contrast");
-    if (!st) st = tmd_calloc(ctx, (void **)&tab->y, (size_t)N + 1, sizeof *tab->y, "held contrast");
-    if (!st) st = tmd_calloc(ctx, (void **)&tab->a, (size_t)N + 1, sizeof *tab->a, "held contrast");
-    if (!st) st = tmd_calloc(ctx, (void **)&tab->cell, (size_t)N + 1, sizeof *tab->cell, "held contrast");
+    tmd_status st = held_tab_alloc(ctx, tab, N);
     if (!st) st = tmd_calloc(ctx, (void **)&out, (size_t)N + 1, sizeof *out, "held contrast");
     if (!st && trip) st = tmd_calloc(ctx, (void **)&pb, (size_t)(6 * N) + 1, sizeof *pb, "held contrast");
     if (!st && trip) st = tmd_calloc(ctx, (void **)&pv, (size_t)(6 * N) + 1, sizeof *pv, "held contrast");
@@ -589,7 +606,6 @@ static tmd_status held_pass1(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, 
     if (!st) st = tmd_calloc(ctx, (void **)&ix, (size_t)N + 1, sizeof *ix, "held contrast");
     if (!st) st = tmd_calloc(ctx, (void **)&iy, (size_t)N + 1, sizeof *iy, "held contrast");
     if (st) goto cleanup;
-    tab->n = N;
     for (int64_t i = 0; i < n; i++) tab->frame[i] = frame[i], ix[i] = x[i], iy[i] = y[i];
     for (int64_t j = 0, k = n; j < m; j++)
         if (tmd_box_distance(own, gy[j], gx[j]) <= HELD_NEAR * lat[gframe[j]].period_px / sqrt(3.0) + 1)
@@ -601,11 +617,7 @@ static tmd_status held_pass1(tmd_ctx *ctx, const pix_t *px, const tmd_box *own, 
     st = measure_contrast(ctx, px, &wide, lat, psig, N, tab->frame, ix, iy, out, NULL, &io);
     if (st) goto cleanup;
     memcpy(contrast, out, (size_t)n * sizeof *contrast);
-    tab->csize = bondmax > 1 ? bondmax : 1;
-    for (int64_t i = 0; i < N; i++)
-        tab->cell[i] = (cell_t){tab->frame[i], (int64_t)floor(tab->y[i] / tab->csize),
-                                (int64_t)floor(tab->x[i] / tab->csize), tab->y[i], tab->x[i], i};
-    qsort(tab->cell, (size_t)N, sizeof *tab->cell, cmp_cell);
+    held_tab_index(tab, bondmax);
     for (int64_t i = 0; trip && i < n; i++) {
         int64_t f = tab->frame[i];
         const tmd_lattice *L = &lat[f];
@@ -1216,8 +1228,33 @@ static tmd_status streamed_fit(tmd_ctx *ctx, tmd_run *run, const tmd_lattice *la
     return tmd_agree(ctx, run->comm, st);
 }
 
-/* held neighbours in a mosaic: the gate's place triples of this rank's tiles, from the side
- * files OUT.ckpt/hp1-<g>.bin (per atom: frame, then 18 floats as held_pass1's trip) */
+/* held neighbours in a mosaic: the side files OUT.ckpt/hp1-<g>.bin hold per atom of tile g
+ * HP1_NF floats (frame, held_pass1's 18 place floats, the pass-1 contrast) and 3 doubles (the
+ * pass-1 refined centre x, y and amplitude), HP1_B bytes */
+#define HP1_NF 20
+#define HP1_B (HP1_NF * 4 + 3 * 8)
+
+static tmd_status hp1_read(tmd_ctx *ctx, tmd_run *run, int64_t g, int64_t n, char **buf, int64_t *cap)
+{
+    tmd_status st = grow(ctx, (void **)buf, cap, n * HP1_B + 1, 1);
+    if (!st) st = tmd_run_tile_blob_read(ctx, run, "hp1", g, *buf, (size_t)(n * HP1_B));
+    return st;
+}
+
+static float hp1_f(const char *buf, int64_t k, int c)
+{
+    float v;
+    memcpy(&v, buf + k * HP1_B + 4 * c, sizeof v);
+    return v;
+}
+
+static double hp1_d(const char *buf, int64_t k, int c)
+{
+    double v;
+    memcpy(&v, buf + k * HP1_B + 4 * HP1_NF + 8 * c, sizeof v);
+    return v;
+}
+
 typedef struct {
     tmd_run *run;
     const int64_t *tn;
@@ -1227,16 +1264,68 @@ static tmd_status trip_file_iter(tmd_ctx *ctx, void *user, gacc_t *acc)
 {
     const trip_file_t *u = user;
     const tmd_decomp *d = u->run->decomp;
-    float *buf = NULL;
+    char *buf = NULL;
     int64_t cap = 0;
     tmd_status st = TMD_OK;
     for (int64_t i = 0; i < d->nlocal && !st; i++) {
         int64_t g = tmd_decomp_local_tile(d, i), n = u->tn[g];
-        st = grow(ctx, (void **)&buf, &cap, 19 * n + 1, sizeof *buf);
-        if (!st) st = tmd_run_tile_blob_read(ctx, u->run, "hp1", g, buf, (size_t)(19 * n) * sizeof *buf);
-        for (int64_t k = 0; k < n && !st; k++) gate_add(acc, (int64_t)buf[19 * k], buf + 19 * k + 1);
+        st = hp1_read(ctx, u->run, g, n, &buf, &cap);
+        for (int64_t k = 0; k < n && !st; k++) {
+            float t[19];
+            memcpy(t, buf + k * HP1_B, sizeof t);
+            gate_add(acc, (int64_t)t[0], t + 1);
+        }
     }
     free(buf);
+    return st;
+}
+
+/* A chunk's pass-1 table from the hp1 side files (every one written by the gate sweep): its
+ * own atoms (rows 0..n-1; contrast[n] gets their pass-1 contrast) and the ghosts within
+ * HELD_NEAR bond of the box, as held_pass1 would compute them. */
+static tmd_status chunk_held_table(tmd_ctx *ctx, tmd_run *run, const chunk_t *c, const tmd_box *box,
+                                   const tmd_lattice *lat, const int64_t *tn, const tmd_atom_table *own,
+                                   const tmd_atom_table *gh, const int64_t *gtile, const int64_t *gidx, float *contrast,
+                                   held_tab *tab)
+{
+    const tmd_decomp *d = run->decomp;
+    double bondmax = 0;
+    for (int64_t f = 0; f < run->info.frames; f++) bondmax = fmax(bondmax, lat[f].period_px / sqrt(3.0));
+    int64_t n = own->n, N = n;
+    for (int64_t j = 0; j < gh->n; j++)
+        if (tmd_box_distance(box, gh->y[j], gh->x[j]) <= HELD_NEAR * lat[gh->frame[j]].period_px / sqrt(3.0) + 1) N++;
+    char *buf = NULL;
+    int64_t cap = 0, r = 0;
+    tmd_status st = held_tab_alloc(ctx, tab, N);
+    for (int64_t ty = c->ty0; ty < c->ty1 && !st; ty++)
+        for (int64_t tx = c->tx0; tx < c->tx1 && !st; tx++) {
+            int64_t tc[3] = {0, ty, tx}, g = tmd_decomp_tile_index(d, tc), k = tn[g];
+            if (r + k > n) {
+                st = TMD_FAIL(ctx, TMD_ERR_FORMAT, "%s: tile %lld has fewer rows than counted", run->ckpt, (long long)g);
+                break;
+            }
+            st = hp1_read(ctx, run, g, k, &buf, &cap);
+            for (int64_t a = 0; a < k && !st; a++, r++) {
+                tab->frame[r] = own->frame[r];
+                contrast[r] = hp1_f(buf, a, 19);
+                tab->x[r] = hp1_d(buf, a, 0), tab->y[r] = hp1_d(buf, a, 1), tab->a[r] = hp1_d(buf, a, 2);
+            }
+        }
+    int64_t cached = -1;
+    for (int64_t j = 0; j < gh->n && !st; j++) {
+        if (tmd_box_distance(box, gh->y[j], gh->x[j]) > HELD_NEAR * lat[gh->frame[j]].period_px / sqrt(3.0) + 1) continue;
+        if (gtile[j] != cached) {
+            st = hp1_read(ctx, run, gtile[j], tn[gtile[j]], &buf, &cap);
+            cached = st ? -1 : gtile[j];
+        }
+        if (st) break;
+        tab->frame[r] = gh->frame[j];
+        tab->x[r] = hp1_d(buf, gidx[j], 0), tab->y[r] = hp1_d(buf, gidx[j], 1), tab->a[r] = hp1_d(buf, gidx[j], 2);
+        r++;
+    }
+    free(buf);
+    if (!st) held_tab_index(tab, bondmax);
+    else held_tab_free(tab);
     return st;
 }
 
@@ -1249,7 +1338,8 @@ static tmd_status chunk_held_pass1(tmd_ctx *ctx, tmd_run *run, const chunk_t *c,
     const tmd_decomp *d = run->decomp;
     pix_t px = pix_of_run(run);
     int64_t n = own->n;
-    float *trip = NULL, *buf = NULL;
+    float *trip = NULL;
+    char *buf = NULL;
     tmd_status st = TMD_OK;
     if (want_trip) st = tmd_calloc(ctx, (void **)&trip, (size_t)(18 * n) + 1, sizeof *trip, "held contrast");
     if (!st) st = held_pass1(ctx, &px, box, lat, psig, n, own->frame, own->x, own->y, gh->n, gh->frame, gh->x, gh->y,
@@ -1264,12 +1354,17 @@ static tmd_status chunk_held_pass1(tmd_ctx *ctx, tmd_run *run, const chunk_t *c,
             }
             free(buf);
             buf = NULL;
-            st = tmd_calloc(ctx, (void **)&buf, (size_t)(19 * k) + 1, sizeof *buf, "held contrast");
+            st = tmd_calloc(ctx, (void **)&buf, (size_t)(HP1_B * k) + 1, 1, "held contrast");
             for (int64_t a = 0; a < k && !st; a++) {
-                buf[19 * a] = (float)own->frame[r + a];
-                memcpy(buf + 19 * a + 1, trip + 18 * (r + a), 18 * sizeof *buf);
+                char *rec = buf + a * HP1_B;
+                float fr = (float)own->frame[r + a];
+                double dd[3] = {tab->x[r + a], tab->y[r + a], tab->a[r + a]};
+                memcpy(rec, &fr, 4);
+                memcpy(rec + 4, trip + 18 * (r + a), 18 * 4);
+                memcpy(rec + 76, contrast + r + a, 4);
+                memcpy(rec + 4 * HP1_NF, dd, sizeof dd);
             }
-            if (!st) st = tmd_run_tile_blob_write(ctx, run, "hp1", g, buf, (size_t)(19 * k) * sizeof *buf);
+            if (!st) st = tmd_run_tile_blob_write(ctx, run, "hp1", g, buf, (size_t)(HP1_B * k));
             r += k;
         }
     free(trip), free(buf);
@@ -1393,10 +1488,10 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         if (!st) st = tmd_calloc(ctx, (void **)&gid, (size_t)N + 1, sizeof *gid, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&colour, (size_t)N + 1, 1, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&edge, (size_t)N + 1, 1, "classify");
-        if (!st && held_any) { /* held neighbours: pass 1 (owned and near ghosts), then the held refit */
+        if (!st && o->held_gate > 0) { /* held neighbours: pass 1 from the gate sweep, the held refit */
             pix_t px = pix_of_run(run);
-            st = chunk_held_pass1(ctx, run, c, &box, lat, psig, tn, &own, &gh, contrast, &htab, 0);
-            if (!st) st = held_pass2(ctx, &px, &box, lat, psig, &htab, hold, n, contrast);
+            st = chunk_held_table(ctx, run, c, &box, lat, tn, &own, &gh, gtile, gidx, contrast, &htab);
+            if (!st && held_any) st = held_pass2(ctx, &px, &box, lat, psig, &htab, hold, n, contrast);
             held_tab_free(&htab);
         } else if (!st) {
             pix_t px = pix_of_run(run);
@@ -1677,7 +1772,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         if (held_any) { /* the vacancy sites' held refit needs the chunk's pass-1 table again */
             float *scratch = NULL;
             st = tmd_calloc(ctx, (void **)&scratch, (size_t)n + 1, sizeof *scratch, "classify held");
-            if (!st) st = chunk_held_pass1(ctx, run, c, &box, lat, psig, tn, &own, &gh, scratch, &htab, 0);
+            if (!st) st = chunk_held_table(ctx, run, c, &box, lat, tn, &own, &gh, gtile, gidx, scratch, &htab);
             free(scratch);
             if (st) break;
             mu.tab = &htab, mu.hold = hold;
