@@ -831,8 +831,8 @@ static void test_held_contrast(void)
         int same = 1;
         for (int i = 0; i < sc.n; i++) same &= fr[i] == hd[i];
         if (tmd_test_rank == 0)
-            printf("\n    held contrast, %s: %d atoms, gate statistic %.2f (hold %d), S2 sd free %.4f held %.4f", cl ? "clutter" : "Poisson",
-                   sc.n, stat, hold, sdf, sdh);
+            printf("\n    held contrast, %s: %d atoms, gate statistic %.2f (hold %d), S2 sd free %.4f held %.4f%s",
+                   cl ? "clutter" : "Poisson", sc.n, stat, hold, sdf, sdh, cl ? "\n" : "");
         if (cl == 0) {
             CU_ASSERT_EQUAL(hold, 1);
             CU_ASSERT(sdh < 0.9 * sdf);
