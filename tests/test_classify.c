@@ -348,7 +348,7 @@ static scene_t base_scene(void)
  * Without a known pixel size the exponent is free, and a pure binary's one contrast ratio can
  * be read two ways (MoS2 at n gives the ratio of WSe2 at 1.24 n: WSe2 n 1.8 = MoS2 n 1.45,
  * MoS2 n 1.6 = WSe2 n 1.99): those cases are decided by the lattice constant (Vegard) when the
- * pixel size is known; cases whose twin lies far out in the exponent prior (1.75 +- 0.25)
+ * pixel size is known; cases whose twin lies far out in the exponent prior (1.85 +- 0.25)
  * must come out right without it. */
 static void test_pure_compounds(void)
 {

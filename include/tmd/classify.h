@@ -62,13 +62,16 @@ typedef struct tmd_classify_opts {
     double bond_tol;         /* relative tolerance of a bond's length (default 0.35) */
     double bond_angle_tol;   /* tolerance of a bond's direction against the lattice's, degrees (default 25) */
     int min_fit_atoms;       /* components with fewer atoms use the frame's reference model (default 40) */
-    double n_prior;          /* prior mean of the HAADF exponent (default 1.75) */
+    double n_prior;          /* prior mean of the exponent of the contrast measure (default 1.85: pure
+                                MoS2 / WSe2 at physical exponents 1.6-2.0 fit 1.64-2.28 on both
+                                simulators, the measure running above the physical n with probe tails) */
     double n_prior_sd;       /* its standard deviation (default 0.25). For a pure compound the exponent is
                                 not identifiable from the contrast: MoS2 at n and WSe2 at 1.24 n give the
                                 same Mo/S2 = W/Se2 ratio and (n fitted continuously) the same likelihood,
-                                so without a pixel size this prior decides: the twin nearer 1.75 wins
-                                (MoS2 above n 1.56, WSe2 below 1.94). The earlier 1.6 +- 0.2 named every
-                                WSe2 at n > 1.77 MoS2 (held-out seed 7004) */
+                                so without a pixel size this prior decides: the twin nearer 1.85 wins
+                                (MoS2 above a fitted n of 1.65, WSe2 below 2.05). The earlier 1.6 +- 0.2
+                                named every WSe2 at n > 1.77 MoS2 (held-out seed 7004); 1.75 +- 0.25 every
+                                extsim WSe2 at a physical n of 1.8 or more */
     double vote_weight;      /* weight of the segmentation/classifier vote, the mean per-atom log-odds
                                 difference of the two colours (a tie-breaker: default 0.5) */
     double empty_prob;       /* a detected column whose posterior "empty" exceeds this is a vacancy (default
