@@ -2,7 +2,8 @@
  * species of pure MoS2, WSe2 and MoSe2 (where the chalcogen columns are the brighter ones) and
  * of random alloys come out of the contrast physics without being told the material, also
  * when the segmentation's vote says "brighter = metal" on MoSe2; the constraint layer helps;
- * vacancies V_M, V_X, V_X2 are found, also where the lattice relaxes around a V_M, and no site is both a
+ * vacancies V_M, V_X, V_X2 are found, also where the lattice relaxes around a V_M and where lone
+ * chalcogens are rare beside a heavy-tailed pair level, and no site is both a
  * vacancy and a column; a contaminated half is helped by
  * the local noise estimate; two grains with swapped
  * sublattices are both right (components split); and ranks split by domain boxes with ghosts
@@ -29,6 +30,8 @@ typedef struct {
     double xtalk;       /* cross-talk: a chalcogen column loses xtalk x the sum of its bonded metals' levels */
     double relax;       /* px: each column bonded to a V_M is moved this far in a random direction (the
                            lattice relaxes around a vacancy) */
+    double tail_frac, tail_sd; /* heavy tail: this share of the columns gets tail_sd x N(0,1) more
+                                  (Mo units; contamination on a column, a missed background) */
 } scene_t;
 
 static int on_line(const scene_t *sc, double x)
@@ -124,6 +127,7 @@ static void make_scene(const scene_t *sc, truth_t *t)
                 }
                 Iv = Iv / mo * (1 + sc->noise_rel * gauss01(&s)) + sc->noise_abs * gauss01(&s);
                 if (sc->patch_noise > 0 && x < sc->size / 2.0) Iv += sc->patch_noise * gauss01(&s);
+                if (sc->tail_frac > 0 && tmd_test_randf(&s) < sc->tail_frac) Iv += sc->tail_sd * gauss01(&s);
                 t->x[t->n] = x + 0.15 * gauss01(&s);
                 t->y[t->n] = y + 0.15 * gauss01(&s);
                 t->I[t->n] = (float)Iv;
@@ -444,6 +448,36 @@ static void test_relaxed_vacancies(void)
     CU_ASSERT_EQUAL(r.both, 0);
 }
 
+/* Rare lone chalcogens beside a dominant level with a heavy tail (MoSe2 600 x 600 px, 0.2 % of the
+ * Se atoms missing: ~0.4 % of the ~1300 B columns a lone Se, 8 core noise sd below Se2; 20 % of
+ * the columns with 0.3 of a Mo column more noise): the fitted lone rate must not collapse into
+ * Se2's broad component. Plain EM did (held-out 7001 / 7109: v at its floor 0.001, every lone Se
+ * called Se2 or SSe); the Beta prior on the lone share (LONE_K pseudo-columns, em_fit) keeps the
+ * level. Measured (debug build, TMD_VK): V_X F1 of the three seeds 0.29 / 0.00 / 0.29 (mean 0.19)
+ * without the prior, 0.40 / 0.40 / 0.83 (mean 0.54) with LONE_K 5. */
+static void test_rare_lone_chalcogens(void)
+{
+    if (tmd_test_rank) return;
+    double sum = 0;
+    for (int c = 0; c < 3; c++) {
+        scene_t s = base_scene();
+        s.y_se = 1;
+        s.n_exp = 1.8;
+        s.p_vx = 0.002;
+        s.tail_frac = 0.2;
+        s.tail_sd = 0.3;
+        s.seed = 120 + (unsigned)c;
+        s.size = 600;
+        score_t r;
+        run_serial(&s, 1, tmd_lattice_vegard(0, 1) / s.period, &r);
+        fprintf(stderr, "rare lone Se, seed %u: species %.3f chalc %.3f V_X F1 %.3f\n", s.seed, r.acc, r.acc_chal, r.f1[2]);
+        CU_ASSERT(r.acc >= 0.95);
+        sum += r.f1[2];
+    }
+    fprintf(stderr, "rare lone Se: mean V_X F1 %.3f\n", sum / 3);
+    CU_ASSERT(sum / 3 >= 0.4);
+}
+
 /* A contaminated half (extra additive noise 0.12 of a Mo column on the left): the local noise
  * measured from the metal columns' residuals makes the dirty half lean on the fitted
  * composition, so species and single-chalcogen vacancies there are better than with one global
@@ -726,5 +760,6 @@ int main(int argc, char **argv)
                                            {"cross-talk correction", test_crosstalk},
                                            {"vacancy on a rank edge", test_vacancy_on_rank_edge},
                                            {"vacancies in a relaxed lattice", test_relaxed_vacancies},
+                                           {"rare lone chalcogens", test_rare_lone_chalcogens},
                                            {NULL, NULL}});
 }
