@@ -1372,14 +1372,18 @@ banded_apply:
         } else {
             P[0] = 1;
         }
-        /* classifier / segmentation probabilities as a tempered second opinion */
+        /* classifier / segmentation probabilities as a tempered second opinion. The U-Net's
+         * classes have no lone column: it was trained with a lone S painted as S2 and a lone Se as
+         * SSe (tmd_sim_species_class), so a lone column's opinion is read from those classes. (It
+         * was read from Se2 for a lone Se, which the U-Net calls SSe by its brightness: the six
+         * lone Se of held-out 7109, on the Se level at 0.6 noise sd, were all named SSe.) */
         if (np == TMD_NCLASSES || np == TMD_SP_COUNT) {
             const float *p = atoms->prob + i * np;
             double q[TMD_SP_COUNT];
             for (int k = 0; k < TMD_SP_COUNT; k++) {
                 double v;
                 if (np == TMD_SP_COUNT) v = p[k];
-                else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[5] : k == 0 ? p[0] : p[k];
+                else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[4] : k == 0 ? p[0] : p[k];
                 q[k] = pow(v + 1e-3, QEXP);
             }
             double tot = 0;
