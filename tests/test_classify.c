@@ -2,7 +2,9 @@
  * species of pure MoS2, WSe2 and MoSe2 (where the chalcogen columns are the brighter ones) and
  * of random alloys come out of the contrast physics without being told the material, also
  * when the segmentation's vote says "brighter = metal" on MoSe2; the constraint layer helps;
- * vacancies V_M, V_X, V_X2 are found, also where the lattice relaxes around a V_M, and no site is both a
+ * vacancies V_M, V_X, V_X2 are found, also where the lattice relaxes around a V_M and where lone
+ * chalcogens are rare beside a heavy-tailed pair level or read as SSe by the segmentation, and no
+ * site is both a
  * vacancy and a column; a contaminated half is helped by
  * the local noise estimate; two grains with swapped
  * sublattices are both right (components split); and ranks split by domain boxes with ghosts
@@ -30,6 +32,8 @@ typedef struct {
     double xtalk;       /* cross-talk: a chalcogen column loses xtalk x the sum of its bonded metals' levels */
     double relax;       /* px: each column bonded to a V_M is moved this far in a random direction (the
                            lattice relaxes around a vacancy) */
+    double tail_frac, tail_sd; /* heavy tail: this share of the columns gets tail_sd x N(0,1) more
+                                  (Mo units; contamination on a column, a missed background) */
 } scene_t;
 
 static int on_line(const scene_t *sc, double x)
@@ -125,6 +129,7 @@ static void make_scene(const scene_t *sc, truth_t *t)
                 }
                 Iv = Iv / mo * (1 + sc->noise_rel * gauss01(&s)) + sc->noise_abs * gauss01(&s);
                 if (sc->patch_noise > 0 && x < sc->size / 2.0) Iv += sc->patch_noise * gauss01(&s);
+                if (sc->tail_frac > 0 && tmd_test_randf(&s) < sc->tail_frac) Iv += sc->tail_sd * gauss01(&s);
                 t->x[t->n] = x + 0.15 * gauss01(&s);
                 t->y[t->n] = y + 0.15 * gauss01(&s);
                 t->I[t->n] = (float)Iv;
@@ -223,6 +228,8 @@ static double f1(int tp, int fp, int fn) { return tp + fp + fn ? 2.0 * tp / (2.0
 static double local_radius_override = -1; /* >= 0: run_serial uses it as opts.local_radius */
 static int xtalk_override = -1;             /* >= 0: run_serial uses it as opts.xtalk */
 static int misleading_vote = 0;             /* 1: segmentation probabilities say "brighter = metal" */
+static int trained_vote = 0; /* 1: segmentation probabilities as the U-Net learnt them: the true column's class
+                                0.6 (lone S painted S2, lone Se SSe, as in training), the others 0.08 */
 
 /* Rows judged empty leave the table (order kept): map[k] (table row -> truth index) re-made
  * by position. */
@@ -259,8 +266,8 @@ static void run_serial(const scene_t *sc, int constraint, double pixel_size, sco
     tmd_lattice lat;
     lattice_of(sc, &lat);
     tmd_atom_table a, g;
-    tmd_atom_table_init(&a, misleading_vote ? TMD_NCLASSES : 0);
-    tmd_atom_table_init(&g, misleading_vote ? TMD_NCLASSES : 0);
+    tmd_atom_table_init(&a, misleading_vote || trained_vote ? TMD_NCLASSES : 0);
+    tmd_atom_table_init(&g, misleading_vote || trained_vote ? TMD_NCLASSES : 0);
     int64_t *map = malloc(sizeof(int64_t) * (t.n + 1));
     split(&t, NULL, 0, &a, &g, map);
     if (misleading_vote) { /* a U-Net that learnt "brighter = metal": confident and wrong on MoSe2 */
@@ -269,6 +276,14 @@ static void run_serial(const scene_t *sc, int constraint, double pixel_size, sco
             float *p = a.prob + k * TMD_NCLASSES;
             for (int c = 0; c < TMD_NCLASSES; c++) p[c] = 0.01f;
             p[a.intensity[k] > thr ? 1 : 4] = 0.95f;
+        }
+    }
+    if (trained_vote) {
+        static const int cls[8] = {0, 1, 2, 3, 4, 5, 3, 4}; /* species -> U-Net class (training labels) */
+        for (int64_t k = 0; k < a.n; k++) {
+            float *p = a.prob + k * TMD_NCLASSES;
+            for (int c = 0; c < TMD_NCLASSES; c++) p[c] = 0.08f;
+            p[cls[t.sp[map[k]]]] = 0.6f;
         }
     }
     tmd_defect_table d;
@@ -443,6 +458,64 @@ static void test_relaxed_vacancies(void)
     CU_ASSERT(r.f1[1] >= 0.9);
     CU_ASSERT(r.acc >= 0.97);
     CU_ASSERT_EQUAL(r.both, 0);
+}
+
+/* Rare lone chalcogens beside a dominant level with a heavy tail (MoSe2 600 x 600 px, 0.2 % of the
+ * Se atoms missing: ~0.4 % of the ~1300 B columns a lone Se, 8 core noise sd below Se2; 20 % of
+ * the columns with 0.3 of a Mo column more noise): the fitted lone rate must not collapse into
+ * Se2's broad component. Plain EM did (held-out 7001 / 7109: v at its floor 0.001, every lone Se
+ * called Se2 or SSe); the Beta prior on the lone share (LONE_K pseudo-columns, em_fit) keeps the
+ * level. Measured (debug build, TMD_VK): V_X F1 of the three seeds 0.29 / 0.00 / 0.29 (mean 0.19)
+ * without the prior, 0.40 / 0.40 / 0.83 (mean 0.54) with LONE_K 5. */
+static void test_rare_lone_chalcogens(void)
+{
+    if (tmd_test_rank) return;
+    double sum = 0;
+    for (int c = 0; c < 3; c++) {
+        scene_t s = base_scene();
+        s.y_se = 1;
+        s.n_exp = 1.8;
+        s.p_vx = 0.002;
+        s.tail_frac = 0.2;
+        s.tail_sd = 0.3;
+        s.seed = 120 + (unsigned)c;
+        s.size = 600;
+        score_t r;
+        run_serial(&s, 1, tmd_lattice_vegard(0, 1) / s.period, &r);
+        fprintf(stderr, "rare lone Se, seed %u: species %.3f chalc %.3f V_X F1 %.3f\n", s.seed, r.acc, r.acc_chal, r.f1[2]);
+        CU_ASSERT(r.acc >= 0.95);
+        sum += r.f1[2];
+    }
+    fprintf(stderr, "rare lone Se: mean V_X F1 %.3f\n", sum / 3);
+    CU_ASSERT(sum / 3 >= 0.4);
+}
+
+/* Lone Se in a Se-rich alloy (y 0.85, 3 % of the chalcogen atoms missing, additive noise 0.08 of
+ * a Mo column) with segmentation probabilities as the U-Net learnt them: it cannot tell a lone Se
+ * from SSe (both painted SSe in training) and says so. The stage must read a lone Se's opinion from
+ * the SSe class; read from Se2 (as before), the U-Net's opinion counted against every lone Se.
+ * Measured V_X F1 of the three seeds: 0.59 / 0.55 / 0.51 (mean 0.55) with the Se2 reading,
+ * 0.69 / 0.67 / 0.79 (mean 0.71) now. */
+static void test_lone_se_opinion(void)
+{
+    if (tmd_test_rank) return;
+    double sum = 0;
+    for (int c = 0; c < 3; c++) {
+        scene_t s = base_scene();
+        s.x_w = 0.3;
+        s.y_se = 0.85;
+        s.p_vx = 0.03;
+        s.seed = 140 + (unsigned)c;
+        s.noise_abs = 0.08;
+        score_t r;
+        trained_vote = 1;
+        run_serial(&s, 1, tmd_lattice_vegard(s.x_w, s.y_se) / s.period, &r);
+        trained_vote = 0;
+        fprintf(stderr, "lone Se, U-Net opinion, seed %u: species %.3f chalc %.3f V_X F1 %.3f\n", s.seed, r.acc, r.acc_chal, r.f1[2]);
+        sum += r.f1[2];
+    }
+    fprintf(stderr, "lone Se, U-Net opinion: mean V_X F1 %.3f\n", sum / 3);
+    CU_ASSERT(sum / 3 >= 0.63);
 }
 
 /* A contaminated half (extra additive noise 0.12 of a Mo column on the left): the local noise
@@ -885,5 +958,7 @@ int main(int argc, char **argv)
                                            {"vacancy on a rank edge", test_vacancy_on_rank_edge},
                                            {"vacancies in a relaxed lattice", test_relaxed_vacancies},
                                            {"held-neighbour contrast and its gate", test_held_contrast},
+                                           {"rare lone chalcogens", test_rare_lone_chalcogens},
+                                           {"lone Se and the U-Net's opinion", test_lone_se_opinion},
                                            {NULL, NULL}});
 }

@@ -26,6 +26,22 @@
  * 7002, dose 18) let the core collapse to a bin width and the broad part carry the noise
  * (chalcogen 0.55); 0.25: 12 sims species 0.9579, 0.5: 0.9562, 0.15: 0.9552 */
 #define WC_MAX 0.25
+/* pseudo-columns of the lone-chalcogen share's prior (em_fit). A rare level beside a dominant
+ * one with a heavy tail collapses under EM: the few lone columns are explained by the dominant
+ * level's broad component, their responsibility shrinks the rate, the smaller rate hands them
+ * further to the tail, and v ended at its floor 0.001 (held-out 7001 and 7109, Se-rich with 6
+ * lone Se each, all called Se2 or SSe; extsim MoS2 60 kV low dose fitted 0.007 against 0.03). A
+ * Beta prior on the mixture weight keeps the level in play while data are few and is negligible
+ * where lone columns are many (a 1000-column image: at most +0.0025 on v). Offline on the
+ * stage's inputs (pixel size given; species / chalcogen / V_X F1), K 0 -> 5: block 1 0.9775 /
+ * 0.9558 / 0.811 -> 0.9778 / 0.9565 / 0.815, block 2 0.9730 / 0.9460 / 0.624 -> 0.9731 / 0.9463 /
+ * 0.641, extsim 0.9839 / 0.9678 / 0.627 -> 0.9844 / 0.9688 / 0.657; K 4-8 alike, 12 loses
+ * chalcogen. */
+#ifdef TMD_CLASSIFY_DEBUG
+#define LONE_K (getenv("TMD_VK") ? atof(getenv("TMD_VK")) : 5.0)
+#else
+#define LONE_K 5.0
+#endif
 #ifdef TMD_CLASSIFY_DEBUG
 #define QEXP (getenv("TMD_QEXP") ? atof(getenv("TMD_QEXP")) : 0.5)
 #else
@@ -284,7 +300,10 @@ static double em_fit(model_t *m, const int64_t *hm, const int64_t *hx)
         double se = N[1][2] + N[1][4] + 2 * N[1][5], sa = N[1][1] + N[1][4] + 2 * N[1][3];
         if (!m->fixy && se + sa > 0) m->y = clampd(se / (se + sa), 1e-3, 1 - 1e-3);
         double cols = N[1][1] + N[1][2] + N[1][3] + N[1][4] + N[1][5];
-        if (cols > 0) m->v = clampd((N[1][1] + N[1][2]) / (2 * cols), 1e-3, 0.3);
+        /* the share of lone columns among the chalcogen columns, with LONE_K pseudo-columns
+         * each of lone and full (the MAP under a Beta(1 + LONE_K, 1 + LONE_K) prior; v is half
+         * the share) */
+        if (cols > 0) m->v = clampd(0.5 * (N[1][1] + N[1][2] + LONE_K) / (cols + 2 * LONE_K), 1e-3, 0.3);
     }
     return hist_ll(m, hm, hx);
 }
@@ -1359,14 +1378,18 @@ banded_apply:
         } else {
             P[0] = 1;
         }
-        /* classifier / segmentation probabilities as a tempered second opinion */
+        /* classifier / segmentation probabilities as a tempered second opinion. The U-Net's
+         * classes have no lone column: it was trained with a lone S painted as S2 and a lone Se as
+         * SSe (tmd_sim_species_class), so a lone column's opinion is read from those classes. (It
+         * was read from Se2 for a lone Se, which the U-Net calls SSe by its brightness: the six
+         * lone Se of held-out 7109, on the Se level at 0.6 noise sd, were all named SSe.) */
         if (np == TMD_NCLASSES || np == TMD_SP_COUNT) {
             const float *p = atoms->prob + i * np;
             double q[TMD_SP_COUNT];
             for (int k = 0; k < TMD_SP_COUNT; k++) {
                 double v;
                 if (np == TMD_SP_COUNT) v = p[k];
-                else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[5] : k == 0 ? p[0] : p[k];
+                else v = k == TMD_SP_S ? p[3] : k == TMD_SP_SE ? p[4] : k == 0 ? p[0] : p[k];
                 q[k] = pow(v + 1e-3, QEXP);
             }
             double tot = 0;
