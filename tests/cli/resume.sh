@@ -6,7 +6,7 @@
 #     the checkpoint RESULT.h5.ckpt/ (manifest + tile files) and neither RESULT.h5 nor RESULT.h5.tmp;
 #   - a real SIGUSR1 delivered to the ranks (through mpiexec) leads to the same checkpoint path;
 #   - `--resume` at 2 ranks and at 1 rank (a different rank count) loads the kept tiles and gives a
-#     result whose every dataset equals an uninterrupted run's (h5diff), incl.
+#     result whose every dataset equals an uninterrupted run's (h5_same), incl.
 #     /segmentation/classes; the checkpoint is removed after success;
 #   - a resume with another configuration key (tile=256) is refused naming the key, and a new run
 #     over an existing checkpoint without --resume/--force is refused;
@@ -27,6 +27,7 @@ command -v h5diff >/dev/null && command -v h5ls >/dev/null || { echo "h5diff/h5l
 work=$(mktemp -d /tmp/tmdflow-resume-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
 in="$work/sim.h5:/image"
 opts=(tile=128 save_maps=1)
 
@@ -37,7 +38,7 @@ $mpiexec -n 2 "$bin" run "$in" -o "$work/ref.h5" "${opts[@]}" 2>"$work/ref.log" 
 same() { # every dataset of $1 equals $2's
     local n=0
     for d in $(h5ls -r "$1" | awk '$2 == "Dataset" {print $1}'); do
-        h5diff "$1" "$2" "$d" "$d" >/dev/null || fail "$2: dataset $d differs from the uninterrupted run"
+        h5_same "$1" "$2" "$d" || fail "$2: dataset $d differs from the uninterrupted run"
         n=$((n + 1))
     done
     [ "$n" -ge 8 ] || fail "only $n datasets in $1"
