@@ -66,7 +66,9 @@ static int cmp_order(const void *a, const void *b)
 #define PROF_WIN 2048
 #define PROF_Q 65536.0
 
-static int chol_solve(double *A, double *b, int n)
+/* Cholesky factor of the symmetric positive definite n x n A, in place (lower triangle and
+ * diagonal; the upper triangle is left as it was); returns 0 if A is not positive definite */
+static int chol_factor(double *A, int n)
 {
     for (int j = 0; j < n; j++) {
         double d = A[j * n + j];
@@ -80,6 +82,12 @@ static int chol_solve(double *A, double *b, int n)
             A[i * n + j] = v / d;
         }
     }
+    return 1;
+}
+
+/* solve L L^T x = b in place, L from chol_factor (so one factor serves several right-hand sides) */
+static void chol_subst(const double *A, double *b, int n)
+{
     for (int i = 0; i < n; i++) {
         double v = b[i];
         for (int k = 0; k < i; k++) v -= A[i * n + k] * b[k];
@@ -90,6 +98,12 @@ static int chol_solve(double *A, double *b, int n)
         for (int k = i + 1; k < n; k++) v -= A[k * n + i] * b[k];
         b[i] = v / A[i * n + i];
     }
+}
+
+static int chol_solve(double *A, double *b, int n)
+{
+    if (!chol_factor(A, n)) return 0;
+    chol_subst(A, b, n);
     return 1;
 }
 
@@ -152,7 +166,7 @@ static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, in
                         double cy, double R, double is2, double bond, const double dl[3][2], double *G, double *v,
                         double *sx, double *sy)
 {
-    double A[SHIFT_NP * SHIFT_NP] = {0}, A0[SHIFT_NP * SHIFT_NP], b[SHIFT_NP] = {0};
+    double A[SHIFT_NP * SHIFT_NP] = {0}, b[SHIFT_NP] = {0};
     int64_t np = disc_design(buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, 1, G, v);
     for (int64_t p = 0; p < np; p++) {
         const double *g = G + p * SHIFT_NP;
@@ -164,8 +178,7 @@ static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, in
     if (np < 3 * SHIFT_NP) return 0;
     for (int a = 0; a < SHIFT_NP; a++)
         for (int k = a + 1; k < SHIFT_NP; k++) A[a * SHIFT_NP + k] = A[k * SHIFT_NP + a];
-    memcpy(A0, A, sizeof A0);
-    if (!chol_solve(A, b, SHIFT_NP) || !(b[0] > 0)) return 0;
+    if (!chol_solve(A, b, SHIFT_NP) || !(b[0] > 0)) return 0; /* (A now holds its factor) */
     double rss = 0;
     for (int64_t p = 0; p < np; p++) {
         const double *g = G + p * SHIFT_NP;
@@ -175,10 +188,9 @@ static int column_shift(const float *buf, int64_t r0, int64_t r1, int64_t x0, in
     }
     double s2 = rss / (double)(np - SHIFT_NP), tau2 = SHIFT_TAU * bond * SHIFT_TAU * bond, sh[2];
     for (int c = 0; c < 2; c++) { /* variance of the c-th derivative coefficient: s2 (A^-1)_cc */
-        double Ac[SHIFT_NP * SHIFT_NP], e[SHIFT_NP] = {0};
-        memcpy(Ac, A0, sizeof Ac);
+        double e[SHIFT_NP] = {0};
         e[MODEL_NP + c] = 1;
-        if (!chol_solve(Ac, e, SHIFT_NP)) return 0;
+        chol_subst(A, e, SHIFT_NP);
         double var = s2 * e[MODEL_NP + c] / (b[0] * b[0]) * bond * bond;
         sh[c] = b[MODEL_NP + c] / b[0] * bond * tau2 / (tau2 + var);
     }
@@ -471,7 +483,7 @@ static tmd_status measure_contrast(tmd_ctx *ctx, const pix_t *px, const tmd_box 
             int ok = np >= 3 * MODEL_NP, kept = 0;
             double b[MODEL_NP] = {0}, Ak[MODEL_NP * MODEL_NP];
             for (int pass = 0; pass < 2 && ok; pass++) {
-                double A[MODEL_NP * MODEL_NP] = {0}, A0[MODEL_NP * MODEL_NP], fl = 0;
+                double A[MODEL_NP * MODEL_NP] = {0}, fl = 0;
                 if (pass == 1) {
                     for (int64_t p = 0; p < np; p++) {
                         const double *g = G + p * MODEL_NP;
@@ -495,10 +507,9 @@ static tmd_status measure_contrast(tmd_ctx *ctx, const pix_t *px, const tmd_box 
                 }
                 for (int a = 0; a < MODEL_NP; a++)
                     for (int c = a + 1; c < MODEL_NP; c++) A[a * MODEL_NP + c] = A[c * MODEL_NP + a];
-                memcpy(A0, A, sizeof A0);
                 if (chol_solve(A, bb, MODEL_NP) && isfinite(bb[0])) {
                     memcpy(b, bb, sizeof b);
-                    memcpy(Ak, A0, sizeof Ak);
+                    memcpy(Ak, A, sizeof Ak); /* the kept fit's Cholesky factor */
                     kept = pass;
                 } else if (pass == 0)
                     ok = 0; /* (a failed weighted pass keeps the unweighted fit) */
@@ -516,11 +527,11 @@ static tmd_status measure_contrast(tmd_ctx *ctx, const pix_t *px, const tmd_box 
                     }
                     double s2 = rss / (double)(np - MODEL_NP);
                     for (int c = 4; c < MODEL_NP; c++) {
-                        double Ac[MODEL_NP * MODEL_NP], e[MODEL_NP] = {0};
-                        memcpy(Ac, Ak, sizeof Ac);
+                        double e[MODEL_NP] = {0};
                         e[c] = 1;
+                        chol_subst(Ak, e, MODEL_NP);
                         io->pb[6 * i + c - 4] = (float)b[c];
-                        io->pv[6 * i + c - 4] = chol_solve(Ac, e, MODEL_NP) ? (float)(e[c] * s2) : NAN;
+                        io->pv[6 * i + c - 4] = (float)(e[c] * s2);
                     }
                 }
                 if (io && io->tab && io->hold[f]) { /* held refit at the refined centre */
