@@ -8,7 +8,9 @@
  *   palette (grey luminance), MINISWHITE (inverted), RGB (luminance), big-endian, BigTIFF,
  *   multi-page stacks, ImageJ's one-header raw stacks (how ImageJ saves stacks beyond 4 GiB); HDF5 2-D and 3-D datasets (u16, f32 chunked+deflate, i16), "FILE:/path"
  *   and bare files (/image, or the only image dataset); Velox EMD files (frames-last images,
- *   pixel size from the JSON metadata);
+ *   pixel size from the JSON metadata); Berkeley EMD groups (pixel size from the
+ *   fast-scan axis's dim vector and its units; none from a "[px]" axis; a dataset's own
+ *   pixel_size attribute first);
  * - region reads equal the same pixels of a whole-frame read, at random regions and frames;
  * - a region read decodes only the strips that overlap it: a file with one corrupt strip
  *   reads fine away from it and fails, naming the strip, over it;
@@ -364,6 +366,23 @@ static int fx_h5_root_attr(const char *path, const char *name, double v)
     return rc ? -1 : 0;
 }
 
+/* a string attribute on an object of the file (variable-length when vlen, else fixed-size) */
+static int fx_h5_str_attr(const char *path, const char *obj, const char *name, const char *v, int vlen)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return -1;
+    hid_t o = H5Oopen(f, obj, H5P_DEFAULT), t = H5Tcopy(H5T_C_S1), s = H5Screate(H5S_SCALAR);
+    H5Tset_size(t, vlen ? H5T_VARIABLE : strlen(v));
+    hid_t a = o >= 0 ? H5Acreate2(o, name, t, s, H5P_DEFAULT, H5P_DEFAULT) : -1;
+    int rc = a < 0 || H5Awrite(a, t, vlen ? (const void *)&v : (const void *)v) < 0;
+    if (a >= 0) H5Aclose(a);
+    if (o >= 0) H5Oclose(o);
+    H5Sclose(s);
+    H5Tclose(t);
+    H5Fclose(f);
+    return rc ? -1 : 0;
+}
+
 /* ---- checks ----------------------------------------------------------------------- */
 
 /* Opens spec, checks the geometry, reads every frame whole and compares with expected(), then
@@ -599,6 +618,57 @@ static void test_hdf5_inputs(void)
         tmd_reader_close(&vr);
         free(hw);
         free(meta);
+    }
+    /* Berkeley EMD (emd_group_type 1): /data/<name>/data with the axes' coordinates in dim1 ..
+     * dimN beside it; the pixel size is the step of the last (fast-scan) axis in its units
+     * ("[n_m]" = nm), an uncalibrated axis ("[px]") gives none, and an explicit pixel_size
+     * attribute on the dataset wins. */
+    {
+        h5fx b = {1, 1, 12, 14};
+        void *bb = h5_buf(&b);
+        hsize_t db[2] = {12, 14}, n1 = 12, n2 = 14;
+        double d1[12], d2[14];
+        for (int i = 0; i < 12; i++) d1[i] = 0.5 + 0.02 * i;     /* slow axis: 0.2 A */
+        for (int i = 0; i < 14; i++) d2[i] = -1.0 + 0.0137 * i;  /* fast axis: 0.137 A */
+        const char *e = tmd_test_path("berkeley.emd");
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 1, "/data/frame0/data", 2, db, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, bb,
+                                            NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/data/frame0/dim1", 1, &n1, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, d1,
+                                            NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/data/frame0/dim2", 1, &n2, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, d2,
+                                            NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_str_attr(e, "/data/frame0/dim1", "units", "[n_m]", 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_str_attr(e, "/data/frame0/dim2", "units", "[n_m]", 1), 0);
+        /* a second group whose fast axis is in pixels */
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/data/frame1/data", 2, db, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, bb,
+                                            NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_dataset(e, 0, "/data/frame1/dim2", 1, &n2, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, d2,
+                                            NULL, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(fx_h5_str_attr(e, "/data/frame1/dim2", "units", "[px]", 0), 0);
+        struct { const char *dset; double px; } want[] = {{"/data/frame0/data", 0.137}, {"/data/frame1/data", 0}};
+        for (int k = 0; k < 2; k++) {
+            snprintf(spec, sizeof spec, "%s:%s", e, want[k].dset);
+            tmd_ctx bc;
+            tmd_test_ctx(&bc);
+            tmd_reader *br = NULL;
+            CU_ASSERT_EQUAL_FATAL(tmd_reader_open(&bc, spec, &br), TMD_OK);
+            CU_ASSERT_DOUBLE_EQUAL(tmd_reader_info(br)->pixel_size, want[k].px, 1e-9);
+            tmd_reader_close(&br);
+        }
+        hid_t f = H5Fopen(e, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, "/data/frame0/data", H5P_DEFAULT), sc = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(d, "pixel_size", H5T_IEEE_F64LE, sc, H5P_DEFAULT, H5P_DEFAULT);
+        double pv = 0.25;
+        H5Awrite(a, H5T_NATIVE_DOUBLE, &pv);
+        H5Aclose(a), H5Sclose(sc), H5Dclose(d), H5Fclose(f);
+        snprintf(spec, sizeof spec, "%s:/data/frame0/data", e);
+        tmd_ctx bc;
+        tmd_test_ctx(&bc);
+        tmd_reader *br = NULL;
+        CU_ASSERT_EQUAL_FATAL(tmd_reader_open(&bc, spec, &br), TMD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(tmd_reader_info(br)->pixel_size, 0.25, 1e-12);
+        tmd_reader_close(&br);
+        free(bb);
     }
     /* int16 2-D, converted. */
     h5fx c = {2, 1, 20, 22};

@@ -4,8 +4,10 @@
  * the file itself with the serial driver (reading needs no collectives). */
 #include "io_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static tmd_status h5fail(tmd_ctx *ctx, const tmd_reader *r, const char *what)
 {
@@ -145,6 +147,83 @@ static double velox_pixel_size(const tmd_reader *r)
         free(all);
         free(json);
     }
+    H5Sclose(s);
+    H5Dclose(d);
+    return px;
+}
+
+/* Angstrom per unit of a Berkeley EMD dim vector's "units" attribute ("[n_m]", "nm", "A", "pm",
+ * "[m]", "um"), 0 for none or an uncalibrated one ("[px]", "pixel"). */
+static double emd_unit_scale(const char *units)
+{
+    char u[32];
+    int n = 0;
+    for (const char *p = units; *p && n < 31; p++)
+        if (*p != '[' && *p != ']' && *p != '_' && *p != ' ') u[n++] = *p;
+    u[n] = 0;
+    if (!strcmp(u, "nm") || !strcasecmp(u, "nanometer") || !strcasecmp(u, "nanometers")) return 10;
+    if (!strcmp(u, "A") || !strcmp(u, "\xC3\x85") || !strcmp(u, "\xE2\x84\xAB") || !strcasecmp(u, "angstrom") ||
+        !strcasecmp(u, "angstroms"))
+        return 1;
+    if (!strcmp(u, "pm")) return 0.01;
+    if (!strcmp(u, "m")) return 1e10;
+    if (!strcmp(u, "um") || !strcmp(u, "\xC2\xB5m") || !strcmp(u, "\xCE\xBCm")) return 1e4;
+    return 0;
+}
+
+/* Berkeley EMD (emd_group_type = 1): the dataset's group holds dim1 .. dimN, the coordinates of
+ * each axis with a "units" attribute; the last one is the fast-scan axis (the pixel size
+ * tmdflow uses). Its first step in Angstrom, or 0 when the group has no calibrated dim vector.
+ * Best effort: anything unexpected gives 0 (the lattice then measures the scale). */
+static double berkeley_pixel_size(const tmd_reader *r)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s", r->dsetname);
+    char *slash = strrchr(path, '/');
+    if (!slash) return 0;
+    int nd = r->h5rank;
+    if (nd < 2 || nd > 3 || r->frames_last) return 0;
+    snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "dim%d", nd);
+    if (!tmd_h5_exists(r->file, path)) return 0;
+    double px = 0, v[2] = {0, 0};
+    hid_t d = H5Dopen2(r->file, path, H5P_DEFAULT);
+    if (d < 0) return 0;
+    hid_t s = H5Dget_space(d), a = H5I_INVALID_HID, at = H5I_INVALID_HID, mt = H5I_INVALID_HID;
+    hsize_t n = 0;
+    if (H5Sget_simple_extent_ndims(s) == 1) H5Sget_simple_extent_dims(s, &n, NULL);
+    if (n >= 2 && n < ((hsize_t)1 << 31) && H5Aexists(d, "units") > 0) {
+        hsize_t two = 2, zero = 0;
+        hid_t ms = H5Screate_simple(1, &two, NULL);
+        H5Sselect_hyperslab(s, H5S_SELECT_SET, &zero, NULL, &two, NULL);
+        int ok = H5Dread(d, H5T_NATIVE_DOUBLE, ms, s, H5P_DEFAULT, v) >= 0;
+        H5Sclose(ms);
+        char units[64] = "";
+        a = H5Aopen(d, "units", H5P_DEFAULT);
+        if (a >= 0) at = H5Aget_type(a);
+        if (ok && at >= 0 && H5Tget_class(at) == H5T_STRING) {
+            if (H5Tis_variable_str(at) > 0) {
+                char *str = NULL;
+                mt = H5Tcopy(H5T_C_S1);
+                H5Tset_size(mt, H5T_VARIABLE);
+                if (H5Aread(a, mt, &str) >= 0 && str) {
+                    snprintf(units, sizeof units, "%s", str);
+                    H5free_memory(str);
+                }
+            } else {
+                size_t sz = H5Tget_size(at);
+                if (sz > 0 && sz < sizeof units) {
+                    mt = H5Tcopy(H5T_C_S1);
+                    H5Tset_size(mt, sz + 1);
+                    if (H5Aread(a, mt, units) < 0) units[0] = 0;
+                }
+            }
+            double scale = emd_unit_scale(units), step = fabs(v[1] - v[0]) * scale;
+            if (scale > 0 && isfinite(step) && step >= 1e-3 && step <= 100) px = step;
+        }
+    }
+    if (mt >= 0) H5Tclose(mt);
+    if (at >= 0) H5Tclose(at);
+    if (a >= 0) H5Aclose(a);
     H5Sclose(s);
     H5Dclose(d);
     return px;
@@ -310,6 +389,7 @@ tmd_status tmd_io_h5_open(tmd_ctx *ctx, tmd_reader *r)
     }
     r->info.pixel_size = r->frames_last ? velox_pixel_size(r) : 0;
     if (r->info.pixel_size == 0) r->info.pixel_size = read_pixel_size(r->dset);
+    if (r->info.pixel_size == 0) r->info.pixel_size = berkeley_pixel_size(r);
     if (r->info.pixel_size == 0) {
         hid_t root = H5Oopen(r->file, "/", H5P_DEFAULT);
         if (root >= 0) {
