@@ -10,6 +10,7 @@
 #      are never used in training.
 # acc: the images of benchmarks/accuracy/out/sim_*.h5 (run benchmarks/accuracy/run.sh first).
 # ext: the images of benchmarks/external/out/ext_*.tif (run benchmarks/external/run.sh first).
+# Every simulate and run goes under `nice -n ${NICE:-10}` (NICE=19: only idle cycles).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -25,7 +26,7 @@ list=$OUT/list.txt
 if [ "$SET" = sim ] || [ "$SET" = all ]; then
   for s in $(seq 960001 960040); do
     f=$OUT/r$s.h5
-    [ -f "$f" ] || nice -n 10 "$BIN" simulate -o "$f" --seed "$s" --size 512 > /dev/null
+    [ -f "$f" ] || nice -n ${NICE:-10} "$BIN" simulate -o "$f" --seed "$s" --size 512 > /dev/null
     echo "$f:/image $(attr pixel_size "$f") $(attr lattice_a "$f")" >> "$list"
   done
   i=0
@@ -33,7 +34,7 @@ if [ "$SET" = sim ] || [ "$SET" = all ]; then
     for comp in 0,1 1,1 0,0 0.5,0.5; do
       i=$((i + 1))
       f=$OUT/t$px-$comp.h5
-      [ -f "$f" ] || nice -n 10 "$BIN" simulate -o "$f" --seed $((960100 + i)) --size 768 --pixel-size "$px" \
+      [ -f "$f" ] || nice -n ${NICE:-10} "$BIN" simulate -o "$f" --seed $((960100 + i)) --size 768 --pixel-size "$px" \
         --composition "$comp" > /dev/null
       echo "$f:/image $(attr pixel_size "$f") $(attr lattice_a "$f")" >> "$list"
     done
@@ -54,7 +55,7 @@ tsv=$OUT/pixel_size.tsv
 printf 'input\tpx_true\ta_true\tperiod\tperiod_err_pct\tpx_final\tpx_err_pct\ta_vegard\tcomposition\n' > "$tsv"
 while read -r f px a; do
   res=$OUT/res.h5
-  log=$(TMDFLOW_LOG=info nice -n 10 "$BIN" run "$f" -o "$res" --force 2>&1 < /dev/null) || { echo "run failed: $f" >&2; continue; }
+  log=$(TMDFLOW_LOG=info nice -n ${NICE:-10} "$BIN" run "$f" -o "$res" --force 2>&1 < /dev/null) || { echo "run failed: $f" >&2; continue; }
   per=$(echo "$log" | sed -n 's/.*lattice: period \([0-9.]*\) px.*/\1/p' | head -1)
   av=$(echo "$log" | sed -n 's/.*(a = \([0-9.]*\) A).*/\1/p' | head -1)
   comp=$(echo "$log" | sed -n 's/.*composition \(Mo[0-9.]*W[0-9.]* S[0-9.]*Se[0-9.]*\).*/\1/p' | head -1)
