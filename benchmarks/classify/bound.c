@@ -53,6 +53,29 @@ static const int kcode[NK] = {0, TMD_SP_S2, TMD_SP_SSE, TMD_SP_SE2, TMD_SP_S, TM
 static const double kappa[NKAPPA] = {0.5, 0.7, 1.4, 2, 2.8, 4, 6};
 static int is_lone(int k) { return k == 4 || k == 5; }
 
+/* The file's /image (single frame) as float, or NULL. */
+static float *read_image(const char *path, int64_t n)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return NULL;
+    float *out = NULL;
+    hid_t d = H5Dopen2(f, "/image", H5P_DEFAULT);
+    if (d >= 0) {
+        hid_t sp = H5Dget_space(d);
+        if (H5Sget_simple_extent_npoints(sp) == n) {
+            out = malloc((size_t)n * sizeof(float));
+            if (out && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+                free(out);
+                out = NULL;
+            }
+        }
+        H5Sclose(sp);
+        H5Dclose(d);
+    }
+    H5Fclose(f);
+    return out;
+}
+
 static char *read_sim_text(const char *path)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -251,6 +274,22 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     double *g = malloc((size_t)(D * D) * sizeof(double));
     double rn2 = p.read_noise * p.read_noise;
 
+    /* the file's own detector image back in counts (gain, offset, then the smear's IIR filter
+     * undone): the realised check below measures every site on it with the bound's own
+     * estimator, so the bound's noise model is checked against the pixels, not assumed */
+    float *cnt = check == 1 ? NULL : read_image(path, H * W);
+    if (cnt) {
+        double a = p.scan_smear;
+        for (int64_t y = 0; y < H; y++) {
+            float *row = cnt + y * W;
+            double prev = 0;
+            for (int64_t x = 0; x < W; x++) {
+                double v = ((double)row[x] - p.offset) / p.gain;
+                row[x] = (float)(x == 0 ? v : (v - a * prev) / (1 - a));
+                prev = v;
+            }
+        }
+    }
     float *lam0 = NULL; /* BOUND_CHECK=2: the same world without contamination, to measure its realised share */
     if (check == 2) {
         tmd_sim_params p0 = p;
@@ -317,7 +356,9 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     double *ks_x = malloc((size_t)capk * sizeof(double)), *ks_y = malloc((size_t)capk * sizeof(double));
     double *hrow = malloc((size_t)capk * sizeof(double)), *bk = malloc((size_t)capk * sizeof(double));
     double *Mk = malloc((size_t)capk * (size_t)capk * sizeof(double));
-    score s1 = {0}, s2 = {0}, s3 = {0}, sk[NKAPPA], sk2[NKAPPA];
+    double zsum = 0, z2sum = 0;
+    int64_t nz = 0;
+    score s1 = {0}, s2 = {0}, s3 = {0}, sr = {0}, sk[NKAPPA], sk2[NKAPPA];
     memset(sk, 0, sizeof sk);
     memset(sk2, 0, sizeof sk2);
     double *rs_p = malloc((size_t)nb * sizeof(double)), *rs_t = malloc((size_t)nb * sizeof(double));
@@ -470,6 +511,32 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         double P[NK];
         decide(pri, mu, sd, t, P);
         add_site(&s1, t, P);
+        if (cnt) { /* realised: the BLUE amplitude on the file's pixels, then the same MAP rule */
+            double r = 0;
+            for (int64_t y = yc - R; y <= yc + R; y++)
+                for (int64_t x = xc - R; x <= xc + R; x++) {
+                    if (y < 0 || y >= H || x < 0 || x >= W) continue;
+                    double v = lam[y * W + x] + rn2;
+                    if (v > 1e-9) r += g[(y - yc + R) * D + (x - xc + R)] / v * ((double)cnt[y * W + x] - lam[y * W + x]);
+                }
+            double ahat = c->wt + r / F[t], zz = r / F[t] * sqrt(F[t]);
+            zsum += zz;
+            z2sum += zz * zz;
+            nz++;
+            int best = 0;
+            double bv = -1e300;
+            for (int j = 0; j < NK; j++) {
+                if (pri[j] <= 0) continue;
+                double z = (ahat - mu[j]) / sd[j], v = log(pri[j]) - log(sd[j]) - 0.5 * z * z;
+                if (v > bv) {
+                    bv = v;
+                    best = j;
+                }
+            }
+            double Q[NK] = {0};
+            Q[best] = 1;
+            add_site(&sr, t, Q);
+        }
         /* F1 is not what MAP maximises: the same decision with the lone (empty) prior scaled
          * by kappa; the image's best kappa is reported (an upper bound over these rules) */
         for (int q = 0; q < NKAPPA; q++) {
@@ -518,6 +585,9 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         if (f1(sk2[q].vx2) > f1(bv2)) bv2 = sk2[q].vx2;
     }
     printf(",%.4f,%.3f,%.3f,%.3f,%.4f,%.3f,%.3f,%.3f", f1(bv), bv[0], bv[1], bv[2], f1(bv2), bv2[0], bv2[1], bv2[2]);
+    printf(",%.4f,%.4f,%.5f,%.4f,%.4f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f", nz ? zsum / (double)nz : NAN,
+           nz ? z2sum / (double)nz : NAN, sr.n > 0 ? sr.ok / sr.n : NAN, f1(sr.vx), f1(sr.vx2), sr.ok, sr.n, sr.vx[0],
+           sr.vx[1], sr.vx[2], sr.vx2[0], sr.vx2[1], sr.vx2[2]);
     printf("\n");
     fflush(stdout);
     free(wp_x);
@@ -542,6 +612,7 @@ done:
     free(jit);
     free(lam);
     free(lam0);
+    free(cnt);
     tmd_sim_world_free(&w);
     return 0;
 }
@@ -559,7 +630,8 @@ int main(int argc, char **argv)
                "chal,vx_f1,vx2_f1,chal_ok,chal_n,vx_tp,vx_fp,vx_fn,vx2_tp,vx2_fp,vx2_fn,"
                "chal_c,vx_f1_c,vx2_f1_c,chal_ok_c,chal_n_c,vx_tp_c,vx_fp_c,vx_fn_c,vx2_tp_c,vx2_fp_c,vx2_fn_c,"
                "chal_b,vx_f1_b,vx2_f1_b,chal_ok_b,chal_n_b,vx_tp_b,vx_fp_b,vx_fn_b,vx2_tp_b,vx2_fp_b,vx2_fn_b,"
-               "vx_f1_k,vx_tp_k,vx_fp_k,vx_fn_k,vx2_f1_k,vx2_tp_k,vx2_fp_k,vx2_fn_k\n");
+               "vx_f1_k,vx_tp_k,vx_fp_k,vx_fn_k,vx2_f1_k,vx2_tp_k,vx2_fp_k,vx2_fn_k,"
+               "z_mean,z_var,chal_r,vx_f1_r,vx2_f1_r,chal_ok_r,chal_n_r,vx_tp_r,vx_fp_r,vx_fn_r,vx2_tp_r,vx2_fp_r,vx2_fn_r\n");
     int rc = 0;
     for (int a = 1; a < argc; a++)
         if (run(&ctx, argv[a], check)) rc = 1;

@@ -6,6 +6,8 @@ C = contamination as Gaussian noise of the scatterer process's covariance, best 
 B = the same noise, but the column measured with its own Poisson-weighted profile only (BLUE),
     roughly what a per-column contrast that does not model contamination sees.
 F = K with the lone (V_X) or empty (V_X2) prior scaled for the best F1 of the image.
+R = K's estimator and rule applied to the file's own pixels (realised, one noise draw): checks
+    the bound's noise model; z = (amplitude - true) / CRB sd over the sites should be N(0, 1).
 Pooling sums the expected counts (chalcogen ok / n, V_X and V_X2 tp / fp / fn) like tools/pool.py."""
 import csv, json, os, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -44,6 +46,11 @@ for r in rows:
             for key in ("vx", "vx2"):
                 t = a.setdefault(key+v, [0.0]*3)
                 for i, c in enumerate(("tp","fp","fn")): t[i] += g(f"{key}_{c}{v}")
+        for key in ("vx", "vx2"):
+            t = a.setdefault(key+"_r", [0.0]*3)
+            for i, c in enumerate(("tp","fp","fn")): t[i] += g(f"{key}_{c}_r")
+        a["okr"] = a.get("okr", 0) + g("chal_ok_r"); a["nr"] = a.get("nr", 0) + g("chal_n_r")
+        nb = g("n_b"); a["zn"] = a.get("zn", 0) + nb; a["z1"] = a.get("z1", 0) + nb*g("z_mean"); a["z2"] = a.get("z2", 0) + nb*g("z_var")
         if m:
             a["nmain"] += 1; a["mok"] += m["ok"]; a["mn"] += m["n"]
             for i in range(3): a["mvx"][i] += m["vx"][i]; a["mvx2"][i] += m["vx2"][i]
@@ -55,3 +62,8 @@ for b in sorted(k for k in agg if k != "all") + ["all"]:
     print(f"  {b:>4}   {' / '.join(fmt(a['ok'+v]/a['n'+v],4) for v in V)} / {fmt(mc,4)}   "
           f"{' / '.join(fmt(f1(*a['vx'+v])) for v in V + ('_k',))} / {fmt(f1(*a['mvx']))}   "
           f"{' / '.join(fmt(f1(*a['vx2'+v])) for v in V + ('_k',))} / {fmt(f1(*a['mvx2']))}   ({a['nimg']}, {a['nmain']})")
+print("\nrealised check (R: the bound's estimator on the files' pixels, one draw) and z = (estimate - truth) / CRB sd")
+print("  block  chalcogen K / R    V_X K / R    V_X2 K / R    z mean, z^2 mean (1 if the CRB is right)")
+for b in sorted(k for k in agg if k != "all") + ["all"]:
+    a = agg[b]
+    print(f"  {b:>4}   {a['ok']/a['n']:.4f} / {a['okr']/a['nr']:.4f}   {fmt(f1(*a['vx']))} / {fmt(f1(*a['vx_r']))}   {fmt(f1(*a['vx2']))} / {fmt(f1(*a['vx2_r']))}   {a['z1']/a['zn']:+.3f}, {a['z2']/a['zn']:.3f}")
