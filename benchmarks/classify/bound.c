@@ -181,6 +181,30 @@ static void decide(const double *pri, const double *mu, const double *sd, int t,
     P[t] += 1 - s;
 }
 
+/* [A^-1]_00 of a symmetric positive definite n x n matrix (row-major, destroyed); <0 if not SPD. */
+static double inv00(double *A, int n)
+{
+    for (int k = 0; k < n; k++) {
+        for (int m = 0; m < k; m++) A[k * n + k] -= A[m * n + k] * A[m * n + k];
+        if (A[k * n + k] <= 1e-300) return -1;
+        A[k * n + k] = sqrt(A[k * n + k]);
+        for (int l = k + 1; l < n; l++) {
+            for (int m = 0; m < k; m++) A[k * n + l] -= A[m * n + k] * A[m * n + l];
+            A[k * n + l] /= A[k * n + k];
+        }
+    }
+    /* A = U'U: [A^-1]_00 = |U'^-1 ... |: solve U' z = e0, then [A^-1]_00 = |U^-1' e0|^2 = sum z^2 */
+    double z[64], q = 0;
+    for (int k = 0; k < n; k++) {
+        double sacc = k == 0 ? 1 : 0;
+        for (int m = 0; m < k; m++) sacc -= A[m * n + k] * z[m];
+        z[k] = sacc / A[k * n + k];
+    }
+    /* that gives e0' A^-1 e0 only through U^-1 U'^-1; U'^-1 e0 = z, so e0' (U'U)^-1 e0 = |z|^2 */
+    for (int k = 0; k < n; k++) q += z[k] * z[k];
+    return q;
+}
+
 static int cmpd(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -358,11 +382,12 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     double *Mk = malloc((size_t)capk * (size_t)capk * sizeof(double));
     double zsum = 0, z2sum = 0;
     int64_t nz = 0;
-    score s1 = {0}, s2 = {0}, s3 = {0}, sr = {0}, sk[NKAPPA], sk2[NKAPPA];
+    score s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, sr = {0}, sk[NKAPPA], sk2[NKAPPA];
     memset(sk, 0, sizeof sk);
     memset(sk2, 0, sizeof sk2);
     double *rs_p = malloc((size_t)nb * sizeof(double)), *rs_t = malloc((size_t)nb * sizeof(double));
     double *rs_c = malloc((size_t)nb * sizeof(double)), *rs_b = malloc((size_t)nb * sizeof(double));
+    double *rs_h = malloc((size_t)nb * sizeof(double));
     int64_t nrs = 0;
     double cov_area = fabs(w.M[0][0] * w.M[1][1] - w.M[0][1] * w.M[1][0]) * w.px * w.px; /* Angstrom^2 per px^2 */
     double thr = p.contamination > 0 && p.contamination_cover > 0 ? tmd_sim_norm_ppf(1 - p.contamination_cover) : 0;
@@ -391,6 +416,38 @@ static int run(tmd_ctx *ctx, const char *path, int check)
             double cj = p.column_jitter * mu[j];
             var[j] = (F[j] > 0 ? 1 / F[j] : 1e6) + cj * cj;
             sd[j] = sqrt(var[j]);
+        }
+        /* H: the stage's held measure's geometry (docs/accuracy.md: the column's profile and a
+         * constant free over a disc of 0.6 bond, the neighbours held) with everything exact:
+         * profile, position, neighbours, contamination known. var_H = [I^-1]_00 of that fit's
+         * Fisher matrix, per hypothesis: what a 0.6-bond disc with a free level costs against K. */
+        double sdh[NK];
+        {
+            const int np_ = 2; /* the column's amplitude and a constant */
+            double IJ[NK][4];
+            memset(IJ, 0, sizeof IJ);
+            double rd = 0.6 * p.lattice_a / sqrt(3.0) / p.pixel_size, Gv[2];
+            for (int64_t y = yc - (int64_t)ceil(rd) - 1; y <= yc + (int64_t)ceil(rd) + 1; y++)
+                for (int64_t x = xc - (int64_t)ceil(rd) - 1; x <= xc + (int64_t)ceil(rd) + 1; x++) {
+                    if (y < 0 || y >= H || x < 0 || x >= W) continue;
+                    double ex = (double)x - c->qx, ey = (double)y - c->qy;
+                    if (ex * ex + ey * ey > rd * rd) continue;
+                    Gv[0] = g[(y - yc + R) * D + (x - xc + R)];
+                    Gv[1] = 1;
+                    for (int j = 0; j < NK; j++) {
+                        double v = lam[y * W + x] + (mu[j] - c->wt) * Gv[0] + rn2;
+                        if (v <= 1e-9) continue;
+                        for (int a = 0; a < np_; a++)
+                            for (int b2 = a; b2 < np_; b2++) IJ[j][a * np_ + b2] += Gv[a] * Gv[b2] / v;
+                    }
+                }
+            for (int j = 0; j < NK; j++) {
+                for (int a = 0; a < np_; a++)
+                    for (int b2 = 0; b2 < a; b2++) IJ[j][a * np_ + b2] = IJ[j][b2 * np_ + a];
+                double v00 = inv00(IJ[j], np_);
+                double cj = p.column_jitter * mu[j];
+                sdh[j] = sqrt((v00 > 0 ? v00 : 1e6) + cj * cj);
+            }
         }
         /* contamination as noise. Its scatterers are a compound Poisson process (density rho =
          * local cover x cont_density per Angstrom^2, exponential weights, blobs of the core
@@ -555,11 +612,14 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         add_site(&s2, t, P);
         decide(pri, mu, sdb, t, P);
         add_site(&s3, t, P);
+        decide(pri, mu, sdh, t, P);
+        add_site(&s4, t, P);
         if (t == 1) {
             rs_p[nrs] = sqrt(1 / F[1]) / mu[1];
             rs_t[nrs] = sd[1] / mu[1];
             rs_c[nrs] = sdc[1] / mu[1];
             rs_b[nrs] = sdb[1] / mu[1];
+            rs_h[nrs] = sdh[1] / mu[1];
             nrs++;
         }
     }
@@ -567,13 +627,13 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     b = b ? b + 1 : path;
     long seedno = 0;
     sscanf(b, "sim_%ld", &seedno);
-    double mp = median(rs_p, nrs), mt = median(rs_t, nrs), mcn = median(rs_c, nrs), mbn = median(rs_b, nrs);
+    double mp = median(rs_p, nrs), mt = median(rs_t, nrs), mcn = median(rs_c, nrs), mbn = median(rs_b, nrs), mhn = median(rs_h, nrs);
     printf("%ld,%.4g,%.5f,%.4f,%.4f,%.4f,%.4f,%.3f,%.4f,%" PRId64, seedno, p.dose, p.pixel_size, p.contamination,
            p.contamination_cover, p.column_jitter, p.z_exponent, p.read_noise, w.frac_t, nb);
     for (int j = 0; j < NK; j++) printf(",%" PRId64, ncount[j]);
-    printf(",%.4f,%.4f,%.4f,%.4f", mp, mt, mcn, mbn);
-    score *ss[3] = {&s1, &s2, &s3};
-    for (int v = 0; v < 3; v++) {
+    printf(",%.4f,%.4f,%.4f,%.4f,%.4f", mp, mt, mcn, mbn, mhn);
+    score *ss[4] = {&s1, &s2, &s3, &s4};
+    for (int v = 0; v < 4; v++) {
         score *s = ss[v];
         printf(",%.5f,%.4f,%.4f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f", s->n > 0 ? s->ok / s->n : NAN, f1(s->vx),
                f1(s->vx2), s->ok, s->n, s->vx[0], s->vx[1], s->vx[2], s->vx2[0], s->vx2[1], s->vx2[2]);
@@ -604,6 +664,7 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     free(rs_t);
     free(rs_c);
     free(rs_b);
+    free(rs_h);
 done:
     free(g);
     free(cols);
@@ -626,10 +687,11 @@ int main(int argc, char **argv)
     int check = getenv("BOUND_CHECK") ? atoi(getenv("BOUND_CHECK")) : 0;
     if (check != 1)
         printf("seed,dose,pixel_size,contamination,contamination_cover,column_jitter,z_exponent,read_noise,tail_fraction,n_b,"
-               "n_empty,n_S2,n_SSe,n_Se2,n_S,n_Se,s2_sd_poisson,s2_sd_total,s2_sd_cont,s2_sd_blue,"
+               "n_empty,n_S2,n_SSe,n_Se2,n_S,n_Se,s2_sd_poisson,s2_sd_total,s2_sd_cont,s2_sd_blue,s2_sd_held,"
                "chal,vx_f1,vx2_f1,chal_ok,chal_n,vx_tp,vx_fp,vx_fn,vx2_tp,vx2_fp,vx2_fn,"
                "chal_c,vx_f1_c,vx2_f1_c,chal_ok_c,chal_n_c,vx_tp_c,vx_fp_c,vx_fn_c,vx2_tp_c,vx2_fp_c,vx2_fn_c,"
                "chal_b,vx_f1_b,vx2_f1_b,chal_ok_b,chal_n_b,vx_tp_b,vx_fp_b,vx_fn_b,vx2_tp_b,vx2_fp_b,vx2_fn_b,"
+               "chal_h,vx_f1_h,vx2_f1_h,chal_ok_h,chal_n_h,vx_tp_h,vx_fp_h,vx_fn_h,vx2_tp_h,vx2_fp_h,vx2_fn_h,"
                "vx_f1_k,vx_tp_k,vx_fp_k,vx_fn_k,vx2_f1_k,vx2_tp_k,vx2_fp_k,vx2_fn_k,"
                "z_mean,z_var,chal_r,vx_f1_r,vx2_f1_r,chal_ok_r,chal_n_r,vx_tp_r,vx_fp_r,vx_fn_r,vx2_tp_r,vx2_fp_r,vx2_fn_r\n");
     int rc = 0;

@@ -3,7 +3,9 @@
 bounds of bound.c beside the pipeline's figures from SCOREDIR/score_<seed>_given.json if present.
 K = contamination known (its realisation is part of lambda): the optimistic bound.
 C = contamination as Gaussian noise of the scatterer process's covariance, best linear estimate.
-B = the same noise, but the column measured with its own Poisson-weighted profile only (BLUE),
+H = the stage's held measure's geometry (the column's profile and a constant free over a disc of
+    0.6 bond, neighbours held) with everything else exact and contamination known.
+B = contamination as noise, but the column measured with its own Poisson-weighted profile only (BLUE),
     roughly what a per-column contrast that does not model contamination sees.
 F = K with the lone (V_X) or empty (V_X2) prior scaled for the best F1 of the image.
 R = K's estimator and rule applied to the file's own pixels (realised, one noise draw): checks
@@ -21,9 +23,9 @@ def main_fig(seed):
     return dict(ok=sum(C[i][i] for i in range(3, 8)), n=sum(sum(C[i]) for i in range(3, 8)),
                 vx=[v["V_X"][k] for k in ("tp","fp","fn")], vx2=[v["V_X2"][k] for k in ("tp","fp","fn")])
 def fmt(x, d=3): return " nan " if x != x else f"{x:.{d}f}"
-print("per image: K contamination known, C as noise (best linear), B as noise (column profile only), F best-F1 prior scale; main = the pipeline (pixel size given)")
-print(" seed  dose  px    cont  cover cj    sdS2K sdS2C | chal K C      B      main   | V_X K C     B     F     main  | V_X2 K C    B     F     main  | lone empty  below target (K)")
-V = ("", "_c", "_b")
+print("per image: K contamination known, C as noise (best linear), H held-fit geometry, B as noise (column profile only), F best-F1 prior scale; main = the pipeline (pixel size given)")
+print(" seed  dose  px    cont  cover cj    sdS2K sdS2C sdS2H | chal K C      H      B      main   | V_X K C     H     B     F     main  | V_X2 K C    H     B     F     main  | lone empty  below target (K)")
+V = ("", "_c", "_h", "_b")
 agg = {}
 for r in rows:
     s = r["seed"]; g = lambda k: float(r[k])
@@ -34,7 +36,7 @@ for r in rows:
     if g("chal") < 0.95: flag += " chal"
     if g("vx_f1_k") < 0.9: flag += " V_X"
     if g("vx2_f1_k") < 0.8: flag += " V_X2"
-    print(f" {s} {g('dose'):5.0f} {g('pixel_size'):.3f} {g('contamination'):.3f} {g('contamination_cover'):.2f} {g('column_jitter'):.3f} {g('s2_sd_total'):.3f} {g('s2_sd_cont'):.3f} |"
+    print(f" {s} {g('dose'):5.0f} {g('pixel_size'):.3f} {g('contamination'):.3f} {g('contamination_cover'):.2f} {g('column_jitter'):.3f} {g('s2_sd_total'):.3f} {g('s2_sd_cont'):.3f} {g('s2_sd_held'):.3f} |"
           f" {' '.join(fmt(g('chal'+v),4) for v in V)} {fmt(mc,4)} | {' '.join(fmt(g('vx_f1'+v)) for v in V)} {fmt(g('vx_f1_k'))} {fmt(mvx)} |"
           f" {' '.join(fmt(g('vx2_f1'+v)) for v in V)} {fmt(g('vx2_f1_k'))} {fmt(mvx2)} | {int(g('n_S'))+int(g('n_Se')):4d} {int(g('n_empty')):4d} {flag}")
     for b in (s[:2], "all"):
@@ -55,7 +57,7 @@ for r in rows:
             a["nmain"] += 1; a["mok"] += m["ok"]; a["mn"] += m["n"]
             for i in range(3): a["mvx"][i] += m["vx"][i]; a["mvx2"][i] += m["vx2"][i]
 print("\npooled (expected counts summed)")
-print("  block  chalcogen K / C / B / main          V_X K / C / B / F / main          V_X2 K / C / B / F / main   (images, with main)")
+print("  block  chalcogen K / C / H / B / main          V_X K / C / H / B / F / main          V_X2 K / C / H / B / F / main   (images, with main)")
 for b in sorted(k for k in agg if k != "all") + ["all"]:
     a = agg[b]
     mc = a["mok"]/a["mn"] if a["mn"] else float("nan")
