@@ -1,6 +1,6 @@
 /* bound: the best chalcogen / V_X / V_X2 figures any per-column measurement could reach on a
  * simulated image, from the simulator's own world (benchmarks/classify/bound.sh runs it over
- * blocks and pools; the figures and their assumptions are in docs/accuracy.md).
+ * blocks and pools; figures and assumptions: docs/accuracy.md, the per-column bound).
  *
  *   build/benchmarks/bound SIM.h5 [SIM.h5 ...] > bound.csv      one CSV line per image
  *   BOUND_CHECK=1 build/benchmarks/bound SIM.h5                  self-check of the profiles
@@ -23,16 +23,28 @@
  *   - the Bayes (MAP) decision over the six classes with the image's true class shares as
  *     priors; the expected confusion of the site = the true class's Gaussian mass over each
  *     decision region (a grid of cells of sigma_min/40, exact normal CDF per cell).
- * A second variant adds the contamination as noise: its mean is known but its scatterers
- * (Poisson count per area, exponential weights, 1 Angstrom blobs) are not; the variance of the
- * amplitude's BLUE (weights g_p / v_p / F) under that point process at the site's local
- * scatterer density is added to every class (core only, row jitter ignored for it).
+ * Variants (CSV column suffixes): "" = K, contamination known (its realisation is part of
+ * lambda): the optimistic bound. _c = C, contamination as noise: its mean is known but its
+ * scatterers (Poisson count per area, exponential weights, 1 Angstrom blobs) are not; treated as
+ * Gaussian noise with their covariance at the site's local density, the best linear estimate
+ * over a disc of 3 sigma_c (Woodbury on a grid of scatterer places) adds its variance increase
+ * to every class. Not a strict bound: a method that resolves single scatterers could beat it.
+ * _b = B, the same noise but the amplitude measured with the column's own Poisson-weighted
+ * profile only (BLUE): roughly a contrast that does not model contamination. _h = H, the stage's
+ * held measure's geometry (column and a constant free over a disc of 0.6 bond) with everything
+ * else exact and contamination known. _k = F, K with the lone (V_X) or empty (V_X2) prior
+ * scaled by the image's best of 7 factors (F1 is not what MAP maximises). _r = R, realised: K's
+ * estimator and rule on the file's own pixels (counts recovered from gain, offset and the
+ * smear), one noise draw; z = (estimate - truth) / CRB sd should be N(0, 1) (z_mean, z_var).
+ * BOUND_CHECK=1 compares the sum of the columns' profiles with lambda on the same world
+ * without background and contamination; BOUND_CHECK=2 prints per site (stderr) the realised
+ * contamination in the BLUE beside its predicted sd.
  *
- * Output per image (CSV): the conditions, the counts of true classes, and for both variants the
+ * Output per image (CSV): the conditions, the counts of true classes, and for every variant the
  * expected chalcogen accuracy (as `tmdflow score`: a site decided empty leaves /atoms, so it is
  * not in the denominator), V_X F1 (lone S/Se vs the rest) and V_X2 F1 (empty vs the rest),
  * with the expected tp/fp/fn so that blocks pool like tools/pool.py; medians of the S2 sites'
- * sd (Poisson part and total) relative to the S2 level. */
+ * sd (Poisson part, K, C, B, H) relative to the S2 level. */
 #include <hdf5.h>
 #include <inttypes.h>
 #include <math.h>
