@@ -27,7 +27,8 @@
  * lambda): the optimistic bound. _c = C, contamination as noise: its mean is known but its
  * scatterers (Poisson count per area, exponential weights, 1 Angstrom blobs) are not; treated as
  * Gaussian noise with their covariance at the site's local density, the best linear estimate
- * over a disc of 3 sigma_c (Woodbury on a grid of scatterer places) adds its variance increase
+ * over a disc of 8 sigma_c (Woodbury on a grid of scatterer places; BOUND_CDISC, BOUND_CSTEP change
+ * the disc and the grid step, 0.7 blob sigma: 6 or 0.4 move V_X by <= 0.003) adds its variance increase
  * to every class. Not a strict bound: a method that resolves single scatterers could beat it.
  * _b = B, the same noise but the amplitude measured with the column's own Poisson-weighted
  * profile only (BLUE): roughly a contrast that does not model contamination. _h = H, the stage's
@@ -305,7 +306,11 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     double gmin = fmin(w.G[0], w.G[2]) * 0.9;
     int Rc = (int)ceil(4 * w.sig_c / sqrt(gmin)) + 2;
     int Rt = w.frac_t > 0 ? (int)ceil(3 * w.sig_t / sqrt(gmin)) + 2 : 0;
+    /* C's disc (in core sigmas) must lie inside the window where g is tabulated */
+    double cdisc = getenv("BOUND_CDISC") ? atof(getenv("BOUND_CDISC")) : 8.0;
+    int Rd = (int)ceil(cdisc * w.sig_c / sqrt(gmin)) + 2;
     int R = Rc > Rt ? Rc : Rt;
+    if (Rd > R) R = Rd;
     int D = 2 * R + 1;
     double *g = malloc((size_t)(D * D) * sizeof(double));
     double rn2 = p.read_noise * p.read_noise;
@@ -386,12 +391,13 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         pri[j] = nb ? (double)ncount[j] / (double)nb : 0;
         mu[j] = w.wsp[kcode[j]];
     }
-    int capp = (int)(4 * (R + 2) * (R + 2)), capk = 4096;
+    int capp = D * D, capk = 4096;
     double *wp_x = malloc((size_t)capp * sizeof(double)), *wp_y = malloc((size_t)capp * sizeof(double));
     double *wp_g = malloc((size_t)capp * sizeof(double)), *wp_d = malloc((size_t)capp * sizeof(double));
     double *ks_x = malloc((size_t)capk * sizeof(double)), *ks_y = malloc((size_t)capk * sizeof(double));
     double *hrow = malloc((size_t)capk * sizeof(double)), *bk = malloc((size_t)capk * sizeof(double));
     double *Mk = malloc((size_t)capk * (size_t)capk * sizeof(double));
+    int ncheck3 = 0;
     double zsum = 0, z2sum = 0;
     int64_t nz = 0;
     score s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, sr = {0}, sk[NKAPPA], sk2[NKAPPA];
@@ -464,7 +470,7 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         /* contamination as noise. Its scatterers are a compound Poisson process (density rho =
          * local cover x cont_density per Angstrom^2, exponential weights, blobs of the core
          * widened to sqrt(sigma_c^2 + 0.25)); treated as Gaussian noise with that covariance
-         * (mean known), the best linear per-column estimate over a disc of 3 sigma_c has
+         * (mean known), the best linear per-column estimate over a disc of 8 sigma_c has
          * Fisher information g' (D + H H')^-1 g, D = lambda + read_noise^2, H the scatterer
          * response on a grid of 0.7 blob-sigma spacing (Woodbury: K x K, K grid points). Its
          * variance increase over the same disc without contamination is added to every class. */
@@ -481,7 +487,7 @@ static int run(tmd_ctx *ctx, const char *path, int check)
         if (cov > 0) {
             double rho = cov * w.cont_density, ew2 = 2 * w.cont_weight * w.cont_weight;
             double sc = sqrt(w.sig_c * w.sig_c + 0.25) / sqrt(gmin); /* scatterer core sigma, px */
-            double rw = 3 * w.sig_c / sqrt(gmin), step = 0.7 * sc, rs = rw + 3 * sc;
+            double rw = cdisc * w.sig_c / sqrt(gmin), step = (getenv("BOUND_CSTEP") ? atof(getenv("BOUND_CSTEP")) : 0.7) * sc, rs = rw + 3 * sc;
             int ns = (int)ceil(rs / step);
             int np = 0, K = 0;
             for (int64_t y = yc - (int64_t)ceil(rw) - 1; y <= yc + (int64_t)ceil(rw) + 1; y++)
@@ -491,7 +497,6 @@ static int run(tmd_ctx *ctx, const char *path, int check)
                     if (dx * dx + dy * dy > rw * rw) continue;
                     double v = lam[y * W + x] + rn2;
                     if (v <= 1e-9) continue;
-                    if (np >= capp) break;
                     wp_x[np] = (double)x;
                     wp_y[np] = (double)y;
                     wp_g[np] = g[(y - yc + R) * D + (x - xc + R)];
@@ -500,7 +505,11 @@ static int run(tmd_ctx *ctx, const char *path, int check)
                 }
             for (int iy = -ns; iy <= ns; iy++)
                 for (int ix = -ns; ix <= ns; ix++) {
-                    if ((double)(ix * ix + iy * iy) * step * step > rs * rs || K >= capk) continue;
+                    if ((double)(ix * ix + iy * iy) * step * step > rs * rs) continue;
+                    if (K >= capk) {
+                        fprintf(stderr, "%s: more than %d scatterer places, C truncated\n", path, capk);
+                        continue;
+                    }
                     ks_x[K] = c->qx + ix * step;
                     ks_y[K] = c->qy + iy * step;
                     K++;
@@ -551,6 +560,44 @@ static int run(tmd_ctx *ctx, const char *path, int check)
             }
             double Fc = Fw - q2;
             vcont = Fc > 0 ? 1 / Fc - 1 / Fw : 1e6;
+            if (check == 3 && ncheck3 < 3 && np <= 2500) { /* Woodbury against the dense (D + H H') solve */
+                double *A = malloc((size_t)np * (size_t)np * sizeof(double));
+                for (int q = 0; q < np; q++)
+                    for (int q2i = q; q2i < np; q2i++) {
+                        double sacc = q == q2i ? wp_d[q] : 0;
+                        for (int k3 = 0; k3 < K; k3++)
+                            sacc += hw * cval(&ccore, wp_x[q] - ks_x[k3], wp_y[q] - ks_y[k3]) * hw *
+                                    cval(&ccore, wp_x[q2i] - ks_x[k3], wp_y[q2i] - ks_y[k3]);
+                        A[(size_t)q * (size_t)np + (size_t)q2i] = sacc;
+                    }
+                /* g' A^-1 g: Cholesky A = U'U, z = U'^-1 g, F = |z|^2 */
+                int okd = 1;
+                for (int k3 = 0; k3 < np && okd; k3++) {
+                    double *rk = A + (size_t)k3 * (size_t)np;
+                    for (int m = 0; m < k3; m++) rk[k3] -= A[(size_t)m * (size_t)np + (size_t)k3] * A[(size_t)m * (size_t)np + (size_t)k3];
+                    if (rk[k3] <= 0) okd = 0;
+                    else {
+                        rk[k3] = sqrt(rk[k3]);
+                        for (int l = k3 + 1; l < np; l++) {
+                            double sacc = rk[l];
+                            for (int m = 0; m < k3; m++) sacc -= A[(size_t)m * (size_t)np + (size_t)k3] * A[(size_t)m * (size_t)np + (size_t)l];
+                            rk[l] = sacc / rk[k3];
+                        }
+                    }
+                }
+                double Fd = 0, *zv = malloc((size_t)np * sizeof(double));
+                for (int k3 = 0; k3 < np && okd; k3++) {
+                    double sacc = wp_g[k3];
+                    for (int m = 0; m < k3; m++) sacc -= A[(size_t)m * (size_t)np + (size_t)k3] * zv[m];
+                    zv[k3] = sacc / A[(size_t)k3 * (size_t)np + (size_t)k3];
+                    Fd += zv[k3] * zv[k3];
+                }
+                fprintf(stderr, "woodbury check: np %d K %d  F_woodbury %.6g  F_dense %.6g  F_no_contamination %.6g\n", np, K, Fc,
+                        okd ? Fd : NAN, Fw);
+                free(zv);
+                free(A);
+                ncheck3++;
+            }
             { /* the plain Poisson-weighted (BLUE) estimate's contamination variance: what a
                * measurement fitting only the column's profile would see */
                 double acc = 0;
