@@ -39,7 +39,9 @@
  * smear), one noise draw; z = (estimate - truth) / CRB sd should be N(0, 1) (z_mean, z_var).
  * BOUND_CHECK=1 compares the sum of the columns' profiles with lambda on the same world
  * without background and contamination; BOUND_CHECK=2 prints per site (stderr) the realised
- * contamination in the BLUE beside its predicted sd.
+ * contamination in the BLUE beside its predicted sd; BOUND_CHECK=3 compares C's Woodbury solve
+ * with the dense one. BOUND_HDISC=b sets H's disc (bonds, default 0.6); BOUND_NOC=1 skips C and
+ * B (their columns then equal K), for quick runs.
  *
  * Output per image (CSV): the conditions, the counts of true classes, and for every variant the
  * expected chalcogen accuracy (as `tmdflow score`: a site decided empty leaves /atoms, so it is
@@ -309,8 +311,12 @@ static int run(tmd_ctx *ctx, const char *path, int check)
     /* C's disc (in core sigmas) must lie inside the window where g is tabulated */
     double cdisc = getenv("BOUND_CDISC") ? atof(getenv("BOUND_CDISC")) : 8.0;
     int Rd = (int)ceil(cdisc * w.sig_c / sqrt(gmin)) + 2;
+    /* H's disc (bonds; BOUND_HDISC, default the stage's 0.6) likewise */
+    double hdisc = getenv("BOUND_HDISC") ? atof(getenv("BOUND_HDISC")) : 0.6;
+    int Rh = (int)ceil(hdisc * p.lattice_a / sqrt(3.0) / p.pixel_size) + 2;
     int R = Rc > Rt ? Rc : Rt;
     if (Rd > R) R = Rd;
+    if (Rh > R) R = Rh;
     int D = 2 * R + 1;
     double *g = malloc((size_t)(D * D) * sizeof(double));
     double rn2 = p.read_noise * p.read_noise;
@@ -444,7 +450,7 @@ static int run(tmd_ctx *ctx, const char *path, int check)
             const int np_ = 2; /* the column's amplitude and a constant */
             double IJ[NK][4];
             memset(IJ, 0, sizeof IJ);
-            double rd = 0.6 * p.lattice_a / sqrt(3.0) / p.pixel_size, Gv[2];
+            double rd = hdisc * p.lattice_a / sqrt(3.0) / p.pixel_size, Gv[2];
             for (int64_t y = yc - (int64_t)ceil(rd) - 1; y <= yc + (int64_t)ceil(rd) + 1; y++)
                 for (int64_t x = xc - (int64_t)ceil(rd) - 1; x <= xc + (int64_t)ceil(rd) + 1; x++) {
                     if (y < 0 || y >= H || x < 0 || x >= W) continue;
@@ -476,7 +482,7 @@ static int run(tmd_ctx *ctx, const char *path, int check)
          * variance increase over the same disc without contamination is added to every class. */
         double vcont = 0, vblue = 0;
         double cov = 0;
-        if (p.contamination > 0 && p.contamination_cover > 0) {
+        if (p.contamination > 0 && p.contamination_cover > 0 && !(getenv("BOUND_NOC") && atoi(getenv("BOUND_NOC")))) {
             const double L = 2.0;
             double ci = floor(c->sx / L), cjj = floor(c->sy / L);
             double mx = (ci + 0.5) * L, my = (cjj + 0.5) * L;
