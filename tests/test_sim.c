@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/sim/sim_internal.h" /* sim_world.expected_only (benchmarks/classify/bound.c) */
 #include "testutil.h"
 #include "tmd/io.h"
 #include "tmd/sim.h"
@@ -477,6 +478,59 @@ static void test_params(void)
     CU_ASSERT_DOUBLE_EQUAL(p.lattice_a, tmd_sim_vegard(0.25, 0.75), 1e-12);
 }
 
+/* The noiseless image (sim_world.expected_only, which benchmarks/classify/bound.c uses for its
+ * Cramer-Rao bound) is the expected count of the detector image of the same world: with gain 1,
+ * offset 0, no smear and no read noise, (counts - lambda) has mean 0 and variance lambda over
+ * the pixels (Poisson), and lambda is not integer; a world initialised without the flag renders
+ * the detector image bit for bit as before. */
+static void test_expected_counts(void)
+{
+    if (tmd_test_rank != 0) return;
+    tmd_ctx ctx;
+    tmd_ctx_init(&ctx, MPI_COMM_SELF);
+    ctx.log_level = TMD_LOG_QUIET;
+    tmd_sim_params p;
+    base_params(&p, 21, 128, 128);
+    p.gain = 1;
+    p.offset = 0;
+    p.scan_smear = 0;
+    p.read_noise = 0;
+    p.dose = 200;
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_params_finish(&ctx, &p), TMD_OK);
+    int64_t n = p.height * p.width;
+    float *cnt = malloc((size_t)n * sizeof(float)), *cnt2 = malloc((size_t)n * sizeof(float));
+    float *lam = malloc((size_t)n * sizeof(float));
+    CU_ASSERT_FATAL(cnt && cnt2 && lam);
+    sim_site_list sl = {0};
+    sim_world w;
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_world_init(&ctx, &w, &p), TMD_OK);
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_render_rows(&ctx, &w, 0, 0, p.height, cnt, NULL, NULL, 0, &sl), TMD_OK);
+    w.expected_only = 1;
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_render_rows(&ctx, &w, 0, 0, p.height, lam, NULL, NULL, 0, &sl), TMD_OK);
+    tmd_sim_world_free(&w);
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_world_init(&ctx, &w, &p), TMD_OK);
+    CU_ASSERT_EQUAL(w.expected_only, 0);
+    CU_ASSERT_EQUAL_FATAL(tmd_sim_render_rows(&ctx, &w, 0, 0, p.height, cnt2, NULL, NULL, 0, &sl), TMD_OK);
+    tmd_sim_world_free(&w);
+    free(sl.s);
+    CU_ASSERT_EQUAL(memcmp(cnt, cnt2, (size_t)n * sizeof(float)), 0);
+    double d = 0, d2 = 0, sl_ = 0;
+    int64_t frac = 0;
+    for (int64_t i = 0; i < n; i++) {
+        d += (double)cnt[i] - lam[i];
+        d2 += ((double)cnt[i] - lam[i]) * ((double)cnt[i] - lam[i]);
+        sl_ += lam[i];
+        if (lam[i] != floorf(lam[i])) frac++;
+    }
+    CU_ASSERT(sl_ > 0);
+    CU_ASSERT(fabs(d) < 4 * sqrt(sl_));         /* mean: z within 4 */
+    CU_ASSERT_DOUBLE_EQUAL(d2 / sl_, 1.0, 0.06); /* variance = lambda (se ~0.015 over 16k px) */
+    CU_ASSERT(frac > n / 2);
+    free(cnt);
+    free(cnt2);
+    free(lam);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "sim",
@@ -488,5 +542,6 @@ int main(int argc, char **argv)
                                            {"training API", test_training_api},
                                            {"normalisation", test_normalise},
                                            {"parameters", test_params},
+                                           {"expected counts (noiseless image)", test_expected_counts},
                                            {0}});
 }

@@ -103,6 +103,11 @@ typedef struct sim_world {
     int64_t nregions, capregions;
     int64_t *rmap;            /* open-addressing map region id -> index + 1 (0 = empty) */
     int64_t rmap_cap;
+    /* 1: tmd_sim_render_rows writes the expected counts lambda (before Poisson, read noise,
+     * smear, gain, offset) instead of the detector image. Never set by the simulator itself
+     * (tmd_sim_world_init clears it, so every file renders as before); for measurement bounds
+     * that need the noiseless image of the same world (benchmarks/classify/bound.c). */
+    int expected_only;
 } sim_world;
 
 int tmd_sim_world_init(tmd_ctx *ctx, sim_world *w, const tmd_sim_params *p);

@@ -341,6 +341,10 @@ int tmd_sim_render_rows(tmd_ctx *ctx, sim_world *w, int64_t t, int64_t y0, int64
         for (int64_t x = 0; x < W; x++) {
             uint64_t idx = ((uint64_t)t * (uint64_t)H + (uint64_t)y) * (uint64_t)W + (uint64_t)x;
             double lam = row[x] * w->counts_scale;
+            if (w->expected_only) {
+                out[(y - y0) * W + x] = (float)lam;
+                continue;
+            }
             double n = tmd_sim_poisson(lam, w->key, SP_NOISE, idx);
             if (p->read_noise > 0) { /* Irwin-Hall: sum of four 16-bit uniforms, unit variance */
                 uint64_t h = sim_hash(w->key, SP_READ, idx, 0);
