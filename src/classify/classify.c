@@ -42,6 +42,12 @@
 #else
 #define LONE_K 5.0
 #endif
+/* V_X or V_X2 for a B column called a single chalcogen: the more probable (see its use) */
+#ifdef TMD_CLASSIFY_DEBUG
+#define VX2_MAP (getenv("TMD_VX2MAP") ? atoi(getenv("TMD_VX2MAP")) : 1)
+#else
+#define VX2_MAP 1
+#endif
 #ifdef TMD_CLASSIFY_DEBUG
 #define QEXP (getenv("TMD_QEXP") ? atof(getenv("TMD_QEXP")) : 0.5)
 #else
@@ -1428,7 +1434,15 @@ banded_apply:
             }
         }
 #endif
-        if (P[0] > (sub == TMD_SUB_A ? opt->empty_prob_metal : opt->empty_prob)) {
+        /* a B column called a single S / Se is a vacancy either way (V_X); if "empty" is the
+         * more probable of the two vacancy readings it is reported as the V_X2 it more likely
+         * is. The margin of empty_prob protects a dark full column (S2 is not a vacancy), not
+         * the choice between the two vacancy types: at empty_prob alone the held-out sites
+         * measured at 0.03-0.05 of the Mo level, between empty and a lone S at 0.16, were V_X
+         * with P(empty) up to 0.85 (docs/accuracy.md, "Chalcogens and V_X") */
+        int vx_empty = VX2_MAP && sub == TMD_SUB_B && (best == TMD_SP_S || best == TMD_SP_SE) &&
+                       P[0] > P[TMD_SP_S] + P[TMD_SP_SE];
+        if (P[0] > (sub == TMD_SUB_A ? opt->empty_prob_metal : opt->empty_prob) || vx_empty) {
             sp = TMD_SP_UNKNOWN;
             emp[i] = 1;
         }
