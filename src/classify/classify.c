@@ -415,6 +415,9 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
         }
         if (cm == 0 || cx == 0) continue;
         double pen_x = 0.5 * log((double)cm), pen_y = 0.5 * log((double)cx);
+#ifdef TMD_CLASSIFY_DEBUG
+        if (getenv("TMD_PENF")) pen_x *= atof(getenv("TMD_PENF")), pen_y *= atof(getenv("TMD_PENF"));
+#endif
         model_t bs[NC * NC];
         int ba[NC * NC];
         for (int i = 0; i < NC; i++)
