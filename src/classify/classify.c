@@ -1440,9 +1440,11 @@ banded_apply:
         /* a B column called a single S / Se is a vacancy either way (V_X); if "empty" is the
          * more probable of the two vacancy readings it is reported as the V_X2 it more likely
          * is. The margin of empty_prob protects a dark full column (S2 is not a vacancy), not
-         * the choice between the two vacancy types: at empty_prob alone the held-out sites
-         * measured at 0.03-0.05 of the Mo level, between empty and a lone S at 0.16, were V_X
-         * with P(empty) up to 0.85 (docs/accuracy.md, "Chalcogens and V_X") */
+         * the choice between the two vacancy types: with empty_prob alone, detected columns on
+         * the held-out V_X2 sites, measured at 0.03-0.05 of the Mo level against a lone S at
+         * 0.16, were V_X at P(empty) up to 0.85 (15 / 9 / 22 / 12 on blocks 1-4). End to end,
+         * pixel size given (docs/accuracy-log.md, "Session 9"): V_X2 F1 0.776 -> 0.804 pooled
+         * (gains on all four blocks), V_X 0.789 -> 0.790 (block 2 -0.012), species +0.0002 */
         int vx_empty = VX2_MAP && sub == TMD_SUB_B && (best == TMD_SP_S || best == TMD_SP_SE) &&
                        P[0] > P[TMD_SP_S] + P[TMD_SP_SE];
         if (P[0] > (sub == TMD_SUB_A ? opt->empty_prob_metal : opt->empty_prob) || vx_empty) {
