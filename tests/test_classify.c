@@ -3,7 +3,8 @@
  * of random alloys come out of the contrast physics without being told the material, also
  * when the segmentation's vote says "brighter = metal" on MoSe2; the constraint layer helps;
  * vacancies V_M, V_X, V_X2 are found, also where the lattice relaxes around a V_M and where lone
- * chalcogens are rare beside a heavy-tailed pair level or read as SSe by the segmentation, and no
+ * chalcogens are rare beside a heavy-tailed pair level or read as SSe by the segmentation, a column
+ * seen on an empty chalcogen site is the V_X2 it more probably is rather than a V_X, and no
  * site is both a
  * vacancy and a column; a contaminated half is helped by
  * the local noise estimate; two grains with swapped
@@ -34,6 +35,10 @@ typedef struct {
                            lattice relaxes around a vacancy) */
     double tail_frac, tail_sd; /* heavy tail: this share of the columns gets tail_sd x N(0,1) more
                                   (Mo units; contamination on a column, a missed background) */
+    int vx2_seen;      /* 1: the atom finder reports a column on every V_X2 site (truth: empty), of
+                          contrast vx2_level (Mo units) plus the additive noise: a probe tail or a
+                          scatterer next to the empty site */
+    double vx2_level;
 } scene_t;
 
 static int on_line(const scene_t *sc, double x)
@@ -117,6 +122,12 @@ static void make_scene(const scene_t *sc, truth_t *t)
                         t->vx[t->nv] = x;
                         t->vy[t->nv] = y;
                         t->vt[t->nv++] = TMD_DEF_VX2;
+                        if (!sc->vx2_seen) continue;
+                        t->x[t->n] = x + 0.15 * gauss01(&s);
+                        t->y[t->n] = y + 0.15 * gauss01(&s);
+                        t->I[t->n] = (float)(sc->vx2_level + sc->noise_abs * gauss01(&s));
+                        t->sp[t->n] = TMD_SP_UNKNOWN;
+                        t->sub[t->n++] = TMD_SUB_B;
                         continue;
                     }
                     Iv = nse * Se + (nat - nse) * S;
@@ -516,6 +527,42 @@ static void test_lone_se_opinion(void)
     }
     fprintf(stderr, "lone Se, U-Net opinion: mean V_X F1 %.3f\n", sum / 3);
     CU_ASSERT(sum / 3 >= 0.63);
+}
+
+/* Detected columns on empty chalcogen sites (MoS2, 4 % of the S atoms missing, 3 % of the B
+ * sites empty, each of these seen as a column at 0.05 of a Mo column, additive noise 0.06: the
+ * held-out low-dose images, where empty sites measured 0.03-0.05 against a lone S at 0.16-0.19).
+ * Such a column is closer to "empty" than to a lone S, but its P(empty) rarely reaches the 0.85
+ * that protects a dark S2, and the species argmax named it S: a false V_X and a missed V_X2.
+ * A B column called S / Se is now reported as V_X2 where "empty" is more probable than a single
+ * chalcogen. Measured (debug build, TMD_VX2MAP=0 / 1), mean of the three seeds: V_X2 F1
+ * 0.57 -> 0.71 (seeds 0.71 / 0.62 / 0.38 -> 0.79 / 0.63 / 0.71), V_X F1 0.690 -> 0.698, species
+ * 0.974 -> 0.977. */
+static void test_vx2_or_vx(void)
+{
+    if (tmd_test_rank) return;
+    double s2 = 0, sx = 0, sa = 0;
+    for (int c = 0; c < 3; c++) {
+        scene_t s = base_scene();
+        s.p_vx = 0.04;
+        s.p_vx2 = 0.03;
+        s.noise_abs = 0.06;
+        s.vx2_seen = 1;
+        s.vx2_level = 0.05;
+        s.seed = 160 + (unsigned)c;
+        score_t r;
+        run_serial(&s, 1, tmd_lattice_vegard(0, 0) / s.period, &r);
+        fprintf(stderr, "seen V_X2 sites, seed %u: species %.3f chalc %.3f V_X F1 %.3f V_X2 F1 %.3f\n", s.seed, r.acc,
+                r.acc_chal, r.f1[2], r.f1[3]);
+        CU_ASSERT_EQUAL(r.both, 0);
+        s2 += r.f1[3];
+        sx += r.f1[2];
+        sa += r.acc;
+    }
+    fprintf(stderr, "seen V_X2 sites: mean V_X2 F1 %.3f V_X F1 %.3f species %.3f\n", s2 / 3, sx / 3, sa / 3);
+    CU_ASSERT(s2 / 3 >= 0.65);
+    CU_ASSERT(sx / 3 >= 0.66);
+    CU_ASSERT(sa / 3 >= 0.97);
 }
 
 /* A contaminated half (extra additive noise 0.12 of a Mo column on the left): the local noise
@@ -960,5 +1007,6 @@ int main(int argc, char **argv)
                                            {"held-neighbour contrast and its gate", test_held_contrast},
                                            {"rare lone chalcogens", test_rare_lone_chalcogens},
                                            {"lone Se and the U-Net's opinion", test_lone_se_opinion},
+                                           {"V_X2 or V_X on a seen empty site", test_vx2_or_vx},
                                            {NULL, NULL}});
 }

@@ -82,7 +82,10 @@ typedef struct tmd_classify_opts {
                                 lower (a dark S2 is plausible): at 0.95 the 12 sims of benchmarks/classify
                                 kept true V_X2 sites at contrast ~0 (P 0.87-0.92) as S2, V_X2 F1 0.744; at
                                 0.85 0.799, detection 0.9945 -> 0.9950, random5 0.9889 -> 0.9831). B sites
-                                (and atoms of unknown sublattice) only: A sites use empty_prob_metal */
+                                (and atoms of unknown sublattice) only: A sites use empty_prob_metal. A B
+                                column whose argmax species is S or Se is a V_X2 already when P(empty) >
+                                P(S) + P(Se): it is a vacancy either way, and this margin is for full
+                                columns, not for the choice between V_X and V_X2 */
     double empty_prob_metal; /* the same on an A site (V_M; default 0.5: empty when more probable than a metal).
                                 The metal levels are far from empty, so no dark-S2 ambiguity calls for a
                                 margin: a detected column on an empty metal site is a scatterer or a
