@@ -857,10 +857,12 @@ static tmd_status held_measure(tmd_ctx *ctx, MPI_Comm comm, const pix_t *px, con
     tmd_status st = tmd_calloc(ctx, (void **)&trip, (size_t)(18 * n) + 1, sizeof *trip, "held contrast");
     if (!st) st = held_pass1(ctx, px, own, lat, psig, n, frame, x, y, m, gframe, gx, gy, contrast, tab, trip);
     st = tmd_agree(ctx, comm, st);
+    double t1 = MPI_Wtime();
     if (!st) {
         trip_mem_t tm = {n, frame, trip};
         st = gate_compute(ctx, comm, px->T, gate, trip_mem_iter, &tm, hold, stat);
     }
+    tmd_debug(ctx, "classify: held gate medians on rank 0: %.3f s", MPI_Wtime() - t1);
     free(trip);
     int any = 0;
     for (int64_t f = 0; f < px->T && !st; f++) any |= hold[f];
@@ -1459,6 +1461,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
      * the ghosts near it (recomputed from the same pixels), the place triples to hp1 side
      * files; then the gate from all ranks' triples (same medians as in memory) ---- */
     if (o->held_gate > 0) {
+        double t0 = MPI_Wtime(), t1 = t0;
         st = tmd_calloc(ctx, (void **)&hold, (size_t)T + 1, sizeof *hold, "classify held");
         if (!st) st = tmd_calloc(ctx, (void **)&hstat, (size_t)T + 1, sizeof *hstat, "classify held");
         for (int64_t ci = 0; ci < nch && !st; ci++) {
@@ -1473,6 +1476,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             held_tab_free(&htab);
         }
         st = tmd_agree(ctx, run->comm, st); /* (a barrier: every hp1 file is written) */
+        t1 = MPI_Wtime();
         if (!st) {
             trip_file_t tf = {run, tn};
             st = gate_compute(ctx, run->comm, T, o->held_gate, trip_file_iter, &tf, hold, hstat);
@@ -1483,6 +1487,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         held_any = nh > 0;
         tmd_info(ctx, "classify: neighbour places held in %lld of %lld frames (frame 0: free-place scatter %.2f x its "
                  "LSQ error, gate %.2f)", (long long)nh, (long long)T, hstat[0], o->held_gate);
+        tmd_info(ctx, "classify: held gate on rank 0: pass-1 sweep %.3f s, medians %.3f s", t1 - t0, MPI_Wtime() - t1);
     }
 
     /* ---- pass 1: contrast, graph, components, links ---- */
