@@ -11,7 +11,9 @@
 # comes from the checkpoint, so the run is the classify, density and write stages.
 # Appends to $OUT (default benchmarks/gate/results/gate.csv): label, ranks, rep, classify
 # stage wall s (stage table, max over ranks), gate pass-1 sweep s, gate medians s (rank 0's
-# log line), load average at the start. Keeps the last result as $WORK/r<ranks>.h5.
+# log line, wall), load average at the start, CPU s of the whole resumed run (user + system
+# of all ranks, GNU time on mpiexec: classify is ~95 % of it, and CPU time depends less on the
+# machine's load than wall time). Keeps the last result as $WORK/r<ranks>.h5.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$1 img=$2 ck=$3 ranks=$4 reps=$5
@@ -23,18 +25,19 @@ mpiexec="mpiexec --oversubscribe --bind-to none"
 [ "$(id -u)" = 0 ] && mpiexec="$mpiexec --allow-run-as-root"
 export OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info
 mkdir -p "$(dirname "$out")" "$work"
-[ -f "$out" ] || echo "label,ranks,rep,classify_s,gate_sweep_s,gate_medians_s,load_avg" >"$out"
+[ -f "$out" ] || echo "label,ranks,rep,classify_s,gate_sweep_s,gate_medians_s,load_avg,run_cpu_s" >"$out"
 for r in $ranks; do
     for k in $(seq 1 "$reps"); do
         rm -rf "$work/r.h5.ckpt" "$work/r.h5"
         mkdir -p "$work/r.h5.ckpt" && cp "$ck"/* "$work/r.h5.ckpt/"
         load=$(cut -d' ' -f1 /proc/loadavg)
-        $mpiexec -n "$r" "$build/tmdflow" run "$img" -o "$work/r.h5" --pixel-size 0.12 --resume "$@" \
+        /usr/bin/time -f "%U %S" -o "$work/time" $mpiexec -n "$r" "$build/tmdflow" run "$img" -o "$work/r.h5" --pixel-size 0.12 --resume "$@" \
             2>"$work/log_${r}_${k}.txt"
         cls=$(awk '$1 == "classify" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$work/log_${r}_${k}.txt")
         gs=$(sed -n 's/.*held gate on rank 0: pass-1 sweep \([0-9.]*\) s, medians \([0-9.]*\) s.*/\1,\2/p' \
             "$work/log_${r}_${k}.txt")
-        echo "$label,$r,$k,${cls:-NA},${gs:-NA,NA},$load" | tee -a "$out"
+        cpu=$(awk 'END { print $1 + $2 }' "$work/time")
+        echo "$label,$r,$k,${cls:-NA},${gs:-NA,NA},$load,$cpu" | tee -a "$out"
         cp "$work/r.h5" "$work/r$r.h5"
     done
 done

@@ -321,11 +321,13 @@ static int64_t held_find(const held_tab *t, int64_t f, double px, double py, dou
  * np design rows G (row stride gs) against v; pass 0 unweighted, pass 1 weighted by 1 / the
  * model's value (the terms, plus the row's column `off` when off >= 0: a part of the model held
  * fixed, not fitted), floored at MODEL_FLOOR of its largest in the disc: the shot-noise
- * variance, so the fit is the optimal linear estimate under Poisson-like noise. b[nt] gets the
- * kept pass's coefficients, Ak (optional, nt x nt) its Cholesky factor (chol_subst) and *kept
- * (optional) which pass: a weighted pass that fails (no positive model, not positive definite,
- * b[0] not finite) keeps the unweighted one. Returns 0 if the unweighted pass fails. wt: np
- * doubles of scratch. nt <= MODEL_NP. */
+ * variance, so the fit is the optimal linear estimate under Poisson-like noise. Term 1 is the
+ * constant (G's column 1 is not read): its products are taken as the other factor, which is
+ * exact (x * 1 = x), and saves the multiplications — the normal equations are those of the
+ * full products, bit for bit. b[nt] gets the kept pass's coefficients, Ak (optional, nt x nt)
+ * its Cholesky factor (chol_subst) and *kept (optional) which pass: a weighted pass that fails
+ * (no positive model, not positive definite, b[0] not finite) keeps the unweighted one.
+ * Returns 0 if the unweighted pass fails. wt: np doubles of scratch. 2 <= nt <= MODEL_NP. */
 static inline int wls_two_pass(const double *G, int gs, int nt, int off, const double *v, int64_t np, double *wt,
                                double *b, double *Ak, int *kept)
 {
@@ -336,7 +338,9 @@ static inline int wls_two_pass(const double *G, int gs, int nt, int off, const d
             for (int64_t p = 0; p < np; p++) {
                 const double *g = G + p * gs;
                 double fv = 0;
-                for (int a = 0; a < nt; a++) fv += g[a] * b[a];
+                fv += g[0] * b[0];
+                fv += b[1];
+                for (int a = 2; a < nt; a++) fv += g[a] * b[a];
                 if (off >= 0) fv += g[off];
                 wt[p] = fv;
                 if (fv > fl) fl = fv;
@@ -349,9 +353,12 @@ static inline int wls_two_pass(const double *G, int gs, int nt, int off, const d
         for (int64_t p = 0; p < np; p++) {
             const double *g = G + p * gs;
             double ww = pass == 1 ? wt[p] : 1;
-            for (int a = 0; a < nt; a++) {
-                bb[a] += ww * g[a] * v[p];
-                for (int c = 0; c <= a; c++) A[a * nt + c] += ww * g[a] * g[c];
+            for (int a = 0; a < nt; a++) { /* row a of the lower triangle: (ww g_a) g_c */
+                double wg = a == 1 ? ww : ww * g[a], *Ar = A + a * nt;
+                bb[a] += wg * v[p];
+                Ar[0] += wg * g[0];
+                if (a >= 1) Ar[1] += wg;
+                for (int c = 2; c <= a; c++) Ar[c] += wg * g[c];
             }
         }
         for (int a = 0; a < nt; a++)
