@@ -317,8 +317,63 @@ static int64_t held_find(const held_tab *t, int64_t f, double px, double py, dou
     return bj;
 }
 
+/* The two-pass least squares of the column contrast fit and the held refit: the nt terms of the
+ * np design rows G (row stride gs) against v; pass 0 unweighted, pass 1 weighted by 1 / the
+ * model's value (the terms, plus the row's column `off` when off >= 0: a part of the model held
+ * fixed, not fitted), floored at MODEL_FLOOR of its largest in the disc: the shot-noise
+ * variance, so the fit is the optimal linear estimate under Poisson-like noise. Term 1 is the
+ * constant (G's column 1 is not read): its products are taken as the other factor, which is
+ * exact (x * 1 = x), and saves the multiplications — the normal equations are those of the
+ * full products, bit for bit. b[nt] gets the kept pass's coefficients, Ak (optional, nt x nt)
+ * its Cholesky factor (chol_subst) and *kept (optional) which pass: a weighted pass that fails
+ * (no positive model, not positive definite, b[0] not finite) keeps the unweighted one.
+ * Returns 0 if the unweighted pass fails. wt: np doubles of scratch. 2 <= nt <= MODEL_NP. */
+static inline int wls_two_pass(const double *G, int gs, int nt, int off, const double *v, int64_t np, double *wt,
+                               double *b, double *Ak, int *kept)
+{
+    int ok = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        double A[MODEL_NP * MODEL_NP] = {0}, fl = 0;
+        if (pass == 1) {
+            for (int64_t p = 0; p < np; p++) {
+                const double *g = G + p * gs;
+                double fv = 0;
+                fv += g[0] * b[0];
+                fv += b[1];
+                for (int a = 2; a < nt; a++) fv += g[a] * b[a];
+                if (off >= 0) fv += g[off];
+                wt[p] = fv;
+                if (fv > fl) fl = fv;
+            }
+            if (!(fl > 0)) break; /* no positive signal: keep the unweighted fit */
+            fl *= MODEL_FLOOR;
+            for (int64_t p = 0; p < np; p++) wt[p] = 1 / (wt[p] > fl ? wt[p] : fl);
+        }
+        double bb[MODEL_NP] = {0};
+        for (int64_t p = 0; p < np; p++) {
+            const double *g = G + p * gs;
+            double ww = pass == 1 ? wt[p] : 1;
+            for (int a = 0; a < nt; a++) { /* row a of the lower triangle: (ww g_a) g_c */
+                double wg = a == 1 ? ww : ww * g[a], *Ar = A + a * nt;
+                bb[a] += wg * v[p];
+                Ar[0] += wg * g[0];
+                if (a >= 1) Ar[1] += wg;
+                for (int c = 2; c <= a; c++) Ar[c] += wg * g[c];
+            }
+        }
+        for (int a = 0; a < nt; a++)
+            for (int c = a + 1; c < nt; c++) A[a * nt + c] = A[c * nt + a];
+        if (!chol_solve(A, bb, nt) || !isfinite(bb[0])) break;
+        memcpy(b, bb, (size_t)nt * sizeof *b);
+        if (Ak) memcpy(Ak, A, (size_t)(nt * nt) * sizeof *Ak);
+        if (kept) *kept = pass;
+        ok = 1;
+    }
+    return ok;
+}
+
 /* The held refit of the column at (cx, cy) (frame f) over the disc of radius R; G holds at
- * least 2, v and wt one double per disc pixel. Returns the amplitude or NaN. */
+ * least 3, v and wt one double per disc pixel. Returns the amplitude or NaN. */
 static double held_fit(const held_tab *t, int64_t f, const float *buf, int64_t r0, int64_t r1, int64_t x0, int64_t x1,
                        int64_t w, double cx, double cy, double R, double is2, double bond, const double dl[3][2],
                        double *G, double *v, double *wt)
@@ -344,35 +399,16 @@ static double held_fit(const held_tab *t, int64_t f, const float *buf, int64_t r
                 double ex = (double)xx - hx[h], ey = (double)yy - hy[h];
                 fx += ha[h] * exp(-(ex * ex + ey * ey) * is2);
             }
-            G[2 * np] = exp(-d2 * is2);
-            G[2 * np + 1] = fx;
+            /* terms [profile, constant]; the held part is the fixed part of the weights' model */
+            G[3 * np] = exp(-d2 * is2);
+            G[3 * np + 1] = 1;
+            G[3 * np + 2] = fx;
             v[np] = buf[(yy - r0) * w + (xx - x0)] - fx;
             np++;
         }
     }
-    double b[2] = {0, 0}, amp = NAN;
-    for (int pass = 0; pass < 2 && np >= 6; pass++) {
-        if (pass == 1) {
-            double fl = 0;
-            for (int64_t p = 0; p < np; p++) {
-                wt[p] = b[0] * G[2 * p] + b[1] + G[2 * p + 1];
-                if (wt[p] > fl) fl = wt[p];
-            }
-            if (!(fl > 0)) break;
-            fl *= MODEL_FLOOR;
-            for (int64_t p = 0; p < np; p++) wt[p] = 1 / (wt[p] > fl ? wt[p] : fl);
-        }
-        double A[4] = {0, 0, 0, 0}, bb[2] = {0, 0};
-        for (int64_t p = 0; p < np; p++) {
-            double ww = pass == 1 ? wt[p] : 1, g0 = G[2 * p];
-            bb[0] += ww * g0 * v[p], bb[1] += ww * v[p];
-            A[0] += ww * g0 * g0, A[2] += ww * g0, A[3] += ww;
-        }
-        A[1] = A[2];
-        if (!chol_solve(A, bb, 2) || !isfinite(bb[0])) break;
-        b[0] = bb[0], b[1] = bb[1], amp = bb[0];
-    }
-    return amp;
+    double b[2] = {0, 0};
+    return np >= 6 && wls_two_pass(G, 3, 2, 2, v, np, wt, b, NULL, NULL) ? b[0] : NAN;
 }
 
 /* measure_contrast's held-neighbour inputs and outputs (NULL: the free measure only) */
@@ -478,42 +514,9 @@ static tmd_status measure_contrast(tmd_ctx *ctx, const pix_t *px, const tmd_box 
             if (column_shift(buf, r0, r1, x0, x1, w, xs[i], ys[i], R, is2, bond, dl, G, v, &shx, &shy))
                 cx += shx, cy += shy;
             int64_t np = disc_design(buf, r0, r1, x0, x1, w, cx, cy, R, is2, bond, dl, 0, G, v);
-            /* pass 0 unweighted; pass 1 weighted by 1 / (fitted value), floored at MODEL_FLOOR of its
-             * largest in the disc (shot noise: the variance grows with the signal) */
-            int ok = np >= 3 * MODEL_NP, kept = 0;
+            int kept = 0;
             double b[MODEL_NP] = {0}, Ak[MODEL_NP * MODEL_NP];
-            for (int pass = 0; pass < 2 && ok; pass++) {
-                double A[MODEL_NP * MODEL_NP] = {0}, fl = 0;
-                if (pass == 1) {
-                    for (int64_t p = 0; p < np; p++) {
-                        const double *g = G + p * MODEL_NP;
-                        double fv = 0;
-                        for (int a = 0; a < MODEL_NP; a++) fv += g[a] * b[a];
-                        wt[p] = fv;
-                        if (fv > fl) fl = fv;
-                    }
-                    if (!(fl > 0)) break; /* no positive signal: keep the unweighted fit */
-                    fl *= MODEL_FLOOR;
-                    for (int64_t p = 0; p < np; p++) wt[p] = 1 / (wt[p] > fl ? wt[p] : fl);
-                }
-                double bb[MODEL_NP] = {0};
-                for (int64_t p = 0; p < np; p++) {
-                    const double *g = G + p * MODEL_NP;
-                    double ww = pass == 1 ? wt[p] : 1;
-                    for (int a = 0; a < MODEL_NP; a++) {
-                        bb[a] += ww * g[a] * v[p];
-                        for (int c = 0; c <= a; c++) A[a * MODEL_NP + c] += ww * g[a] * g[c];
-                    }
-                }
-                for (int a = 0; a < MODEL_NP; a++)
-                    for (int c = a + 1; c < MODEL_NP; c++) A[a * MODEL_NP + c] = A[c * MODEL_NP + a];
-                if (chol_solve(A, bb, MODEL_NP) && isfinite(bb[0])) {
-                    memcpy(b, bb, sizeof b);
-                    memcpy(Ak, A, sizeof Ak); /* the kept fit's Cholesky factor */
-                    kept = pass;
-                } else if (pass == 0)
-                    ok = 0; /* (a failed weighted pass keeps the unweighted fit) */
-            }
+            int ok = np >= 3 * MODEL_NP && wls_two_pass(G, MODEL_NP, MODEL_NP, -1, v, np, wt, b, Ak, &kept);
             if (ok) {
                 out[i] = (float)b[0];
                 if (io && io->ra) io->rx[i] = cx, io->ry[i] = cy, io->ra[i] = b[0];
@@ -857,10 +860,12 @@ static tmd_status held_measure(tmd_ctx *ctx, MPI_Comm comm, const pix_t *px, con
     tmd_status st = tmd_calloc(ctx, (void **)&trip, (size_t)(18 * n) + 1, sizeof *trip, "held contrast");
     if (!st) st = held_pass1(ctx, px, own, lat, psig, n, frame, x, y, m, gframe, gx, gy, contrast, tab, trip);
     st = tmd_agree(ctx, comm, st);
+    double t1 = MPI_Wtime();
     if (!st) {
         trip_mem_t tm = {n, frame, trip};
         st = gate_compute(ctx, comm, px->T, gate, trip_mem_iter, &tm, hold, stat);
     }
+    tmd_debug(ctx, "classify: held gate medians on rank 0: %.3f s", MPI_Wtime() - t1);
     free(trip);
     int any = 0;
     for (int64_t f = 0; f < px->T && !st; f++) any |= hold[f];
@@ -1459,6 +1464,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
      * the ghosts near it (recomputed from the same pixels), the place triples to hp1 side
      * files; then the gate from all ranks' triples (same medians as in memory) ---- */
     if (o->held_gate > 0) {
+        double t0 = MPI_Wtime(), t1 = t0;
         st = tmd_calloc(ctx, (void **)&hold, (size_t)T + 1, sizeof *hold, "classify held");
         if (!st) st = tmd_calloc(ctx, (void **)&hstat, (size_t)T + 1, sizeof *hstat, "classify held");
         for (int64_t ci = 0; ci < nch && !st; ci++) {
@@ -1473,6 +1479,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
             held_tab_free(&htab);
         }
         st = tmd_agree(ctx, run->comm, st); /* (a barrier: every hp1 file is written) */
+        t1 = MPI_Wtime();
         if (!st) {
             trip_file_t tf = {run, tn};
             st = gate_compute(ctx, run->comm, T, o->held_gate, trip_file_iter, &tf, hold, hstat);
@@ -1483,6 +1490,7 @@ static tmd_status classify_streamed(tmd_ctx *ctx, tmd_run *run, const tmd_lattic
         held_any = nh > 0;
         tmd_info(ctx, "classify: neighbour places held in %lld of %lld frames (frame 0: free-place scatter %.2f x its "
                  "LSQ error, gate %.2f)", (long long)nh, (long long)T, hstat[0], o->held_gate);
+        tmd_info(ctx, "classify: held gate on rank 0: pass-1 sweep %.3f s, medians %.3f s", t1 - t0, MPI_Wtime() - t1);
     }
 
     /* ---- pass 1: contrast, graph, components, links ---- */
