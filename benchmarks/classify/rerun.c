@@ -67,6 +67,18 @@
  * ratio (session 8, held-out hard_MoS2 of benchmarks/accuracy: species 0.9041 held, 0.9049 with
  * H_JRS, 0.9138 free: the tails are not a uniform scale). Details at g_jon below; findings in notes/joint.md (statistical variance of the S2
  * amplitude halved, observed spread not: contamination and column scatter dominate).
+ * GLS column measure (session 9, helper gls; needs H_REMEASURE=1, screening only, not in the stage):
+ * H_GLS=1 fits the amplitude by generalized least squares with the covariance
+ * diag(a + s2 x fitted value) + c x (probe autocorrelation), (s2, a, c) estimated per image by
+ * moments of the OLS residuals of the fainter half of the atoms (H_GLSLO=q: quantile, 1 = all);
+ * H_GLSW=w local c from the atoms within w bond; H_GLSCF=f scales c (0: diagonal only, the
+ * offset-aware Poisson variance); H_GLSKF=f the kernel's width factor; H_GLSER=r the estimate's
+ * disc (bond; default H_R); H_GLSN the most atoms in the estimate (400); H_GLSG=g the guard
+ * (fall back to the Poisson WLS when |GLS - OLS| > g x the disc's fitted range); H_GLSORACLE=1
+ * the Poisson part from the truth file's gain / offset / scan_smear / read_noise; H_GLSVERB=1
+ * prints the estimates and the cost; H_GLSEFF=1 the mean var(OLS) / var(GLS) and
+ * var(diagonal WLS) / var(GLS) under the estimated covariance. Details and figures: notes/gls.md
+ * (no consistent gain on the four held-out blocks).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -182,7 +194,7 @@ static double gl_s2 = 0, gl_a = 0, gl_c = 0, gl_kw2 = 1; /* gl_kw2: 4 sp^2 x H_G
 static double *gl_x, *gl_y, *gl_mom, *gl_amp; /* per estimation atom: centre, N (9) and y (3) of its moments */
 static int64_t gl_n = 0, gl_nfit = 0, gl_nfall = 0;
 static double gl_tru[4]; /* H_GLSORACLE=1: the truth file's gain, offset, scan_smear, read_noise */
-static double gl_msum = 0; /* GLS fits made and their pixels (cost) */
+static double gl_msum = 0, gl_eff[3]; /* H_GLSEFF: sums of var_OLS / var_GLS, var_diagWLS / var_GLS, count */
 static double gl_ktab[64 * 64]; /* K at integer pixel offsets |dx|, |dy| < 64 */
 static double gl_k(double dx, double dy)
 {
@@ -377,6 +389,12 @@ static double gls_fit(const double *G, const double *v, const double *e, const d
         }
     double amp = NAN;
     gl_nfit++, gl_msum += (double)m;
+    double *Sf = NULL; /* H_GLSEFF=1: a copy of Sigma for the OLS / diagonal-WLS variances under it */
+    if (getenv("H_GLSEFF")) {
+        Sf = malloc(sizeof(double) * (size_t)(m * m));
+        for (int64_t p = 0; p < m; p++)
+            for (int64_t q = 0; q <= p; q++) Sf[p * m + q] = Sf[q * m + p] = S[p * m + q];
+    }
     { /* LAPACK (OpenBLAS): S row-major lower = column-major upper; B = Sigma^-1 [G v], column-major */
         int mm = (int)m, nr = np + 1, info = 0;
         dpotrf_("U", &mm, S, &mm, &info);
@@ -394,9 +412,38 @@ static double gls_fit(const double *G, const double *v, const double *e, const d
             b[i] += G[k * np + i] * Gt[np * m + k];
             for (int j = 0; j < np; j++) A[i * np + j] += G[k * np + i] * Gt[j * m + k];
         }
+    double Ai[256], e0[16] = {1};
+    memcpy(Ai, A, sizeof(double) * (size_t)(np * np));
     if (chol_solve(A, b, np)) amp = b[0];
+    if (Sf && isfinite(amp) && chol_solve(Ai, e0, np)) { /* variances of the amplitude under Sigma: GLS e0[0]; OLS and diag WLS: sandwich */
+        double vg = e0[0], vv[2];
+        for (int mode = 0; mode < 2; mode++) {
+            double B[256] = {0}, h[16] = {0};
+            for (int64_t k = 0; k < m; k++) {
+                double wk = mode ? 1 / Sf[k * m + k] : 1;
+                for (int i = 0; i < np; i++)
+                    for (int j = 0; j < np; j++) B[i * np + j] += wk * G[k * np + i] * G[k * np + j];
+            }
+            h[0] = 1;
+            if (!chol_solve(B, h, np)) { vv[mode] = NAN; continue; }
+            double *u1 = malloc(sizeof(double) * (size_t)m), var = 0; /* u = W G h: the estimator's pixel weights */
+            for (int64_t k = 0; k < m; k++) {
+                double wk = mode ? 1 / Sf[k * m + k] : 1, t = 0;
+                for (int i = 0; i < np; i++) t += G[k * np + i] * h[i];
+                u1[k] = wk * t;
+            }
+            for (int64_t p = 0; p < m; p++) {
+                double t = 0;
+                for (int64_t q = 0; q < m; q++) t += Sf[p * m + q] * u1[q];
+                var += u1[p] * t;
+            }
+            vv[mode] = var;
+            free(u1);
+        }
+        if (isfinite(vv[0]) && isfinite(vv[1]) && vg > 0) gl_eff[0] += vv[0] / vg, gl_eff[1] += vv[1] / vg, gl_eff[2] += 1;
+    }
 out:
-    free(S), free(Gt);
+    free(S), free(Gt), free(Sf);
     return amp;
 }
 
@@ -1320,6 +1367,8 @@ int main(int argc, char **argv)
         }
         tmd_status st = tmd_classify(&ctx, MPI_COMM_SELF, &o, nf, lat, NULL, H, W, &at, &gh, &d, &rep);
         if (getenv("H_GLSVERB")) fprintf(stderr, "gls: %lld fits, mean %.0f px, %lld fell back\n", (long long)gl_nfit, gl_nfit ? gl_msum / gl_nfit : 0, (long long)gl_nfall);
+        if (getenv("H_GLSEFF") && gl_eff[2] > 0) fprintf(stderr, "gls-eff: var OLS / GLS %.3f, diag WLS / GLS %.3f over %.0f fits (c %.4g, s2 %.4g)\n", gl_eff[0] / gl_eff[2], gl_eff[1] / gl_eff[2], gl_eff[2], gl_c, gl_s2);
+        gl_eff[0] = gl_eff[1] = gl_eff[2] = 0;
         if (st) {
             tmd_error_print(&ctx);
             return 1;
