@@ -77,7 +77,8 @@
  * (fall back to the Poisson WLS when |GLS - OLS| > g x the disc's fitted range); H_GLSORACLE=1
  * the Poisson part from the truth file's gain / offset / scan_smear / read_noise; H_GLSVERB=1
  * prints the estimates and the cost; H_GLSEFF=1 the mean var(OLS) / var(GLS) and
- * var(diagonal WLS) / var(GLS) under the estimated covariance. Details and figures: notes/gls.md
+ * var(diagonal WLS) / var(GLS) under the estimated covariance, and var(GLS, all free) over the GLS
+ * variance with only [profile] or [profile, constant] free (the rest known). Details and figures: notes/gls.md
  * (no consistent gain on the four held-out blocks).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
@@ -194,7 +195,7 @@ static double gl_s2 = 0, gl_a = 0, gl_c = 0, gl_kw2 = 1; /* gl_kw2: 4 sp^2 x H_G
 static double *gl_x, *gl_y, *gl_mom, *gl_amp; /* per estimation atom: centre, N (9) and y (3) of its moments */
 static int64_t gl_n = 0, gl_nfit = 0, gl_nfall = 0;
 static double gl_tru[4]; /* H_GLSORACLE=1: the truth file's gain, offset, scan_smear, read_noise */
-static double gl_msum = 0, gl_eff[3]; /* H_GLSEFF: sums of var_OLS / var_GLS, var_diagWLS / var_GLS, count */
+static double gl_msum = 0, gl_eff[5]; /* H_GLSEFF: sums of var_OLS / var_GLS, var_diagWLS / var_GLS, count */
 static double gl_ktab[64 * 64]; /* K at integer pixel offsets |dx|, |dy| < 64 */
 static double gl_k(double dx, double dy)
 {
@@ -412,7 +413,7 @@ static double gls_fit(const double *G, const double *v, const double *e, const d
             b[i] += G[k * np + i] * Gt[np * m + k];
             for (int j = 0; j < np; j++) A[i * np + j] += G[k * np + i] * Gt[j * m + k];
         }
-    double Ai[256], e0[16] = {1};
+    double Ai[256], e0[16] = {1}, a00 = A[0], a01 = A[1], a11 = A[np + 1];
     memcpy(Ai, A, sizeof(double) * (size_t)(np * np));
     if (chol_solve(A, b, np)) amp = b[0];
     if (Sf && isfinite(amp) && chol_solve(Ai, e0, np)) { /* variances of the amplitude under Sigma: GLS e0[0]; OLS and diag WLS: sandwich */
@@ -440,7 +441,11 @@ static double gls_fit(const double *G, const double *v, const double *e, const d
             vv[mode] = var;
             free(u1);
         }
-        if (isfinite(vv[0]) && isfinite(vv[1]) && vg > 0) gl_eff[0] += vv[0] / vg, gl_eff[1] += vv[1] / vg, gl_eff[2] += 1;
+        if (isfinite(vv[0]) && isfinite(vv[1]) && vg > 0) {
+            gl_eff[0] += vv[0] / vg, gl_eff[1] += vv[1] / vg, gl_eff[2] += 1;
+            gl_eff[3] += vg * a00;                                  /* var(all free) / var(profile alone, the rest known) */
+            gl_eff[4] += vg * (a00 * a11 - a01 * a01) / a11;        /* var(all free) / var([profile, constant], the rest known) */
+        }
     }
 out:
     free(S), free(Gt), free(Sf);
@@ -1367,8 +1372,10 @@ int main(int argc, char **argv)
         }
         tmd_status st = tmd_classify(&ctx, MPI_COMM_SELF, &o, nf, lat, NULL, H, W, &at, &gh, &d, &rep);
         if (getenv("H_GLSVERB")) fprintf(stderr, "gls: %lld fits, mean %.0f px, %lld fell back\n", (long long)gl_nfit, gl_nfit ? gl_msum / gl_nfit : 0, (long long)gl_nfall);
-        if (getenv("H_GLSEFF") && gl_eff[2] > 0) fprintf(stderr, "gls-eff: var OLS / GLS %.3f, diag WLS / GLS %.3f over %.0f fits (c %.4g, s2 %.4g)\n", gl_eff[0] / gl_eff[2], gl_eff[1] / gl_eff[2], gl_eff[2], gl_c, gl_s2);
-        gl_eff[0] = gl_eff[1] = gl_eff[2] = 0;
+        if (getenv("H_GLSEFF") && gl_eff[2] > 0)
+            fprintf(stderr, "gls-eff: var OLS / GLS %.3f, diag WLS / GLS %.3f, GLS free / profile alone %.3f, free / [profile, const] %.3f over %.0f fits (c %.4g, s2 %.4g)\n",
+                    gl_eff[0] / gl_eff[2], gl_eff[1] / gl_eff[2], gl_eff[3] / gl_eff[2], gl_eff[4] / gl_eff[2], gl_eff[2], gl_c, gl_s2);
+        memset(gl_eff, 0, sizeof gl_eff);
         if (st) {
             tmd_error_print(&ctx);
             return 1;
