@@ -67,6 +67,19 @@
  * ratio (session 8, held-out hard_MoS2 of benchmarks/accuracy: species 0.9041 held, 0.9049 with
  * H_JRS, 0.9138 free: the tails are not a uniform scale). Details at g_jon below; findings in notes/joint.md (statistical variance of the S2
  * amplitude halved, observed spread not: contamination and column scatter dominate).
+ * GLS column measure (session 9, helper gls; needs H_REMEASURE=1, screening only, not in the stage):
+ * H_GLS=1 fits the amplitude by generalized least squares with the covariance
+ * diag(a + s2 x fitted value) + c x (probe autocorrelation), (s2, a, c) estimated per image by
+ * moments of the OLS residuals of the fainter half of the atoms (H_GLSLO=q: quantile, 1 = all);
+ * H_GLSW=w local c from the atoms within w bond; H_GLSCF=f scales c (0: diagonal only, the
+ * offset-aware Poisson variance); H_GLSKF=f the kernel's width factor; H_GLSER=r the estimate's
+ * disc (bond; default H_R); H_GLSN the most atoms in the estimate (400); H_GLSG=g the guard
+ * (fall back to the Poisson WLS when |GLS - OLS| > g x the disc's fitted range); H_GLSORACLE=1
+ * the Poisson part from the truth file's gain / offset / scan_smear / read_noise; H_GLSVERB=1
+ * prints the estimates and the cost; H_GLSEFF=1 the mean var(OLS) / var(GLS) and
+ * var(diagonal WLS) / var(GLS) under the estimated covariance, and var(GLS, all free) over the GLS
+ * variance with only [profile] or [profile, constant] free (the rest known). Details and figures: notes/gls.md
+ * (no consistent gain on the four held-out blocks).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -74,6 +87,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tmd/classify.h"
 #include "tmd/io.h"
@@ -157,6 +171,287 @@ static int chol_solve(double *A, double *b, int n)
     return 1;
 }
 
+/* H_GLS=1 (session 9, helper gls): generalized least squares for the column amplitude. The
+ * simulator's contamination is amorphous scatterers splatted with the probe, so its noise is
+ * spatially correlated with covariance ~ (local density) x the probe's autocorrelation, a
+ * Gaussian of width sqrt(2) sp (H_GLSKF=f scales it); OLS / Poisson WLS treat it as white.
+ * Model per pixel pair: Cov = diag(gl_a + gl_s2 x fitted value) + c K(p, q),
+ * K = exp(-|p - q|^2 / (4 sp^2)); gl_a takes the image offset (the Poisson variance is gain x
+ * (value - offset)) and the read noise. (gl_s2, gl_a, c) are estimated per image from the OLS
+ * residuals r of the stage's free fit (profile, plane, six places) over the interior detected
+ * atoms (at most H_GLSN 400) by the method of moments with the fit's projection accounted for:
+ * E[r r^T] = (I - P) Cov (I - P), P the hat matrix, regressed over all pixel pairs of each disc
+ * except pairs in the same row (the fast-scan smear correlates those). H_GLSW=w (bond): c local,
+ * from the moments of the atoms within w bond (gl_s2, gl_a global); 0: one c per image.
+ * H_GLSCF=f scales c (0: Poisson-only GLS with the offset-aware variance). The amplitude is then
+ * the GLS fit of the same terms (held or free neighbours as the rest of the knobs say) over the
+ * disc, Sigma factored per column (Cholesky, m^3/6 with m ~ 110-380 pixels). H_GLSVERB=1 prints
+ * the per-image estimates. */
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b, const int *ldb, int *info);
+static int dcmp(const void *a, const void *b);
+static int gl_est = 0; /* the current image's estimates are made */
+static double gl_s2 = 0, gl_a = 0, gl_c = 0, gl_kw2 = 1; /* gl_kw2: 4 sp^2 x H_GLSKF^2 */
+static double *gl_x, *gl_y, *gl_mom, *gl_amp; /* per estimation atom: centre, N (9) and y (3) of its moments */
+static int64_t gl_n = 0, gl_nfit = 0, gl_nfall = 0;
+static double gl_tru[4]; /* H_GLSORACLE=1: the truth file's gain, offset, scan_smear, read_noise */
+static double gl_msum = 0, gl_eff[5]; /* H_GLSEFF: sums of var_OLS / var_GLS, var_diagWLS / var_GLS, count */
+static double gl_ktab[64 * 64]; /* K at integer pixel offsets |dx|, |dy| < 64 */
+static double gl_k(double dx, double dy)
+{
+    int ix = (int)fabs(dx), iy = (int)fabs(dy);
+    return ix < 64 && iy < 64 ? gl_ktab[ix * 64 + iy] : 0;
+}
+
+/* modified Gram-Schmidt of G (m x np, row-major) into Q; returns 0 if rank deficient */
+static int gl_orth(const double *G, double *Q, int64_t m, int np)
+{
+    memcpy(Q, G, sizeof(double) * (size_t)(m * np));
+    for (int j = 0; j < np; j++) {
+        for (int i = 0; i < j; i++) {
+            double d = 0;
+            for (int64_t k = 0; k < m; k++) d += Q[k * np + i] * Q[k * np + j];
+            for (int64_t k = 0; k < m; k++) Q[k * np + j] -= d * Q[k * np + i];
+        }
+        double nn = 0;
+        for (int64_t k = 0; k < m; k++) nn += Q[k * np + j] * Q[k * np + j];
+        if (nn <= 1e-10) return 0;
+        nn = 1 / sqrt(nn);
+        for (int64_t k = 0; k < m; k++) Q[k * np + j] *= nn;
+    }
+    return 1;
+}
+
+/* the stage's free basis over a disc of radius R at (cx, cy); returns m, 0 if the frame cuts it */
+static int64_t gl_basis(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2], double R,
+                        double **G, double **v, double **px, double **py)
+{
+    int64_t y0 = (int64_t)floor(cy - R), y1 = (int64_t)ceil(cy + R), x0 = (int64_t)floor(cx - R), x1 = (int64_t)ceil(cx + R);
+    if (y0 < 0 || x0 < 0 || y1 >= u->H || x1 >= u->W) return 0;
+    int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1), m = 0;
+    *G = malloc(sizeof(double) * (size_t)(npx * 10)), *v = malloc(sizeof(double) * (size_t)npx);
+    *px = malloc(sizeof(double) * (size_t)npx), *py = malloc(sizeof(double) * (size_t)npx);
+    double is2 = 0.5 / (sp * sp);
+    for (int64_t yy = y0; yy <= y1; yy++)
+        for (int64_t xx = x0; xx <= x1; xx++) {
+            double dx = xx - cx, dy = yy - cy, d2 = dx * dx + dy * dy;
+            if (d2 > R * R) continue;
+            double *g = *G + m * 10;
+            g[0] = exp(-d2 * is2), g[1] = 1, g[2] = dx / bond, g[3] = dy / bond;
+            int c = 4;
+            for (int q = 0; q < 3; q++)
+                for (int sg = -1; sg <= 1; sg += 2) {
+                    double ex = dx - sg * dl[q][0], ey = dy - sg * dl[q][1];
+                    g[c++] = exp(-(ex * ex + ey * ey) * is2);
+                }
+            (*v)[m] = u->img[yy * u->W + xx], (*px)[m] = (double)xx, (*py)[m] = (double)yy;
+            m++;
+        }
+    return m;
+}
+
+/* per image: (gl_s2, gl_a, gl_c) from the moments of the OLS residuals (see above) */
+static void gls_estimate(const img_t *u, int64_t n, const double *xs, const double *ys, double bond, const double dl[3][2])
+{
+    const int np = 10;
+    double R = envd("H_GLSER", envd("H_R", 0.6)) * bond, kf = envd("H_GLSKF", 1);
+    gl_kw2 = 4 * u->sp * u->sp * kf * kf;
+    for (int ix = 0; ix < 64; ix++)
+        for (int iy = 0; iy < 64; iy++) gl_ktab[ix * 64 + iy] = exp(-(double)(ix * ix + iy * iy) / gl_kw2);
+    int64_t nmax = (int64_t)envd("H_GLSN", 400), stride = n > nmax ? (n + nmax - 1) / nmax : 1;
+    free(gl_x), free(gl_y), free(gl_mom), free(gl_amp);
+    gl_amp = malloc(sizeof(double) * (size_t)(n + 1));
+    gl_x = malloc(sizeof(double) * (size_t)(n + 1)), gl_y = malloc(sizeof(double) * (size_t)(n + 1));
+    gl_mom = malloc(sizeof(double) * 12 * (size_t)(n + 1));
+    gl_n = 0;
+    double N[9] = {0}, Y[3] = {0};
+    for (int64_t i = 0; i < n; i += stride) {
+        double *G, *v, *px, *py;
+        int64_t m = gl_basis(u, xs[i], ys[i], bond, u->sp, dl, R, &G, &v, &px, &py);
+        if (m < 3 * np) {
+            if (m) free(G), free(v), free(px), free(py);
+            continue;
+        }
+        double *Q = malloc(sizeof(double) * (size_t)(m * np)), *r = malloc(sizeof(double) * (size_t)m),
+               *f = malloc(sizeof(double) * (size_t)m), *Z = calloc((size_t)(m * np), sizeof(double)),
+               *QM1 = calloc((size_t)(m * np), sizeof(double)), *QMK = calloc((size_t)(m * np), sizeof(double));
+        if (!gl_orth(G, Q, m, np)) {
+            free(G), free(v), free(px), free(py), free(Q), free(r), free(f), free(Z), free(QM1), free(QMK);
+            continue;
+        }
+        double qv[10] = {0};
+        for (int64_t k = 0; k < m; k++)
+            for (int j = 0; j < np; j++) qv[j] += Q[k * np + j] * v[k];
+        for (int64_t k = 0; k < m; k++) {
+            double s = 0;
+            for (int j = 0; j < np; j++) s += Q[k * np + j] * qv[j];
+            f[k] = s, r[k] = v[k] - s;
+        }
+        for (int64_t p = 0; p < m; p++) /* Z = K Q */
+            for (int64_t q = 0; q < m; q++) {
+                double kk = gl_k(px[p] - px[q], py[p] - py[q]);
+                for (int j = 0; j < np; j++) Z[p * np + j] += kk * Q[q * np + j];
+            }
+        double M1[100] = {0}, MK[100] = {0};
+        for (int64_t k = 0; k < m; k++)
+            for (int a = 0; a < np; a++)
+                for (int b = 0; b < np; b++) M1[a * np + b] += Q[k * np + a] * f[k] * Q[k * np + b], MK[a * np + b] += Q[k * np + a] * Z[k * np + b];
+        for (int64_t k = 0; k < m; k++)
+            for (int a = 0; a < np; a++)
+                for (int b = 0; b < np; b++) QM1[k * np + b] += Q[k * np + a] * M1[a * np + b], QMK[k * np + b] += Q[k * np + a] * MK[a * np + b];
+        double n9[9] = {0}, y3[3] = {0};
+        for (int64_t p = 0; p < m; p++)
+            for (int64_t q = p; q < m; q++) {
+                if (q != p && py[q] == py[p]) continue; /* the smear correlates pixels along a row */
+                const double *Qp = Q + p * np, *Qq = Q + q * np;
+                double P = 0, t1 = 0, t3 = 0;
+                for (int j = 0; j < np; j++)
+                    P += Qp[j] * Qq[j], t1 += QM1[p * np + j] * Qq[j],
+                        t3 += QMK[p * np + j] * Qq[j] - Qp[j] * Z[q * np + j] - Z[p * np + j] * Qq[j];
+                double T[3] = {(p == q ? f[p] : 0) - (f[p] + f[q]) * P + t1, (p == q ? 1 : 0) - P, gl_k(px[p] - px[q], py[p] - py[q]) + t3};
+                double wt = p == q ? 1 : 2, yy = r[p] * r[q];
+                for (int a = 0; a < 3; a++) {
+                    y3[a] += wt * T[a] * yy;
+                    for (int b = 0; b < 3; b++) n9[a * 3 + b] += wt * T[a] * T[b];
+                }
+            }
+        { /* the column's OLS amplitude (H_GLSLO: the estimate from the fainter columns only) */
+            double A[100] = {0}, bb[10] = {0};
+            for (int64_t k = 0; k < m; k++)
+                for (int a = 0; a < np; a++) {
+                    bb[a] += G[k * np + a] * v[k];
+                    for (int c = 0; c < np; c++) A[a * np + c] += G[k * np + a] * G[k * np + c];
+                }
+            gl_amp[gl_n] = chol_solve(A, bb, np) ? bb[0] : NAN;
+        }
+        gl_x[gl_n] = xs[i], gl_y[gl_n] = ys[i];
+        memcpy(gl_mom + 12 * gl_n, n9, sizeof n9), memcpy(gl_mom + 12 * gl_n + 9, y3, sizeof y3);
+        gl_n++;
+        free(G), free(v), free(px), free(py), free(Q), free(r), free(f), free(Z), free(QM1), free(QMK);
+    }
+    double q = envd("H_GLSLO", 0.5), thr = INFINITY; /* amplitude quantile below which columns enter (1: all) */
+    if (q < 1 && gl_n > 0) {
+        double *t = malloc(sizeof(double) * (size_t)gl_n);
+        int64_t nt = 0;
+        for (int64_t i = 0; i < gl_n; i++)
+            if (isfinite(gl_amp[i])) t[nt++] = gl_amp[i];
+        qsort(t, (size_t)nt, sizeof(double), dcmp);
+        if (nt > 0) thr = t[(int64_t)(q * (double)(nt - 1))];
+        free(t);
+    }
+    for (int64_t i = 0; i < gl_n; i++) {
+        if (!(gl_amp[i] <= thr)) {
+            memset(gl_mom + 12 * i, 0, 12 * sizeof(double)); /* out of the local c too */
+            continue;
+        }
+        for (int a = 0; a < 9; a++) N[a] += gl_mom[12 * i + a];
+        for (int a = 0; a < 3; a++) Y[a] += gl_mom[12 * i + 9 + a];
+    }
+    double Ns[9], th[3];
+    memcpy(Ns, N, sizeof N), memcpy(th, Y, sizeof Y);
+    if (gl_n > 0 && chol_solve(Ns, th, 3)) gl_s2 = th[0], gl_a = th[1], gl_c = th[2];
+    else gl_s2 = 0, gl_a = 0, gl_c = 0;
+    if (getenv("H_GLSORACLE") && gl_tru[0] > 0) { /* oracle: the Poisson part from the truth file's detector, c alone fitted */
+        double sm = gl_tru[2], f = (1 - sm) / (1 + sm);
+        gl_s2 = gl_tru[0] * f, gl_a = -gl_s2 * gl_tru[1] + gl_tru[0] * gl_tru[0] * gl_tru[3] * gl_tru[3] * f;
+        gl_c = N[8] > 0 ? (Y[2] - gl_s2 * N[6] - gl_a * N[7]) / N[8] : 0;
+    }
+    if (getenv("H_GLSVERB"))
+        fprintf(stderr, "gls: %lld atoms, s2 %.4g a %.4g c %.4g (sp %.2f px)\n", (long long)gl_n, gl_s2, gl_a, gl_c, u->sp);
+    gl_est = 1;
+}
+
+/* c at (cx, cy): one per image, or (H_GLSW) from the atoms' moments within w bond */
+static double gls_c(double cx, double cy, double bond)
+{
+    double w = envd("H_GLSW", 0) * bond, c = gl_c;
+    if (w > 0) {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < gl_n; i++) {
+            if (hypot(gl_x[i] - cx, gl_y[i] - cy) > w) continue;
+            const double *mo = gl_mom + 12 * i;
+            num += mo[11] - gl_s2 * mo[6] - gl_a * mo[7], den += mo[8];
+        }
+        if (den > 0) c = num / den;
+    }
+    return fmax(0, c) * envd("H_GLSCF", 1);
+}
+
+/* GLS of v on G (m x np) with Cov = diag(max(gl_a + gl_s2 e, floor)) + c K; returns the first coefficient */
+static double gls_fit(const double *G, const double *v, const double *e, const double *px, const double *py, int64_t m, int np, double c)
+{
+    double *S = malloc(sizeof(double) * (size_t)(m * m)), *Gt = malloc(sizeof(double) * (size_t)(m * (np + 1)));
+    double vmax = 0;
+    for (int64_t k = 0; k < m; k++) vmax = fmax(vmax, gl_a + gl_s2 * e[k]);
+    double fl = envd("H_POIS", 0.1) * vmax;
+    for (int64_t p = 0; p < m; p++)
+        for (int64_t q = 0; q <= p; q++) {
+            S[p * m + q] = c * gl_k(px[p] - px[q], py[p] - py[q]) + (p == q ? fmax(gl_a + gl_s2 * e[p], fl) : 0);
+        }
+    double amp = NAN;
+    gl_nfit++, gl_msum += (double)m;
+    double *Sf = NULL; /* H_GLSEFF=1: a copy of Sigma for the OLS / diagonal-WLS variances under it */
+    if (getenv("H_GLSEFF")) {
+        Sf = malloc(sizeof(double) * (size_t)(m * m));
+        for (int64_t p = 0; p < m; p++)
+            for (int64_t q = 0; q <= p; q++) Sf[p * m + q] = Sf[q * m + p] = S[p * m + q];
+    }
+    { /* LAPACK (OpenBLAS): S row-major lower = column-major upper; B = Sigma^-1 [G v], column-major */
+        int mm = (int)m, nr = np + 1, info = 0;
+        dpotrf_("U", &mm, S, &mm, &info);
+        if (info) goto out;
+        for (int64_t k = 0; k < m; k++) {
+            for (int j = 0; j < np; j++) Gt[j * m + k] = G[k * np + j];
+            Gt[np * m + k] = v[k];
+        }
+        dpotrs_("U", &mm, &nr, S, &mm, Gt, &mm, &info);
+        if (info) goto out;
+    }
+    double A[256] = {0}, b[16] = {0};
+    for (int64_t k = 0; k < m; k++)
+        for (int i = 0; i < np; i++) {
+            b[i] += G[k * np + i] * Gt[np * m + k];
+            for (int j = 0; j < np; j++) A[i * np + j] += G[k * np + i] * Gt[j * m + k];
+        }
+    double Ai[256], e0[16] = {1}, a00 = A[0], a01 = A[1], a11 = A[np + 1];
+    memcpy(Ai, A, sizeof(double) * (size_t)(np * np));
+    if (chol_solve(A, b, np)) amp = b[0];
+    if (Sf && isfinite(amp) && chol_solve(Ai, e0, np)) { /* variances of the amplitude under Sigma: GLS e0[0]; OLS and diag WLS: sandwich */
+        double vg = e0[0], vv[2];
+        for (int mode = 0; mode < 2; mode++) {
+            double B[256] = {0}, h[16] = {0};
+            for (int64_t k = 0; k < m; k++) {
+                double wk = mode ? 1 / Sf[k * m + k] : 1;
+                for (int i = 0; i < np; i++)
+                    for (int j = 0; j < np; j++) B[i * np + j] += wk * G[k * np + i] * G[k * np + j];
+            }
+            h[0] = 1;
+            if (!chol_solve(B, h, np)) { vv[mode] = NAN; continue; }
+            double *u1 = malloc(sizeof(double) * (size_t)m), var = 0; /* u = W G h: the estimator's pixel weights */
+            for (int64_t k = 0; k < m; k++) {
+                double wk = mode ? 1 / Sf[k * m + k] : 1, t = 0;
+                for (int i = 0; i < np; i++) t += G[k * np + i] * h[i];
+                u1[k] = wk * t;
+            }
+            for (int64_t p = 0; p < m; p++) {
+                double t = 0;
+                for (int64_t q = 0; q < m; q++) t += Sf[p * m + q] * u1[q];
+                var += u1[p] * t;
+            }
+            vv[mode] = var;
+            free(u1);
+        }
+        if (isfinite(vv[0]) && isfinite(vv[1]) && vg > 0) {
+            gl_eff[0] += vv[0] / vg, gl_eff[1] += vv[1] / vg, gl_eff[2] += 1;
+            gl_eff[3] += vg * a00;                                  /* var(all free) / var(profile alone, the rest known) */
+            gl_eff[4] += vg * (a00 * a11 - a01 * a01) / a11;        /* var(all free) / var([profile, constant], the rest known) */
+        }
+    }
+out:
+    free(S), free(Gt), free(Sf);
+    return amp;
+}
+
 /* the stage's amplitude (stage_classify.c measure_contrast): least squares over a disc of
  * radius H_R (0.6) bond of [column profile at the centre, profiles at the six +-delta_k places
  * (H_NB=0: without), 1, x, y]; profile Gaussian sigma sp px; refitted with the weights
@@ -175,7 +470,8 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
     int64_t npx = (y1 - y0 + 1) * (x1 - x0 + 1);
     double *G = malloc(sizeof(double) * (size_t)(npx * np)), *v = malloc(sizeof(double) * (size_t)npx),
            *w0 = malloc(sizeof(double) * (size_t)npx), *w = malloc(sizeof(double) * (size_t)npx),
-           *e = malloc(sizeof(double) * (size_t)npx);
+           *e = malloc(sizeof(double) * (size_t)npx), *pxk = malloc(sizeof(double) * (size_t)npx),
+           *pyk = malloc(sizeof(double) * (size_t)npx); /* pixel coordinates (H_GLS) */
     int64_t m = 0;
     double is2 = 0.5 / (sp * sp);
     for (int64_t yy = y0; yy <= y1; yy++) {
@@ -208,6 +504,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             if (nq == 1 && getenv("H_QW")) g[np - 1 - nder] = exp(-d2 * is2 / (envd("H_QW", 2) * envd("H_QW", 2))); /* or a wide Gaussian */
             if (nder) g[np - 2] = 2 * is2 * dx * g[0] * bond, g[np - 1] = 2 * is2 * dy * g[0] * bond;
             v[m] = u->img[yy * u->W + xx];
+            pxk[m] = (double)xx, pyk[m] = (double)yy;
             w0[m] = tw > 0 ? exp(-0.5 * d2 / (tw * tw)) : 1;
             w[m] = w0[m];
             m++;
@@ -291,6 +588,23 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             }
         g_nsum = nb && !g_jon ? b[4] + b[5] + b[6] + b[7] + b[8] + b[9] : NAN;
         if (nb && !g_jon && getenv("H_XT")) amp += envd("H_XT", 0) * (b[4] + b[5] + b[6] + b[7] + b[8] + b[9]);
+        if (gl_est && it == 0 && !rob) { /* H_GLS: the GLS fit from the OLS fitted values */
+            for (int64_t k = 0; k < m; k++) {
+                double f = fx[k];
+                for (int i = 0; i < np; i++) f += G[k * np + i] * b[i];
+                e[k] = f;
+            }
+            double ag = gls_fit(G, v, e, pxk, pyk, m, np, gls_c(cx, cy, bond)), emn = INFINITY, emx = -INFINITY;
+            for (int64_t k = 0; k < m; k++) emn = fmin(emn, e[k]), emx = fmax(emx, e[k]);
+            /* guard: an ill-conditioned Sigma can throw the amplitude far off (7107: 6424 against a
+             * largest column of 35); more than H_GLSG (0.5) x the disc's fitted range from OLS -> the
+             * stage's Poisson WLS instead */
+            if (isfinite(ag) && fabs(ag - amp) <= envd("H_GLSG", 0.5) * (emx - emn)) {
+                amp = ag;
+                break;
+            }
+            gl_nfall++;
+        }
         if (envd("H_POIS", 0.1) > 0 && it == 0) { /* shot noise: weights 1 / max(fitted value, floor) */
             double fl = envd("H_POIS", 0.1), fmaxv = 0;
             for (int64_t k = 0; k < m; k++) {
@@ -336,7 +650,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             w[k] = w0[k] * wt;
         }
     }
-    free(G), free(v), free(w0), free(w), free(e), free(fx);
+    free(G), free(v), free(w0), free(w), free(e), free(fx), free(pxk), free(pyk);
     return amp;
 }
 
@@ -655,6 +969,16 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             if (getenv("H_VERB")) fprintf(stderr, "sigma %.3f bond\n", u->sp / bond);
         }
     }
+    if (getenv("H_GLS") && atoi(getenv("H_GLS")) && g_atoms && !gl_est && !getenv("H_OLD")) {
+        const tmd_lattice *L0 = u->lat;
+        double bd = L0->period_px / sqrt(3.0);
+        double dm[3][2] = {{(L0->a1[0] + L0->a2[0]) / 3, (L0->a1[1] + L0->a2[1]) / 3},
+                           {(L0->a2[0] - 2 * L0->a1[0]) / 3, (L0->a2[1] - 2 * L0->a1[1]) / 3},
+                           {(L0->a1[0] - 2 * L0->a2[0]) / 3, (L0->a1[1] - 2 * L0->a2[1]) / 3}};
+        clock_t t0 = clock();
+        gls_estimate(u, n, xs, ys, bd, dm);
+        if (getenv("H_GLSVERB")) fprintf(stderr, "gls: estimate %.2f s cpu\n", (double)(clock() - t0) / CLOCKS_PER_SEC);
+    }
     double *nsum = getenv("H_XR") || getenv("H_XS") ? calloc((size_t)(n > 0 ? n : 1), sizeof(double)) : NULL;
     if (getenv("H_NSPFAUTO") && !getenv("H_OLD") && g_nspf == 0) { /* first call: pick the width factor */
         const tmd_lattice *L0 = u->lat;
@@ -937,6 +1261,7 @@ int main(int argc, char **argv)
         xr_slope = NAN;
         g_nspf = 0;
         j_n = 0; /* H_JOINT: no pass-1 atoms of this image yet */
+        gl_est = 0; /* H_GLS: this image's noise model not estimated yet */
         xr_stored = 0;
         int64_t r, cc;
         int have_img = tmd_h5_exists(fs, "/image");
@@ -959,6 +1284,11 @@ int main(int argc, char **argv)
         }
         if (!have_img) r = H, cc = W;
         if (getenv("H_PXTRUE")) tmd_h5_read_attr_f64(&ctx, fs, "/", "pixel_size", &o.pixel_size, 1);
+        if (getenv("H_GLSORACLE")) {
+            const char *kn[4] = {"gain", "offset", "scan_smear", "read_noise"};
+            for (int q = 0; q < 4; q++)
+                if (tmd_h5_read_attr_f64(&ctx, fs, "/", kn[q], &gl_tru[q], 1)) gl_tru[q] = 0;
+        }
         H5Fclose(fs);
         im.H = r;
         im.W = cc;
@@ -1041,6 +1371,11 @@ int main(int argc, char **argv)
             o.carry = idx;
         }
         tmd_status st = tmd_classify(&ctx, MPI_COMM_SELF, &o, nf, lat, NULL, H, W, &at, &gh, &d, &rep);
+        if (getenv("H_GLSVERB")) fprintf(stderr, "gls: %lld fits, mean %.0f px, %lld fell back\n", (long long)gl_nfit, gl_nfit ? gl_msum / gl_nfit : 0, (long long)gl_nfall);
+        if (getenv("H_GLSEFF") && gl_eff[2] > 0)
+            fprintf(stderr, "gls-eff: var OLS / GLS %.3f, diag WLS / GLS %.3f, GLS free / profile alone %.3f, free / [profile, const] %.3f over %.0f fits (c %.4g, s2 %.4g)\n",
+                    gl_eff[0] / gl_eff[2], gl_eff[1] / gl_eff[2], gl_eff[3] / gl_eff[2], gl_eff[4] / gl_eff[2], gl_eff[2], gl_c, gl_s2);
+        memset(gl_eff, 0, sizeof gl_eff);
         if (st) {
             tmd_error_print(&ctx);
             return 1;
