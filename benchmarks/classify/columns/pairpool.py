@@ -1,6 +1,12 @@
-import json, glob, os
-def load(d): return {os.path.basename(f)[:-11]: json.load(open(f)) for f in glob.glob(d + "/*_given.json")}
-A, B = load("/tmp/lone/acc_base"), load("/tmp/lone/acc_new")
+"""pairpool.py BASE_DIR NEW_DIR: pooled figures of two runs of the same images (pixel size given:
+<name>_given.json of benchmarks/accuracy/run.sh, score_<name>_given.json of benchmarks/external or
+/work/tools/given.sh) and the images whose species or V_X / V_X2 counts differ."""
+import json, glob, os, sys
+def name(f):
+    b = os.path.basename(f)[:-len("_given.json")]
+    return b[len("score_"):] if b.startswith("score_") else b
+def load(d): return {name(f): json.load(open(f)) for f in glob.glob(d + "/*_given.json")}
+A, B = load(sys.argv[1]), load(sys.argv[2])
 def pool(S, keys):
     C = [[0]*8 for _ in range(8)]; V = {t: [0,0,0] for t in ("V_M","V_X","V_X2")}
     for s in keys:
@@ -14,7 +20,7 @@ def pool(S, keys):
     ct = sum(sum(C[i]) for i in range(3,8)); co = sum(C[i][i] for i in range(3,8))
     return f"species {ok/tot:.4f} chalcogen {co/ct:.4f} V_M {f1(*V['V_M']):.3f} V_X {f1(*V['V_X']):.3f} {V['V_X']} V_X2 {f1(*V['V_X2']):.3f} {V['V_X2']}"
 ks = sorted(set(A) & set(B))
-print(len(ks), "images"); print("main", pool(A, ks)); print("lone", pool(B, ks))
+print(len(ks), "images"); print("base", pool(A, ks)); print("new ", pool(B, ks))
 for s in ks:
     a, b = A[s], B[s]
     if a["species"]["accuracy"] != b["species"]["accuracy"] or any(a["vacancies"][t] != b["vacancies"][t] for t in ("V_X","V_X2")):
