@@ -2,8 +2,28 @@
 #include "io_internal.h"
 
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <tiffio.h>
+
+double tmd_io_angstrom_per_unit(const char *unit)
+{
+    char u[32];
+    int n = 0;
+    for (const char *p = unit; *p && *p != '\n' && *p != '\r' && n < 31; p++)
+        if (*p != '[' && *p != ']' && *p != '_' && *p != ' ') u[n++] = *p;
+    u[n] = 0;
+    if (!strcmp(u, "A") || !strcmp(u, "\xC3\x85") || !strcmp(u, "\xC5") || !strcmp(u, "\\u00C5") ||
+        !strcmp(u, "\xE2\x84\xAB") || !strcasecmp(u, "angstrom") || !strcasecmp(u, "angstroms"))
+        return 1;
+    if (!strcmp(u, "nm") || !strcasecmp(u, "nanometer") || !strcasecmp(u, "nanometers")) return 10;
+    if (!strcmp(u, "pm")) return 0.01;
+    if (!strcmp(u, "m")) return 1e10;
+    if (!strcmp(u, "um") || !strcmp(u, "micron") || !strcmp(u, "\xC2\xB5m") || !strcmp(u, "\\u00B5m") ||
+        !strcmp(u, "\xCE\xBCm"))
+        return 1e4;
+    return 0;
+}
 
 const char *tmd_dtype_name(tmd_dtype t)
 {

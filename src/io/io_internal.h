@@ -14,6 +14,12 @@ void tmd_io_h5_quiet(void);
  * buf, e.g. "unable to open file: No such file or directory"; "" if the stack is empty. */
 void tmd_io_h5_errmsg(char *buf, size_t n);
 
+/* Angstrom per unit of a length unit as image metadata spells it (ImageJ's "unit=", a
+ * Berkeley EMD dim vector's "units"; brackets, underscores and spaces ignored, so "[n_m]" is
+ * nm): A / Å / angstrom, nm / nanometer, pm, m, um / µm / micron. 0 for anything else,
+ * uncalibrated ones ("px", "pixel") included. */
+double tmd_io_angstrom_per_unit(const char *unit);
+
 /* HDF5 native memory type of a tmd_dtype, or H5I_INVALID_HID. Not to be closed. */
 hid_t tmd_io_h5_native(tmd_dtype t);
 

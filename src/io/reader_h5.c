@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 static tmd_status h5fail(tmd_ctx *ctx, const tmd_reader *r, const char *what)
 {
@@ -152,25 +151,6 @@ static double velox_pixel_size(const tmd_reader *r)
     return px;
 }
 
-/* Angstrom per unit of a Berkeley EMD dim vector's "units" attribute ("[n_m]", "nm", "A", "pm",
- * "[m]", "um"), 0 for none or an uncalibrated one ("[px]", "pixel"). */
-static double emd_unit_scale(const char *units)
-{
-    char u[32];
-    int n = 0;
-    for (const char *p = units; *p && n < 31; p++)
-        if (*p != '[' && *p != ']' && *p != '_' && *p != ' ') u[n++] = *p;
-    u[n] = 0;
-    if (!strcmp(u, "nm") || !strcasecmp(u, "nanometer") || !strcasecmp(u, "nanometers")) return 10;
-    if (!strcmp(u, "A") || !strcmp(u, "\xC3\x85") || !strcmp(u, "\xE2\x84\xAB") || !strcasecmp(u, "angstrom") ||
-        !strcasecmp(u, "angstroms"))
-        return 1;
-    if (!strcmp(u, "pm")) return 0.01;
-    if (!strcmp(u, "m")) return 1e10;
-    if (!strcmp(u, "um") || !strcmp(u, "\xC2\xB5m") || !strcmp(u, "\xCE\xBCm")) return 1e4;
-    return 0;
-}
-
 /* Berkeley EMD (emd_group_type = 1): the dataset's group holds dim1 .. dimN, the coordinates of
  * each axis with a "units" attribute; the last one is the fast-scan axis (the pixel size
  * tmdflow uses). Its first step in Angstrom, or 0 when the group has no calibrated dim vector.
@@ -217,7 +197,7 @@ static double berkeley_pixel_size(const tmd_reader *r)
                     if (H5Aread(a, mt, units) < 0) units[0] = 0;
                 }
             }
-            double scale = emd_unit_scale(units), step = fabs(v[1] - v[0]) * scale;
+            double scale = tmd_io_angstrom_per_unit(units), step = fabs(v[1] - v[0]) * scale;
             if (scale > 0 && isfinite(step) && step >= 1e-3 && step <= 100) px = step;
         }
     }

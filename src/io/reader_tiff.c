@@ -18,7 +18,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 static int on_tiff_error(TIFF *tif, void *ud, const char *module, const char *fmt, va_list ap)
@@ -232,21 +231,7 @@ static double pixel_size_from_tags(TIFF *t)
     if (TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) {
         const char *u = strstr(desc, "unit=");
         if (u) {
-            u += 5;
-            char un[32] = {0};
-            int i = 0;
-            while (u[i] && u[i] != '\n' && u[i] != '\r' && i < 31) {
-                un[i] = u[i];
-                i++;
-            }
-            double scale = 0; /* Angstrom per unit */
-            if (!strcmp(un, "A") || !strcmp(un, "\xC3\x85") || !strcmp(un, "\xC5") || !strcmp(un, "\\u00C5") ||
-                !strcasecmp(un, "angstrom") || !strcmp(un, "\xE2\x84\xAB"))
-                scale = 1;
-            else if (!strcmp(un, "nm") || !strcasecmp(un, "nanometer")) scale = 10;
-            else if (!strcmp(un, "pm")) scale = 0.01;
-            else if (!strcmp(un, "um") || !strcmp(un, "micron") || !strcmp(un, "\xC2\xB5m") || !strcmp(un, "\\u00B5m"))
-                scale = 1e4;
+            double scale = tmd_io_angstrom_per_unit(u + 5); /* Angstrom per unit */
             if (scale > 0) return scale / xres;
             return 0;
         }
