@@ -109,16 +109,21 @@ static double read_pixel_size(hid_t obj)
     return 0;
 }
 
+/* out = the path of `name` in the group of the reader's dataset; 0 if the dataset path has no '/' */
+static int sibling_path(const tmd_reader *r, const char *name, char *out, size_t n)
+{
+    const char *slash = strrchr(r->dsetname, '/');
+    if (!slash) return 0;
+    snprintf(out, n, "%.*s/%s", (int)(slash - r->dsetname), r->dsetname, name);
+    return 1;
+}
+
 /* Velox EMD: the pixel size (metres) is in the JSON of the sibling Metadata dataset, a uint8
  * array (characters, frames): "PixelSize": {"width": "1.2e-11", ...}. Best effort, 0 if absent. */
 static double velox_pixel_size(const tmd_reader *r)
 {
     char mpath[600];
-    snprintf(mpath, sizeof mpath, "%s", r->dsetname);
-    char *slash = strrchr(mpath, '/');
-    if (!slash) return 0;
-    snprintf(slash, sizeof mpath - (size_t)(slash - mpath), "/Metadata");
-    if (!tmd_h5_exists(r->file, mpath)) return 0;
+    if (!sibling_path(r, "Metadata", mpath, sizeof mpath) || !tmd_h5_exists(r->file, mpath)) return 0;
     double px = 0;
     hid_t d = H5Dopen2(r->file, mpath, H5P_DEFAULT);
     if (d < 0) return 0;
@@ -157,14 +162,11 @@ static double velox_pixel_size(const tmd_reader *r)
  * Best effort: anything unexpected gives 0 (the lattice then measures the scale). */
 static double berkeley_pixel_size(const tmd_reader *r)
 {
-    char path[600];
-    snprintf(path, sizeof path, "%s", r->dsetname);
-    char *slash = strrchr(path, '/');
-    if (!slash) return 0;
+    char path[600], dim[16];
     int nd = r->h5rank;
     if (nd < 2 || nd > 3 || r->frames_last) return 0;
-    snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "dim%d", nd);
-    if (!tmd_h5_exists(r->file, path)) return 0;
+    snprintf(dim, sizeof dim, "dim%d", nd);
+    if (!sibling_path(r, dim, path, sizeof path) || !tmd_h5_exists(r->file, path)) return 0;
     double px = 0, v[2] = {0, 0};
     hid_t d = H5Dopen2(r->file, path, H5P_DEFAULT);
     if (d < 0) return 0;
