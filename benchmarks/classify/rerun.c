@@ -854,6 +854,84 @@ static double joint_amp(const img_t *u, double cx, double cy, double bond, doubl
     return a;
 }
 
+/* H_GJ=1 (with H_JOINT and H_PTAB or H_PTRUE; screening): every pass-1 atom's amplitude from ONE
+ * least squares over the whole image, image = B-spline background (H_PBG bond) + sum_j a_j p(|x -
+ * r_j|) at the pass-1 centres (all amplitudes jointly, dense normal equations); H_GJW=1 a second
+ * pass with shot-noise weights 1 / max(fitted value, 0.1 max). The atoms then take these
+ * amplitudes; other sites (vacancy proposals) are measured by the held fit (H_PALL=1 holds all). */
+static void global_joint(const img_t *u, double bond)
+{
+    int64_t n = j_n;
+    double rmax = g_pk * g_pdr, sb = envd("H_PBG", 3) * bond;
+    int bx = (int)ceil((double)u->W / sb) + 1, by = (int)ceil((double)u->H / sb) + 1, nbg = bx * by;
+    int N = (int)n + nbg, info = 0, one = 1;
+    double *A = malloc(sizeof(double) * (size_t)N * N), *b = malloc(sizeof(double) * (size_t)N), *x = NULL;
+    int *ix = malloc(sizeof(int) * 4096);
+    double *gv = malloc(sizeof(double) * 4096), *w = NULL;
+    int npass = getenv("H_GJW") ? 2 : 1;
+    int nc = (int)ceil(rmax / j_cell);
+    for (int pass = 0; pass < npass; pass++) {
+        memset(A, 0, sizeof(double) * (size_t)N * N), memset(b, 0, sizeof(double) * (size_t)N);
+        double fmx = 0;
+        if (pass == 1) { /* fitted values of pass 0 for the weights */
+            w = malloc(sizeof(double) * (size_t)(u->H * u->W));
+        }
+        for (int rep = 0; rep < (pass == 1 ? 2 : 1); rep++)
+            for (int64_t yy = 0; yy < u->H; yy++)
+                for (int64_t xx = 0; xx < u->W; xx++) {
+                    int m = 0;
+                    int gx = (int)floor(xx / j_cell), gy = (int)floor(yy / j_cell);
+                    for (int ey = gy - nc; ey <= gy + nc; ey++)
+                        for (int ex = gx - nc; ex <= gx + nc; ex++) {
+                            if (ex < 0 || ey < 0 || ex >= j_gw || ey >= j_gh) continue;
+                            for (int64_t j = j_head[ey * j_gw + ex]; j >= 0; j = j_next[j]) {
+                                if (!isfinite(j_a[j])) continue;
+                                double d2 = (j_x[j] - xx) * (j_x[j] - xx) + (j_y[j] - yy) * (j_y[j] - yy);
+                                if (d2 >= rmax * rmax || m >= 4090) continue;
+                                ix[m] = (int)j, gv[m++] = prof(d2, 0);
+                            }
+                        }
+                    double su = (double)xx / sb, sv = (double)yy / sb;
+                    int iu = (int)su, iv = (int)sv;
+                    double fu = su - iu, fv = sv - iv;
+                    ix[m] = (int)n + iv * bx + iu, gv[m++] = (1 - fu) * (1 - fv);
+                    ix[m] = (int)n + iv * bx + iu + 1, gv[m++] = fu * (1 - fv);
+                    ix[m] = (int)n + (iv + 1) * bx + iu, gv[m++] = (1 - fu) * fv;
+                    ix[m] = (int)n + (iv + 1) * bx + iu + 1, gv[m++] = fu * fv;
+                    double v = u->img[yy * u->W + xx];
+                    if (pass == 1 && rep == 0) { /* fitted value */
+                        double f = 0;
+                        for (int a = 0; a < m; a++) f += gv[a] * x[ix[a]];
+                        w[yy * u->W + xx] = f;
+                        if (f > fmx) fmx = f;
+                        continue;
+                    }
+                    double wt = pass == 1 ? 1 / fmax(w[yy * u->W + xx], 0.1 * fmx) : 1;
+                    for (int a = 0; a < m; a++) {
+                        b[ix[a]] += wt * gv[a] * v;
+                        for (int c = 0; c < m; c++)
+                            if (ix[c] <= ix[a]) A[(size_t)ix[a] * N + ix[c]] += wt * gv[a] * gv[c];
+                    }
+                }
+        for (int a = 0; a < N; a++)
+            if (A[(size_t)a * N + a] == 0) A[(size_t)a * N + a] = 1;
+        /* row-major lower = column-major upper */
+        dpotrf_("U", &N, A, &N, &info);
+        if (!info) dpotrs_("U", &N, &one, A, &N, b, &N, &info);
+        if (info) {
+            fprintf(stderr, "global joint: solve failed (%d)\n", info);
+            break;
+        }
+        free(x);
+        x = malloc(sizeof(double) * (size_t)N);
+        memcpy(x, b, sizeof(double) * (size_t)N);
+    }
+    if (x)
+        for (int64_t i = 0; i < n; i++)
+            if (isfinite(j_a[i])) j_a[i] = x[i];
+    free(A), free(b), free(x), free(ix), free(gv), free(w);
+}
+
 /* H_JOINT pass 1: every detected atom measured as the stage does; its refined centre and
  * amplitude kept (j_*), with a grid of cell 1 bond for the place look-up; then H_JIT - 1 Jacobi
  * steps (each atom refitted with the others held at the previous step's amplitudes) */
@@ -927,6 +1005,7 @@ static void joint_pass1(const img_t *u, int64_t n, const double *xs, const doubl
             if (isfinite(t[i])) j_a[i] = t[i];
     }
     free(t);
+    if (getenv("H_GJ") && g_pon) global_joint(u, bond);
 }
 
 /* per-image Gaussian profile width (px) from the mean radial profile of all columns */
@@ -1184,7 +1263,7 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             u->sp = getenv("H_SP") ? atof(getenv("H_SP")) * bond : est_sigma(u, n, xs, ys, bond) * envd("H_SPF", 1);
             if (getenv("H_VERB")) fprintf(stderr, "sigma %.3f bond\n", u->sp / bond);
         }
-        if (getenv("H_PTRUE") && !g_pon && g_ptru[3] > 0) { /* the probe at the specimen distance in px (no scan map) */
+        if (getenv("H_PTRUE") && !g_pon && g_ptru[0] > 0 && g_ptru[2] > 0 && g_ptru[3] > 0) { /* the probe at the specimen distance in px (no scan map) */
             double sc = g_ptru[0] / 2.3548200450309493 / g_ptru[3], st = g_ptru[2] / 2.3548200450309493 / g_ptru[3],
                    f = g_ptru[1], A = (1 - f) / (sc * sc), B = f / (st * st);
             g_pdr = 0.05 * bond, g_pk = (int)(envd("H_PRMAX", 2.0) * 20 + 0.5);
@@ -1252,6 +1331,8 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             double a;
             if (joint && g_jskip) /* H_JGATE: this image measured as the stage does */
                 a = g_atoms && n == j_n ? j_a[i] : model_amp_c(u, cx, cy, bond, u->sp, dm);
+            else if (joint && g_atoms && n == j_n && getenv("H_GJ") && g_pon) /* H_GJ: the global joint amplitude */
+                a = j_a[i];
             else if (joint && g_atoms && n == j_n) { /* pass 2 at the pass-1 centre; pass 1's amplitude if it fails */
                 a = isfinite(j_a[i]) ? joint_amp(u, j_x[i], j_y[i], bond, u->sp, dm) : NAN;
                 if (!isfinite(a)) a = j_a[i];
