@@ -88,8 +88,10 @@
  * H_PTRUE=1 (oracle) uses the simulator's probe (core + tail from the truth file's probe_fwhm,
  * tail_fraction, tail_fwhm, pixel_size) instead; H_PALL=1 (with H_JOINT) holds every pass-1 atom
  * within the disc + H_PRMAX with that profile, not only the six places; H_RJ=r the held fit's disc
- * (bond; default H_R). Figures in notes/s10/motif.md (no gain: the exact probe moves species by
- * +0.0002 at 0.6 bond, and a 1.0-bond held disc loses with it too).
+ * (bond; default H_R). H_GJ=1 (with H_JOINT and H_PTAB or H_PTRUE) takes every atom's amplitude
+ * from one least squares over the whole image (all amplitudes + a B-spline background every H_PBG
+ * bond; H_GJW=1 shot-noise weights). Figures in notes/s10/motif.md (no gain: the exact probe moves
+ * species by +0.0002 at 0.6 bond; a 1.0-bond held disc and the global fit lose with it too).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
