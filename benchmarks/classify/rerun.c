@@ -80,6 +80,18 @@
  * var(diagonal WLS) / var(GLS) under the estimated covariance, and var(GLS, all free) over the GLS
  * variance with only [profile] or [profile, constant] free (the rest known). Details and figures: notes/gls.md
  * (no consistent gain on the four held-out blocks).
+ * Measured column profile (session 10, helper motif; needs H_REMEASURE=1, screening only, not in
+ * the stage): H_PTAB=k measures a tabulated radial profile on the whole image with the lattice's
+ * atoms (image = B-spline background + sum_j a_j p(|x - r_j|), k alternations amplitudes <->
+ * profile; H_PDR, H_PRMAX, H_PBG, H_PSM; H_PMONO=0 drops the non-increasing, non-negative
+ * constraint; H_PVERB=1 prints p) and uses it instead of the Gaussian in the amplitude's fit;
+ * H_PTRUE=1 (oracle) uses the simulator's probe (core + tail from the truth file's probe_fwhm,
+ * tail_fraction, tail_fwhm, pixel_size) instead; H_PALL=1 (with H_JOINT) holds every pass-1 atom
+ * within the disc + H_PRMAX with that profile, not only the six places; H_RJ=r the held fit's disc
+ * (bond; default H_R). H_GJ=1 (with H_JOINT and H_PTAB or H_PTRUE) takes every atom's amplitude
+ * from one least squares over the whole image (all amplitudes + a B-spline background every H_PBG
+ * bond; H_GJW=1 shot-noise weights). Figures in notes/s10/motif.md (no gain: the exact probe moves
+ * species by +0.0002 at 0.6 bond; a 1.0-bond held disc and the global fit lose with it too).
  * Serial (MPI_COMM_SELF). */
 #include <hdf5.h>
 #include <math.h>
@@ -460,9 +472,34 @@ out:
  * residuals; 2 both sides; H_C tuning constant in robust sd, H_IT iterations), H_RIDGE, H_Q=1
  * a radial r^2 term in the background (H_QW=w: a Gaussian w times the profile's width), H_NSPF=f
  * the neighbour places' profile f times wider than the column's */
+/* H_PTAB=k (session 10, helper motif): the column profile measured on the whole image with the
+ * lattice instead of the Gaussian. The image is modelled as background + sum_j a_j p(|x - r_j|)
+ * over all detected atoms j (refined centres and amplitudes of a free pass with the current
+ * profile); p is piecewise linear on nodes every H_PDR (0.05) bond out to H_PRMAX (2.0) bond
+ * (0 beyond), the background a bilinear B-spline on a grid of H_PBG (3) bond; both by one linear
+ * least squares over every pixel at least H_PRMAX from the frame edge, a second-difference ridge
+ * H_PSM (1e-3, relative) on p; p normalised to p(0) = 1. k alternations (amplitudes <- profile,
+ * profile <- amplitudes). The measured p then replaces the Gaussian in the amplitude's fit
+ * (column, the six places, the held neighbours); the centre refinement keeps the Gaussian.
+ * H_PVERB=1 prints p at every 0.1 bond. H_PALL=1 (with H_JOINT): the held fit subtracts every
+ * pass-1 atom within the disc + H_PRMAX (not only the six places) with p. */
+static int g_pon = 0, g_pk = 0;
+static double g_ptru[4]; /* H_PTRUE=1 (oracle): the truth file's probe_fwhm, tail_fraction, tail_fwhm, pixel_size */
+static double g_ptab[256], g_pdr = 1;
+static inline double prof(double d2, double is2)
+{
+    if (!g_pon) return exp(-d2 * is2);
+    double t = sqrt(d2) / g_pdr;
+    int k = (int)t;
+    if (k >= g_pk) return 0;
+    double f = t - k;
+    return g_ptab[k] * (1 - f) + g_ptab[k + 1] * f;
+}
+static double pall_sum(double px, double py, double cx, double cy, double bond, double is2);
+
 static double model_amp(const img_t *u, double cx, double cy, double bond, double sp, const double dl[3][2])
 {
-    double R = envd("H_R", 0.6) * bond, tw = envd("H_TW", 0) * bond;
+    double R = (g_jon ? envd("H_RJ", envd("H_R", 0.6)) : envd("H_R", 0.6)) * bond, tw = envd("H_TW", 0) * bond; /* H_RJ: the held fit's disc */
     int nb = (int)envd("H_NB", 1), rob = (int)envd("H_ROB", 0), nq = (int)envd("H_Q", 0), nder = getenv("H_DER") ? 2 : 0,
         np = 4 + (nb ? 6 : 0) + nq + nder;
     double cc = envd("H_C", 2.5), nsf = g_nspf > 0 ? g_nspf : envd("H_NSPF", 1);
@@ -482,7 +519,7 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
             if (d2 > R * R) continue;
             double *g = G + m * np;
             double tt = envd("H_TAIL", 0), it2 = tt > 0 ? is2 / (tt * tt) : 0;
-            g[0] = exp(-d2 * is2) + (tt > 0 ? g_tail * exp(-d2 * it2) : 0);
+            g[0] = prof(d2, is2) + (tt > 0 ? g_tail * exp(-d2 * it2) : 0);
             g[1] = 1;
             g[2] = dx / bond;
             g[3] = dy / bond;
@@ -493,10 +530,10 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
                         double ex = dx + g_offx - sg * dl[q][0], ey = dy + g_offy - sg * dl[q][1];
                         if (g_jon && g_jfix[c - 4]) { /* H_JOINT: a held neighbour, its own profile at its own centre */
                             ex = (double)xx - g_jx[c - 4], ey = (double)yy - g_jy[c - 4];
-                            g[c++] = exp(-(ex * ex + ey * ey) * is2) + (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
+                            g[c++] = prof(ex * ex + ey * ey, is2) + (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
                             continue;
                         }
-                        g[c++] = exp(-(ex * ex + ey * ey) * is2 / (nsf * nsf)) +
+                        g[c++] = prof((ex * ex + ey * ey) / (nsf * nsf), is2) +
                                  (tt > 0 ? g_tail * exp(-(ex * ex + ey * ey) * it2) : 0);
                     }
             }
@@ -520,8 +557,10 @@ static double model_amp(const img_t *u, double cx, double cy, double bond, doubl
         for (int c = 10; c < full; c++) act[na++] = c;
         double fxmax = 0;
         for (int64_t k = 0; k < m; k++) {
-            for (int c = 4; c < 10; c++)
-                if (g_jfix[c - 4]) fx[k] += G[k * full + c] * g_ja[c - 4] * (getenv("H_JRS") ? g_jr : 1); /* H_JRS=1: held at r x their amplitude */
+            if (getenv("H_PALL") && g_pon) fx[k] = pall_sum(pxk[k], pyk[k], cx, cy, bond, is2);
+            else
+                for (int c = 4; c < 10; c++)
+                    if (g_jfix[c - 4]) fx[k] += G[k * full + c] * g_ja[c - 4] * (getenv("H_JRS") ? g_jr : 1); /* H_JRS=1: held at r x their amplitude */
             fxmax = fmax(fxmax, fabs(fx[k]));
         }
         int scale = g_jon == 2 && fxmax > 0 && na < full; /* H_JOINT=2: the held part times one free factor */
@@ -817,6 +856,84 @@ static double joint_amp(const img_t *u, double cx, double cy, double bond, doubl
     return a;
 }
 
+/* H_GJ=1 (with H_JOINT and H_PTAB or H_PTRUE; screening): every pass-1 atom's amplitude from ONE
+ * least squares over the whole image, image = B-spline background (H_PBG bond) + sum_j a_j p(|x -
+ * r_j|) at the pass-1 centres (all amplitudes jointly, dense normal equations); H_GJW=1 a second
+ * pass with shot-noise weights 1 / max(fitted value, 0.1 max). The atoms then take these
+ * amplitudes; other sites (vacancy proposals) are measured by the held fit (H_PALL=1 holds all). */
+static void global_joint(const img_t *u, double bond)
+{
+    int64_t n = j_n;
+    double rmax = g_pk * g_pdr, sb = envd("H_PBG", 3) * bond;
+    int bx = (int)ceil((double)u->W / sb) + 1, by = (int)ceil((double)u->H / sb) + 1, nbg = bx * by;
+    int N = (int)n + nbg, info = 0, one = 1;
+    double *A = malloc(sizeof(double) * (size_t)N * N), *b = malloc(sizeof(double) * (size_t)N), *x = NULL;
+    int *ix = malloc(sizeof(int) * 4096);
+    double *gv = malloc(sizeof(double) * 4096), *w = NULL;
+    int npass = getenv("H_GJW") ? 2 : 1;
+    int nc = (int)ceil(rmax / j_cell);
+    for (int pass = 0; pass < npass; pass++) {
+        memset(A, 0, sizeof(double) * (size_t)N * N), memset(b, 0, sizeof(double) * (size_t)N);
+        double fmx = 0;
+        if (pass == 1) { /* fitted values of pass 0 for the weights */
+            w = malloc(sizeof(double) * (size_t)(u->H * u->W));
+        }
+        for (int rep = 0; rep < (pass == 1 ? 2 : 1); rep++)
+            for (int64_t yy = 0; yy < u->H; yy++)
+                for (int64_t xx = 0; xx < u->W; xx++) {
+                    int m = 0;
+                    int gx = (int)floor(xx / j_cell), gy = (int)floor(yy / j_cell);
+                    for (int ey = gy - nc; ey <= gy + nc; ey++)
+                        for (int ex = gx - nc; ex <= gx + nc; ex++) {
+                            if (ex < 0 || ey < 0 || ex >= j_gw || ey >= j_gh) continue;
+                            for (int64_t j = j_head[ey * j_gw + ex]; j >= 0; j = j_next[j]) {
+                                if (!isfinite(j_a[j])) continue;
+                                double d2 = (j_x[j] - xx) * (j_x[j] - xx) + (j_y[j] - yy) * (j_y[j] - yy);
+                                if (d2 >= rmax * rmax || m >= 4090) continue;
+                                ix[m] = (int)j, gv[m++] = prof(d2, 0);
+                            }
+                        }
+                    double su = (double)xx / sb, sv = (double)yy / sb;
+                    int iu = (int)su, iv = (int)sv;
+                    double fu = su - iu, fv = sv - iv;
+                    ix[m] = (int)n + iv * bx + iu, gv[m++] = (1 - fu) * (1 - fv);
+                    ix[m] = (int)n + iv * bx + iu + 1, gv[m++] = fu * (1 - fv);
+                    ix[m] = (int)n + (iv + 1) * bx + iu, gv[m++] = (1 - fu) * fv;
+                    ix[m] = (int)n + (iv + 1) * bx + iu + 1, gv[m++] = fu * fv;
+                    double v = u->img[yy * u->W + xx];
+                    if (pass == 1 && rep == 0) { /* fitted value */
+                        double f = 0;
+                        for (int a = 0; a < m; a++) f += gv[a] * x[ix[a]];
+                        w[yy * u->W + xx] = f;
+                        if (f > fmx) fmx = f;
+                        continue;
+                    }
+                    double wt = pass == 1 ? 1 / fmax(w[yy * u->W + xx], 0.1 * fmx) : 1;
+                    for (int a = 0; a < m; a++) {
+                        b[ix[a]] += wt * gv[a] * v;
+                        for (int c = 0; c < m; c++)
+                            if (ix[c] <= ix[a]) A[(size_t)ix[a] * N + ix[c]] += wt * gv[a] * gv[c];
+                    }
+                }
+        for (int a = 0; a < N; a++)
+            if (A[(size_t)a * N + a] == 0) A[(size_t)a * N + a] = 1;
+        /* row-major lower = column-major upper */
+        dpotrf_("U", &N, A, &N, &info);
+        if (!info) dpotrs_("U", &N, &one, A, &N, b, &N, &info);
+        if (info) {
+            fprintf(stderr, "global joint: solve failed (%d)\n", info);
+            break;
+        }
+        free(x);
+        x = malloc(sizeof(double) * (size_t)N);
+        memcpy(x, b, sizeof(double) * (size_t)N);
+    }
+    if (x)
+        for (int64_t i = 0; i < n; i++)
+            if (isfinite(j_a[i])) j_a[i] = x[i];
+    free(A), free(b), free(x), free(ix), free(gv), free(w);
+}
+
 /* H_JOINT pass 1: every detected atom measured as the stage does; its refined centre and
  * amplitude kept (j_*), with a grid of cell 1 bond for the place look-up; then H_JIT - 1 Jacobi
  * steps (each atom refitted with the others held at the previous step's amplitudes) */
@@ -890,6 +1007,7 @@ static void joint_pass1(const img_t *u, int64_t n, const double *xs, const doubl
             if (isfinite(t[i])) j_a[i] = t[i];
     }
     free(t);
+    if (getenv("H_GJ") && g_pon) global_joint(u, bond);
 }
 
 /* per-image Gaussian profile width (px) from the mean radial profile of all columns */
@@ -956,6 +1074,185 @@ static double est_sigma(const img_t *u, int64_t n, const double *xs, const doubl
     return best;
 }
 
+/* H_PALL: the held part at pixel (px, py): every pass-1 atom (j_*) within H_PRMAX bond of it except
+ * the column itself (within 0.5 bond of (cx, cy)), its amplitude times p */
+static double pall_sum(double px, double py, double cx, double cy, double bond, double is2)
+{
+    double rmax = g_pk * g_pdr, s = 0, self = 0.25 * bond * bond;
+    int nc = (int)ceil(rmax / j_cell), gx = (int)floor(px / j_cell), gy = (int)floor(py / j_cell);
+    for (int ey = gy - nc; ey <= gy + nc; ey++)
+        for (int ex = gx - nc; ex <= gx + nc; ex++) {
+            if (ex < 0 || ey < 0 || ex >= j_gw || ey >= j_gh) continue;
+            for (int64_t j = j_head[ey * j_gw + ex]; j >= 0; j = j_next[j]) {
+                if (!isfinite(j_a[j])) continue;
+                double c2 = (j_x[j] - cx) * (j_x[j] - cx) + (j_y[j] - cy) * (j_y[j] - cy);
+                if (c2 < self) continue;
+                double d2 = (j_x[j] - px) * (j_x[j] - px) + (j_y[j] - py) * (j_y[j] - py);
+                if (d2 < rmax * rmax) s += j_a[j] * prof(d2, is2);
+            }
+        }
+    return s;
+}
+
+/* H_PMONO=1 (default with H_PTAB): the profile's least squares with p non-increasing and
+ * non-negative. The background block is eliminated exactly (Schur complement S = App - Apb
+ * Abb^-1 Abp, g likewise); then min 0.5 c'Sc - g'c over c = T d, d >= 0 (c_k = sum_{m >= k} d_m)
+ * by projected coordinate descent. A (N x N, symmetric, full) and b in; b[0..K) out. */
+static int est_mono(const double *A, double *b, int K, int N)
+{
+    int nb = N - K, info = 0, nrhs = K + 1;
+    double *Abb = malloc(sizeof(double) * (size_t)nb * nb), *R = malloc(sizeof(double) * (size_t)nb * nrhs),
+           *S = malloc(sizeof(double) * (size_t)K * K), *g = malloc(sizeof(double) * (size_t)K),
+           *Q = malloc(sizeof(double) * (size_t)K * K), *h = malloc(sizeof(double) * (size_t)K), *d = calloc((size_t)K, sizeof(double));
+    for (int i = 0; i < nb; i++)
+        for (int j = 0; j < nb; j++) Abb[i * nb + j] = A[(K + i) * N + K + j];
+    for (int c = 0; c < K; c++) /* column c of R: Abp[:, c] */
+        for (int i = 0; i < nb; i++) R[c * nb + i] = A[(K + i) * N + c];
+    for (int i = 0; i < nb; i++) R[K * nb + i] = b[K + i];
+    dpotrf_("U", &nb, Abb, &nb, &info);
+    if (!info) dpotrs_("U", &nb, &nrhs, Abb, &nb, R, &nb, &info);
+    int ok = !info;
+    for (int a = 0; a < K && ok; a++) {
+        double t = 0;
+        for (int i = 0; i < nb; i++) t += A[(K + i) * N + a] * R[K * nb + i];
+        g[a] = b[a] - t;
+        for (int c = 0; c < K; c++) {
+            double u = 0;
+            for (int i = 0; i < nb; i++) u += A[(K + i) * N + a] * R[c * nb + i];
+            S[a * K + c] = A[a * N + c] - u;
+        }
+    }
+    /* Q = T' S T, h = T' g with T[k][m] = (m >= k) */
+    for (int m = 0; m < K && ok; m++) {
+        double t = 0;
+        for (int k = 0; k <= m; k++) t += g[k];
+        h[m] = t;
+        for (int m2 = 0; m2 < K; m2++) {
+            double u = 0;
+            for (int k = 0; k <= m; k++)
+                for (int k2 = 0; k2 <= m2; k2++) u += S[k * K + k2];
+            Q[m * K + m2] = u;
+        }
+    }
+    for (int it = 0; it < 5000 && ok; it++) {
+        double mv = 0;
+        for (int m = 0; m < K; m++) {
+            double r = -h[m];
+            for (int m2 = 0; m2 < K; m2++) r += Q[m * K + m2] * d[m2];
+            if (!(Q[m * K + m] > 0)) continue;
+            double nd = fmax(0, d[m] - r / Q[m * K + m]);
+            mv = fmax(mv, fabs(nd - d[m]));
+            d[m] = nd;
+        }
+        if (it > 10 && mv < 1e-12 * (fabs(d[0]) + 1e-300)) break;
+    }
+    double c = 0;
+    for (int k = K - 1; k >= 0; k--) c += d[k], b[k] = c;
+    ok = ok && b[0] > 0;
+    free(Abb), free(R), free(S), free(g), free(Q), free(h), free(d);
+    return ok;
+}
+
+/* H_PTAB: the profile from the whole image (see g_pon) */
+static void est_profile(const img_t *u, int64_t n, const double *xs, const double *ys, double bond, const double dl[3][2])
+{
+    double dr = envd("H_PDR", 0.05) * bond, rmax = envd("H_PRMAX", 2.0) * bond, sb = envd("H_PBG", 3) * bond;
+    int K = (int)floor(rmax / dr + 0.5);
+    if (K > 250) K = 250;
+    rmax = K * dr;
+    int bx = (int)ceil((double)u->W / sb) + 1, by = (int)ceil((double)u->H / sb) + 1, nbg = bx * by, N = K + nbg;
+    double *ax = malloc(sizeof(double) * (size_t)(n + 1)), *ay = malloc(sizeof(double) * (size_t)(n + 1)),
+           *aa = malloc(sizeof(double) * (size_t)(n + 1));
+    double *A = malloc(sizeof(double) * (size_t)N * N), *b = malloc(sizeof(double) * (size_t)N), F[256];
+    int nit = (int)envd("H_PTAB", 1);
+    for (int it = 0; it < nit; it++) {
+        for (int64_t i = 0; i < n; i++) { /* the free measure with the current profile */
+            aa[i] = model_amp_c(u, xs[i], ys[i], bond, u->sp, dl);
+            ax[i] = g_rcx, ay[i] = g_rcy;
+        }
+        /* grid of the atoms, cell 1 bond */
+        int gw = (int)(u->W / bond) + 1, gh = (int)(u->H / bond) + 1;
+        int64_t *hd = malloc(sizeof(int64_t) * (size_t)gw * gh), *nx = malloc(sizeof(int64_t) * (size_t)(n + 1));
+        for (int64_t g = 0; g < (int64_t)gw * gh; g++) hd[g] = -1;
+        for (int64_t j = 0; j < n; j++) {
+            int gx = (int)floor(ax[j] / bond), gy = (int)floor(ay[j] / bond);
+            nx[j] = -1;
+            if (!isfinite(aa[j]) || gx < 0 || gy < 0 || gx >= gw || gy >= gh) continue;
+            nx[j] = hd[gy * gw + gx], hd[gy * gw + gx] = j;
+        }
+        memset(A, 0, sizeof(double) * (size_t)N * N), memset(b, 0, sizeof(double) * (size_t)N);
+        int nc = (int)ceil(rmax / bond);
+        int64_t edge = (int64_t)ceil(rmax);
+        for (int64_t yy = edge; yy < u->H - edge; yy++)
+            for (int64_t xx = edge; xx < u->W - edge; xx++) {
+                memset(F, 0, sizeof(double) * (size_t)(K + 1));
+                int gx = (int)floor(xx / bond), gy = (int)floor(yy / bond);
+                for (int ey = gy - nc; ey <= gy + nc; ey++)
+                    for (int ex = gx - nc; ex <= gx + nc; ex++) {
+                        if (ex < 0 || ey < 0 || ex >= gw || ey >= gh) continue;
+                        for (int64_t j = hd[ey * gw + ex]; j >= 0; j = nx[j]) {
+                            double r = hypot(xx - ax[j], yy - ay[j]);
+                            if (r >= rmax) continue;
+                            double t = r / dr;
+                            int k = (int)t;
+                            double f = t - k;
+                            F[k] += aa[j] * (1 - f), F[k + 1] += aa[j] * f;
+                        }
+                    }
+                double v = u->img[yy * u->W + xx], su = (double)xx / sb, sv = (double)yy / sb;
+                int iu = (int)su, iv = (int)sv;
+                double fu = su - iu, fv = sv - iv, bw[4] = {(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv};
+                int bi[4] = {K + iv * bx + iu, K + iv * bx + iu + 1, K + (iv + 1) * bx + iu, K + (iv + 1) * bx + iu + 1};
+                for (int a = 0; a < K; a++) {
+                    if (F[a] == 0) continue;
+                    b[a] += F[a] * v;
+                    for (int c = 0; c <= a; c++) A[a * N + c] += F[a] * F[c];
+                    for (int q = 0; q < 4; q++) A[bi[q] * N + a] += bw[q] * F[a];
+                }
+                for (int q = 0; q < 4; q++) {
+                    b[bi[q]] += bw[q] * v;
+                    for (int q2 = 0; q2 < 4; q2++)
+                        if (bi[q2] <= bi[q]) A[bi[q] * N + bi[q2]] += bw[q] * bw[q2];
+                }
+            }
+        double tr = 0;
+        for (int a = 0; a < K; a++) tr += A[a * N + a] / K;
+        double lam = envd("H_PSM", 1e-3) * tr;
+        for (int a = 1; a + 1 < K + 1; a++) { /* second differences (node K is 0) */
+            int id[3] = {a - 1, a, a + 1};
+            double w3[3] = {1, -2, 1};
+            for (int p = 0; p < 3; p++)
+                for (int q = 0; q < 3; q++)
+                    if (id[p] < K && id[q] < K && id[q] <= id[p]) A[id[p] * N + id[q]] += lam * w3[p] * w3[q];
+        }
+        for (int a = 0; a < N; a++) {
+            if (A[a * N + a] == 0) A[a * N + a] = 1; /* background nodes without pixels */
+            for (int c = a + 1; c < N; c++) A[a * N + c] = A[c * N + a];
+        }
+        if (envd("H_PMONO", 1) > 0) { /* p non-increasing and >= 0: p_k = sum_{m >= k} d_m, d >= 0 (see est_mono) */
+            if (!est_mono(A, b, K, N)) {
+                fprintf(stderr, "ptab: monotone fit failed\n");
+                free(hd), free(nx);
+                break;
+            }
+        } else if (!chol_solve(A, b, N) || !(b[0] > 0)) {
+            fprintf(stderr, "ptab: solve failed\n");
+            free(hd), free(nx);
+            break;
+        }
+        for (int k = 0; k < K; k++) g_ptab[k] = b[k] / b[0];
+        g_ptab[K] = 0;
+        g_pk = K, g_pdr = dr, g_pon = 1;
+        if (getenv("H_PVERB")) {
+            fprintf(stderr, "ptab it %d (sigma %.3f bond, Gaussian at 1 bond %.4f):", it, u->sp / bond, exp(-0.5 * bond * bond / (u->sp * u->sp)));
+            for (int k = 0; k < K; k += (int)floor(0.1 * bond / dr + 0.5)) fprintf(stderr, " %.4f", g_ptab[k]);
+            fprintf(stderr, "\n");
+        }
+        free(hd), free(nx);
+    }
+    free(ax), free(ay), free(aa), free(A), free(b);
+}
+
 static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *frame, const double *xs, const double *ys,
                           float *out)
 {
@@ -967,6 +1264,23 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
         if (u->sp <= 0) {
             u->sp = getenv("H_SP") ? atof(getenv("H_SP")) * bond : est_sigma(u, n, xs, ys, bond) * envd("H_SPF", 1);
             if (getenv("H_VERB")) fprintf(stderr, "sigma %.3f bond\n", u->sp / bond);
+        }
+        if (getenv("H_PTRUE") && !g_pon && g_ptru[0] > 0 && g_ptru[2] > 0 && g_ptru[3] > 0) { /* the probe at the specimen distance in px (no scan map) */
+            double sc = g_ptru[0] / 2.3548200450309493 / g_ptru[3], st = g_ptru[2] / 2.3548200450309493 / g_ptru[3],
+                   f = g_ptru[1], A = (1 - f) / (sc * sc), B = f / (st * st);
+            g_pdr = 0.05 * bond, g_pk = (int)(envd("H_PRMAX", 2.0) * 20 + 0.5);
+            for (int k = 0; k <= g_pk; k++) {
+                double r = k * g_pdr;
+                g_ptab[k] = k == g_pk ? 0 : (A * exp(-0.5 * r * r / (sc * sc)) + B * exp(-0.5 * r * r / (st * st))) / (A + B);
+            }
+            g_pon = 1;
+        }
+        if (getenv("H_PTAB") && g_atoms && !g_pon) {
+            const tmd_lattice *L0 = u->lat;
+            double dm[3][2] = {{(L0->a1[0] + L0->a2[0]) / 3, (L0->a1[1] + L0->a2[1]) / 3},
+                               {(L0->a2[0] - 2 * L0->a1[0]) / 3, (L0->a2[1] - 2 * L0->a1[1]) / 3},
+                               {(L0->a1[0] - 2 * L0->a2[0]) / 3, (L0->a1[1] - 2 * L0->a2[1]) / 3}};
+            est_profile(u, n, xs, ys, bond, dm);
         }
     }
     if (getenv("H_GLS") && atoi(getenv("H_GLS")) && g_atoms && !gl_est && !getenv("H_OLD")) {
@@ -1019,6 +1333,8 @@ static tmd_status measure(tmd_ctx *ctx, void *user, int64_t n, const int32_t *fr
             double a;
             if (joint && g_jskip) /* H_JGATE: this image measured as the stage does */
                 a = g_atoms && n == j_n ? j_a[i] : model_amp_c(u, cx, cy, bond, u->sp, dm);
+            else if (joint && g_atoms && n == j_n && getenv("H_GJ") && g_pon) /* H_GJ: the global joint amplitude */
+                a = j_a[i];
             else if (joint && g_atoms && n == j_n) { /* pass 2 at the pass-1 centre; pass 1's amplitude if it fails */
                 a = isfinite(j_a[i]) ? joint_amp(u, j_x[i], j_y[i], bond, u->sp, dm) : NAN;
                 if (!isfinite(a)) a = j_a[i];
@@ -1261,6 +1577,7 @@ int main(int argc, char **argv)
         xr_slope = NAN;
         g_nspf = 0;
         j_n = 0; /* H_JOINT: no pass-1 atoms of this image yet */
+        g_pon = 0; /* H_PTAB: this image's profile not measured yet */
         gl_est = 0; /* H_GLS: this image's noise model not estimated yet */
         xr_stored = 0;
         int64_t r, cc;
@@ -1284,6 +1601,11 @@ int main(int argc, char **argv)
         }
         if (!have_img) r = H, cc = W;
         if (getenv("H_PXTRUE")) tmd_h5_read_attr_f64(&ctx, fs, "/", "pixel_size", &o.pixel_size, 1);
+        if (getenv("H_PTRUE")) { /* oracle: the simulator's probe (core + tail) as the measured profile */
+            const char *kn[4] = {"probe_fwhm", "tail_fraction", "tail_fwhm", "pixel_size"};
+            for (int q = 0; q < 4; q++)
+                if (tmd_h5_read_attr_f64(&ctx, fs, "/", kn[q], &g_ptru[q], 1)) g_ptru[q] = 0;
+        }
         if (getenv("H_GLSORACLE")) {
             const char *kn[4] = {"gain", "offset", "scan_smear", "read_noise"};
             for (int q = 0; q < 4; q++)
