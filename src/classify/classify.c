@@ -613,8 +613,8 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
     if (nv < 8) return 0.0;
     /* the expected variances summed in ascending order: the cells list an owned atom before a
      * ghost, so the order in which they are met (and a float sum in that order) depends on the
-     * rank count; sorted, the sum is the same float on every rank (an 8192^2 mosaic had one
-     * atom's probabilities differ at 2 ranks in memory) */
+     * rank count; sorted, the sum is the same float on every rank (not seen to change a result
+     * yet: a last-bit difference rarely moves a float probability) */
     for (int a = 1; a < nv; a++)
         for (int b = a; b > 0 && e[b] < e[b - 1]; b--) {
             double t = e[b];
