@@ -1057,7 +1057,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
      * there and not here (held 2048^2 seed 4242, 2 ranks in memory: two metals' probabilities
      * moved by 4e-4). Linked, it is one cross component, fitted from its owner's histogram. */
     double gdist = 0;
-    for (int64_t j = 0; j < m; j++) gdist = fmax(gdist, tmd_box_distance(own, ghosts->y[j], ghosts->x[j]));
+    for (int64_t j = 0; own && j < m; j++) gdist = fmax(gdist, tmd_box_distance(own, ghosts->y[j], ghosts->x[j]));
     st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &gdist, 1, MPI_DOUBLE, MPI_MAX, comm));
     if (st) goto cleanup;
     gdist += 1; /* (tmd_box_distance measures from the pixel edges: a safe margin) */
@@ -1066,7 +1066,7 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         for (int64_t i = 0; i < N; i++) {
             int want = i >= n;
             for (int k = 0; k < nadj[i] && !want; k++) want = adj[i * MAXNB + k] >= n;
-            if (!want && nranks > 1) {
+            if (!want && own && nranks > 1) { /* (own NULL: this rank owns everything) */
                 double y = atoms->y[i], x = atoms->x[i];
                 want = (own->lo[1] > 0 && y - own->lo[1] <= gdist) || (own->hi[1] < height && own->hi[1] - y <= gdist) ||
                        (own->lo[2] > 0 && x - own->lo[2] <= gdist) || (own->hi[2] < width && own->hi[2] - x <= gdist);
