@@ -1,6 +1,7 @@
 /* Sublattice colouring, contrast-model species classification and vacancies (tmd/classify.h). */
 #include "tmd/classify.h"
 #include "classify_internal.h"
+#include "tmd/halo.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -596,7 +597,7 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
                               const double *ax, const double *ay, int64_t f, double x, double y, double radius,
                               int64_t skip)
 {
-    double v[128], ev = 0;
+    double v[128], e[128], ev = 0;
     int nv = 0, reach = (int)ceil(radius / cell);
     int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
     for (int64_t dy = -reach; dy <= reach; dy++)
@@ -605,11 +606,22 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
             for (int64_t c = lo; c < N && cells[c].key == key && nv < 128; c++) {
                 int64_t j = cells[c].node;
                 if (j == skip || isnan(mres[j]) || hypot(ax[j] - x, ay[j] - y) > radius) continue;
+                e[nv] = mvar[j];
                 v[nv++] = mres[j];
-                ev += mvar[j];
             }
         }
     if (nv < 8) return 0.0;
+    /* the expected variances summed in ascending order: the cells list an owned atom before a
+     * ghost, so the order in which they are met (and a float sum in that order) depends on the
+     * rank count; sorted, the sum is the same float on every rank (not seen to change a result
+     * yet: a last-bit difference rarely moves a float probability) */
+    for (int a = 1; a < nv; a++)
+        for (int b = a; b > 0 && e[b] < e[b - 1]; b--) {
+            double t = e[b];
+            e[b] = e[b - 1];
+            e[b - 1] = t;
+        }
+    for (int a = 0; a < nv; a++) ev += e[a];
     for (int pass = 0; pass < 2; pass++) { /* median, then median absolute deviation */
         for (int a = 1; a < nv; a++)
             for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
@@ -1035,12 +1047,30 @@ tmd_status tmd_classify(tmd_ctx *ctx, MPI_Comm comm, const tmd_classify_opts *op
         }
         goto banded_apply;
     }
-    /* 4. components across ranks: records of ghosts and of atoms bonded to ghosts */
+    /* 4. components across ranks: records of ghosts, of atoms bonded to ghosts and of owned
+     * atoms that can be another rank's ghosts (within the ghost distance, the largest of any
+     * rank's ghosts from its box, of a side of the box shared with another rank). The last:
+     * a component all of whose atoms are owned here and bonded to no ghost (a few columns cut
+     * off at the image edge) is, on the rank holding them as ghosts, a component of ghosts
+     * only; linked to nothing, it was fitted there from an empty histogram and could take the
+     * other colour as metal, so its columns entered the neighbours' local noise (6b) as metals
+     * there and not here (held 2048^2 seed 4242, 2 ranks in memory: two metals' probabilities
+     * moved by 4e-4). Linked, it is one cross component, fitted from its owner's histogram. */
+    double gdist = 0;
+    for (int64_t j = 0; own && j < m; j++) gdist = fmax(gdist, tmd_box_distance(own, ghosts->y[j], ghosts->x[j]));
+    st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, &gdist, 1, MPI_DOUBLE, MPI_MAX, comm));
+    if (st) goto cleanup;
+    gdist += 1; /* (tmd_box_distance measures from the pixel edges: a safe margin) */
     for (int pass = 0; pass < 2; pass++) {
         nrec = 0;
         for (int64_t i = 0; i < N; i++) {
             int want = i >= n;
             for (int k = 0; k < nadj[i] && !want; k++) want = adj[i * MAXNB + k] >= n;
+            if (!want && own && nranks > 1) { /* (own NULL: this rank owns everything) */
+                double y = atoms->y[i], x = atoms->x[i];
+                want = (own->lo[1] > 0 && y - own->lo[1] <= gdist) || (own->hi[1] < height && own->hi[1] - y <= gdist) ||
+                       (own->lo[2] > 0 && x - own->lo[2] <= gdist) || (own->hi[2] < width && own->hi[2] - x <= gdist);
+            }
             if (!want || colour[i] < 0) continue;
             if (pass) {
                 double xv = AX(i), yv = AY(i);
