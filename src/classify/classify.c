@@ -603,6 +603,28 @@ static int near_own(const tmd_box *own, int64_t frame, double x, double y, doubl
            x + 0.5 >= own->lo[2] - margin && x + 0.5 < own->hi[2] + margin;
 }
 
+/* Insertion sort of a short array (at most a few hundred values, ascending). */
+static void sort_small(double *v, int n)
+{
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
+            double t = v[b];
+            v[b] = v[b - 1];
+            v[b - 1] = t;
+        }
+}
+
+/* The sum of v in ascending order (v is sorted in place): a neighbourhood lists an owned atom
+ * before a ghost, so the order it is met in depends on the rank count; sorted, the float sum is
+ * the same on every rank. */
+static double sorted_sum(double *v, int n)
+{
+    double sum = 0;
+    sort_small(v, n);
+    for (int a = 0; a < n; a++) sum += v[a];
+    return sum;
+}
+
 /* Local noise (amorphous contamination adds scatterers whose signal is noise at the scale of a
  * column): the robust variance (1.4826 MAD)^2 of the residuals `mres` of the metal columns
  * within `radius` of (x, y) in frame f (NAN: not a metal; node `skip` left out), minus the
@@ -613,7 +635,7 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
                               const double *ax, const double *ay, int64_t f, double x, double y, double radius,
                               int64_t skip)
 {
-    double v[128], e[128], ev = 0;
+    double v[128], evar[128], ev;
     int nv = 0, reach = (int)ceil(radius / cell);
     int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
     for (int64_t dy = -reach; dy <= reach; dy++)
@@ -622,29 +644,14 @@ static double local_extra_var(const cellent_t *cells, int64_t N, double cell, co
             for (int64_t c = lo; c < N && cells[c].key == key && nv < 128; c++) {
                 int64_t j = cells[c].node;
                 if (j == skip || isnan(mres[j]) || hypot(ax[j] - x, ay[j] - y) > radius) continue;
-                e[nv] = mvar[j];
+                evar[nv] = mvar[j];
                 v[nv++] = mres[j];
             }
         }
     if (nv < 8) return 0.0;
-    /* the expected variances summed in ascending order: the cells list an owned atom before a
-     * ghost, so the order in which they are met (and a float sum in that order) depends on the
-     * rank count; sorted, the sum is the same float on every rank (not seen to change a result
-     * yet: a last-bit difference rarely moves a float probability) */
-    for (int a = 1; a < nv; a++)
-        for (int b = a; b > 0 && e[b] < e[b - 1]; b--) {
-            double t = e[b];
-            e[b] = e[b - 1];
-            e[b - 1] = t;
-        }
-    for (int a = 0; a < nv; a++) ev += e[a];
+    ev = sorted_sum(evar, nv); /* the same float at any rank count */
     for (int pass = 0; pass < 2; pass++) { /* median, then median absolute deviation */
-        for (int a = 1; a < nv; a++)
-            for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
-                double t = v[b];
-                v[b] = v[b - 1];
-                v[b - 1] = t;
-            }
+        sort_small(v, nv);
         double med = nv % 2 ? v[nv / 2] : 0.5 * (v[nv / 2 - 1] + v[nv / 2]);
         if (pass == 1) {
             /* counted only when it stands out of the MAD's own sampling spread (relative sd of a
@@ -713,7 +720,7 @@ int tmd_cls_xt_frames(const void *ref_, int64_t nframes, int8_t *on)
 static float xt_nsum(const cellent_t *cells, int64_t N, double cell, const double *ax, const double *ay,
                      const int8_t *isA, const float *araw, int64_t f, double x, double y, double bond)
 {
-    double v[XT_NBMAX], r0 = 0.6 * bond, r1 = 1.3 * bond, sum = 0;
+    double v[XT_NBMAX], r0 = 0.6 * bond, r1 = 1.3 * bond;
     int nv = 0, reach = (int)ceil(r1 / cell);
     int64_t ky = (int64_t)floor(y / cell), kx = (int64_t)floor(x / cell);
     for (int64_t dy = -reach; dy <= reach; dy++)
@@ -726,14 +733,7 @@ static float xt_nsum(const cellent_t *cells, int64_t N, double cell, const doubl
                 if (d > r0 && d < r1) v[nv++] = araw[j];
             }
         }
-    for (int a = 1; a < nv; a++)
-        for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
-            double t = v[b];
-            v[b] = v[b - 1];
-            v[b - 1] = t;
-        }
-    for (int a = 0; a < nv; a++) sum += v[a];
-    return (float)sum;
+    return (float)sorted_sum(v, nv);
 }
 
 typedef struct {
