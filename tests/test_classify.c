@@ -540,6 +540,26 @@ static void test_lone_se_opinion(void)
     CU_ASSERT(sum / 3 >= 0.63);
 }
 
+/* MoS2 scene s at seeds seed0 .. seed0 + 2 with the pixel size given: the means of V_X2 F1, V_X F1
+ * and species accuracy (each seed printed under `what`; no site both empty and occupied). */
+static void seen_vx2_means(scene_t s, unsigned seed0, const char *what, double *vx2, double *vx, double *species)
+{
+    double s2 = 0, sx = 0, sa = 0;
+    for (int c = 0; c < 3; c++) {
+        s.seed = seed0 + (unsigned)c;
+        score_t r;
+        run_serial(&s, 1, tmd_lattice_vegard(0, 0) / s.period, &r);
+        fprintf(stderr, "%s, seed %u: species %.3f chalc %.3f V_X F1 %.3f V_X2 F1 %.3f\n", what, s.seed, r.acc,
+                r.acc_chal, r.f1[2], r.f1[3]);
+        CU_ASSERT_EQUAL(r.both, 0);
+        s2 += r.f1[3];
+        sx += r.f1[2];
+        sa += r.acc;
+    }
+    *vx2 = s2 / 3, *vx = sx / 3, *species = sa / 3;
+    fprintf(stderr, "%s: mean V_X2 F1 %.3f V_X F1 %.3f species %.3f\n", what, *vx2, *vx, *species);
+}
+
 /* Detected columns on empty chalcogen sites (MoS2, 4 % of the S atoms missing, 3 % of the B
  * sites empty, each of these seen as a column at 0.05 of a Mo column, additive noise 0.06: the
  * held-out low-dose images, where empty sites measured 0.03-0.05 against a lone S at 0.16-0.19).
@@ -552,28 +572,17 @@ static void test_lone_se_opinion(void)
 static void test_vx2_or_vx(void)
 {
     if (tmd_test_rank) return;
-    double s2 = 0, sx = 0, sa = 0;
-    for (int c = 0; c < 3; c++) {
-        scene_t s = base_scene();
-        s.p_vx = 0.04;
-        s.p_vx2 = 0.03;
-        s.noise_abs = 0.06;
-        s.vx2_seen = 1;
-        s.vx2_level = 0.05;
-        s.seed = 160 + (unsigned)c;
-        score_t r;
-        run_serial(&s, 1, tmd_lattice_vegard(0, 0) / s.period, &r);
-        fprintf(stderr, "seen V_X2 sites, seed %u: species %.3f chalc %.3f V_X F1 %.3f V_X2 F1 %.3f\n", s.seed, r.acc,
-                r.acc_chal, r.f1[2], r.f1[3]);
-        CU_ASSERT_EQUAL(r.both, 0);
-        s2 += r.f1[3];
-        sx += r.f1[2];
-        sa += r.acc;
-    }
-    fprintf(stderr, "seen V_X2 sites: mean V_X2 F1 %.3f V_X F1 %.3f species %.3f\n", s2 / 3, sx / 3, sa / 3);
-    CU_ASSERT(s2 / 3 >= 0.65);
-    CU_ASSERT(sx / 3 >= 0.66);
-    CU_ASSERT(sa / 3 >= 0.97);
+    scene_t s = base_scene();
+    s.p_vx = 0.04;
+    s.p_vx2 = 0.03;
+    s.noise_abs = 0.06;
+    s.vx2_seen = 1;
+    s.vx2_level = 0.05;
+    double vx2, vx, species;
+    seen_vx2_means(s, 160, "seen V_X2 sites", &vx2, &vx, &species);
+    CU_ASSERT(vx2 >= 0.65);
+    CU_ASSERT(vx >= 0.66);
+    CU_ASSERT(species >= 0.97);
 }
 
 /* Rare V_X2 sites seen as columns under heavy noise (the extsim MoS2 regime: 0.6 % of the B sites
@@ -587,30 +596,19 @@ static void test_vx2_or_vx(void)
 static void test_rare_seen_vx2(void)
 {
     if (tmd_test_rank) return;
-    double s2 = 0, sx = 0, sa = 0;
-    for (int c = 0; c < 3; c++) {
-        scene_t s = base_scene();
-        s.n_exp = 2.0;
-        s.p_vx = 0.03;
-        s.p_vx2 = 0.006;
-        s.noise_abs = 0.06;
-        s.vx2_seen = 1;
-        s.vx2_level = 0.045;
-        s.size = 800;
-        s.seed = 180 + (unsigned)c;
-        score_t r;
-        run_serial(&s, 1, tmd_lattice_vegard(0, 0) / s.period, &r);
-        fprintf(stderr, "rare seen V_X2, seed %u: species %.3f chalc %.3f V_X F1 %.3f V_X2 F1 %.3f\n", s.seed, r.acc,
-                r.acc_chal, r.f1[2], r.f1[3]);
-        CU_ASSERT_EQUAL(r.both, 0);
-        s2 += r.f1[3];
-        sx += r.f1[2];
-        sa += r.acc;
-    }
-    fprintf(stderr, "rare seen V_X2: mean V_X2 F1 %.3f V_X F1 %.3f species %.3f\n", s2 / 3, sx / 3, sa / 3);
-    CU_ASSERT(s2 / 3 >= 0.35);
-    CU_ASSERT(sx / 3 >= 0.53);
-    CU_ASSERT(sa / 3 >= 0.97);
+    scene_t s = base_scene();
+    s.n_exp = 2.0;
+    s.p_vx = 0.03;
+    s.p_vx2 = 0.006;
+    s.noise_abs = 0.06;
+    s.vx2_seen = 1;
+    s.vx2_level = 0.045;
+    s.size = 800;
+    double vx2, vx, species;
+    seen_vx2_means(s, 180, "rare seen V_X2", &vx2, &vx, &species);
+    CU_ASSERT(vx2 >= 0.35);
+    CU_ASSERT(vx >= 0.53);
+    CU_ASSERT(species >= 0.97);
 }
 
 /* A contaminated half (extra additive noise 0.12 of a Mo column on the left): the local noise
