@@ -94,14 +94,11 @@ static void make_scene(const scene_t *sc, truth_t *t)
                 int isA = b == 0;
                 double bnd = sc->period / sqrt(3.0), dis = 1e30;
                 for (int k = 0; k < sc->nislet; k++) dis = fmin(dis, hypot(x - sc->islet[k][0], y - sc->islet[k][1]));
-                if (dis < 1.6 * bnd) {
-                    isA = !isA;
-                    x += 0.6 * bnd;
-                } else if (dis < 3.7 * bnd)
-                    continue;
-                if (sc->twin && x > sc->size / 2.0) { /* mirror grain: sublattices swapped, shifted by */
-                    isA = !isA;                          /* 0.6 bond so no bond crosses the boundary */
-                    x += 0.6 * sc->period / sqrt(3.0);
+                int islet = dis < 1.6 * bnd;
+                if (!islet && dis < 3.7 * bnd) continue; /* the hole around an islet */
+                if (islet || (sc->twin && x > sc->size / 2.0)) { /* mirror grain: sublattices swapped, */
+                    isA = !isA;                                     /* shifted by 0.6 bond so no bond */
+                    x += 0.6 * bnd;                                 /* crosses the boundary */
                 }
                 double Iv;
                 int sp;
