@@ -1817,14 +1817,18 @@ banded_apply:
         atoms->n = k;
     }
     {
-        int64_t cnt[2] = {0, 0};
+        /* components of >= 2 atoms: local ones summed over the ranks, a cross component once,
+         * by its size summed over the ranks (its slot after step 5's reduction), so a cross
+         * component of one atom (a lone column near a shared box side, sent by its owner and
+         * by the ranks holding it as a ghost) is not counted at 2 and 4 ranks and not at 1 */
+        int64_t cnt = 0, ncross2 = 0;
         for (int64_t c = 0; hist && c < ncomp; c++) {
             int64_t sl = SLOT(c);
-            if (hist[sl * W + 2 * NB + 2] >= 2 && sl < ncomp) cnt[0]++;
+            if (hist[sl * W + 2 * NB + 2] >= 2 && sl < ncomp) cnt++;
         }
-        cnt[1] = ncross;
-        MPI_Allreduce(MPI_IN_PLACE, cnt, 1, MPI_INT64_T, MPI_SUM, comm);
-        rp.n_components = cnt[0] + ncross;
+        for (int64_t c = 0; hist && c < ncross; c++) ncross2 += hist[(ncomp + c) * W + 2 * NB + 2] >= 2;
+        MPI_Allreduce(MPI_IN_PLACE, &cnt, 1, MPI_INT64_T, MPI_SUM, comm);
+        rp.n_components = cnt + ncross2;
     }
 cleanup:
     if (rep) *rep = rp;
