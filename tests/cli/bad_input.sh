@@ -19,18 +19,12 @@
 # byte by byte, HDF5 files, a damaged copy of inputs/models/unet.h5).
 # TMD_TEST_TIMEOUT: 600
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-tests_dir=.
-[ -x ./test_io ] || tests_dir=$(dirname "$bin")/tests
-work=$(mktemp -d /tmp/tmdflow-badinput-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-"$tests_dir/test_io" --make-fixtures "$work"
-"$tests_dir/test_reliability" --make-fixtures "$work"
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_workdir badinput-test
+"$(tmd_test_bin test_io)" --make-fixtures "$work"
+"$(tmd_test_bin test_reliability)" --make-fixtures "$work"
 printf '[decomposition]\ntile = 5\n' >"$work/bad_tile.ini"
 t0=$(date +%s)
-
-fail() { echo "FAIL: $*"; exit 1; }
 
 # check DESC FILE PATTERN OUTDIR rc out: the common assertions.
 check() {
@@ -103,7 +97,7 @@ for c in "${cases[@]}"; do
         mkdir -p "$outdir"
         # --pixel-size so that nothing but the input itself can stop the run
         # shellcheck disable=SC2086  # $args: extra words on purpose
-        (set +e; timeout 60 $mpiexec -n $n "$bin" run "$spec" -o "$outdir/result.h5" --pixel-size 0.12 $args \
+        (set +e; timeout 60 "${mpiexec[@]}" -n $n "$bin" run "$spec" -o "$outdir/result.h5" --pixel-size 0.12 $args \
             >"$outdir.log" 2>&1; echo $? >"$outdir.rc") &
     done
     wait

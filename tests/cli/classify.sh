@@ -14,18 +14,15 @@
 #     and this image gives 0.880 (0.942 with the refinement).
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-command -v h5dump > /dev/null || { echo "h5dump missing (hdf5-tools)"; exit 77; }
-work=$(mktemp -d /tmp/tmdflow-classify-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export TMDFLOW_LOG=quiet OPENBLAS_NUM_THREADS=1
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_tools h5dump
+tmd_workdir classify-test
+export TMDFLOW_LOG=quiet
 
 "$bin" simulate -o "$work/s.h5" --size 320 --seed 4242 --pixel-size 0.12 --dose 600 --composition 0.4,0 \
     contamination=0 jitter=0 probe_fwhm=0.9 > /dev/null
 TMDFLOW_LOG=info "$bin" run "$work/s.h5:/image" -o "$work/r1.h5" > "$work/r1.log" 2>&1
-$mpiexec -n 2 "$bin" run "$work/s.h5:/image" -o "$work/r2.h5" > /dev/null
+"${mpiexec[@]}" -n 2 "$bin" run "$work/s.h5:/image" -o "$work/r2.h5" > /dev/null
 
 col() { h5dump -d "$2" -y -w 0 "$1" | sed -n '/DATA {/,/}/p' | tr -s ' ,' '\n' | grep -E '^[-+0-9.eE]+$'; }
 rows() {

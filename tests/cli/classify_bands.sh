@@ -14,18 +14,13 @@
 #   - a low-dose image where the held-neighbour gate holds gives the same too (see below).
 # TMD_TEST_TIMEOUT: 400
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-command -v h5diff > /dev/null || { echo "h5diff missing (hdf5-tools)"; exit 77; }
-work=$(mktemp -d /tmp/tmdflow-bands-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export OPENBLAS_NUM_THREADS=1
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_tools h5diff
+tmd_workdir bands-test
 
 TMDFLOW_LOG=quiet "$bin" simulate -o "$work/s.tif" --size 768 --seed 4243 --pixel-size 0.12 --u16 > /dev/null
 run() { # name ranks band
-    TMDFLOW_LOG=info $mpiexec -n "$2" "$bin" run "$work/s.tif" -o "$work/$1.h5" --pixel-size 0.12 tile=128 \
+    TMDFLOW_LOG=info "${mpiexec[@]}" -n "$2" "$bin" run "$work/s.tif" -o "$work/$1.h5" --pixel-size 0.12 tile=128 \
         classify_band_tiles="$3" 2> "$work/$1.log" > /dev/null || { cat "$work/$1.log"; fail "run $1"; }
 }
 run ref 1 0
@@ -63,7 +58,7 @@ same() { # a.h5 b.h5
     done
 }
 runh() { # name ranks band
-    TMDFLOW_LOG=info $mpiexec -n "$2" "$bin" run "$work/h.tif" -o "$work/$1.h5" --pixel-size 0.12 tile=128 \
+    TMDFLOW_LOG=info "${mpiexec[@]}" -n "$2" "$bin" run "$work/h.tif" -o "$work/$1.h5" --pixel-size 0.12 tile=128 \
         classify_band_tiles="$3" 2> "$work/$1.log" > /dev/null || { cat "$work/$1.log"; fail "run $1"; }
     grep -q "neighbour places held in 1 of 1 frames" "$work/$1.log" || { grep "held in" "$work/$1.log"; fail "$1: the gate did not hold"; }
 }

@@ -14,18 +14,12 @@
 # Each run is guarded by `timeout`: exit status 124 means a hang and fails the test.
 # TMD_TEST_TIMEOUT: 600
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-read -r -a mpiexec <<<"${TMDFLOW_MPIEXEC:?}"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-work=$(mktemp -d /tmp/tmdflow-faults.XXXXXX)
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mnt=""
-cleanup() {
-    [ -n "$mnt" ] && umount "$mnt" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+tmd_cleanup_hook() { [ -n "$mnt" ] && umount "$mnt" 2>/dev/null || true; } # before the work dir goes
+tmd_workdir faults
 cd "$work"
-fail() { echo "FAIL: $*"; exit 1; }
 ok() { echo "ok: $*"; }
 
 # Inputs: a simulated 1024x1024 image, and the same with one NaN near the bottom-right

@@ -9,15 +9,11 @@
 # Fixtures come from `test_io --make-fixtures` (libtiff/HDF5, no python needed).
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-fixer=./test_io
-[ -x "$fixer" ] || fixer=$(dirname "$bin")/tests/test_io
-work=$(mktemp -d /tmp/tmdflow-info-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+fixer=$(tmd_test_bin test_io)
+tmd_workdir info-test
 "$fixer" --make-fixtures "$work"
 
-fail() { echo "FAIL: $*"; exit 1; }
 # expect FILE PATTERN...: `tmdflow info FILE` succeeds and prints every pattern (grep -E).
 expect() {
     local f=$1; shift
@@ -41,7 +37,7 @@ expect "$work/result.h5" '/atoms/x +float64 +5' '/sites/unstable +int8 +3' 'conf
     'tmdflow_version +"' '^  atoms +5$' '^  defects +2$' '^  unstable sites +2$'
 
 # Two ranks: same description, printed once, exit 0.
-out=$(timeout 60 $mpiexec -n 2 "$bin" info "$work/stack.tif" 2>&1) || fail "info at 2 ranks exited non-zero: $out"
+out=$(timeout 60 "${mpiexec[@]}" -n 2 "$bin" info "$work/stack.tif" 2>&1) || fail "info at 2 ranks exited non-zero: $out"
 [ "$(grep -c '^frames:' <<<"$out")" = 1 ] || { echo "$out"; fail "info at 2 ranks did not print exactly once"; }
 echo "ok: info at 2 ranks prints once"
 
@@ -50,7 +46,7 @@ for spec in "$work/nothere.tif" "$work/truncated.tif" "$work/stack.h5:/nothere";
     file=${spec%%:/*}
     for n in 1 2; do
         set +e
-        out=$(timeout 60 $mpiexec -n $n "$bin" info "$spec" 2>&1)
+        out=$(timeout 60 "${mpiexec[@]}" -n $n "$bin" info "$spec" 2>&1)
         rc=$?
         set -e
         [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "info $spec at $n ranks: exit $rc (expected a non-zero exit, no timeout)"

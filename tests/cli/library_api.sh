@@ -8,10 +8,9 @@
 #   - every module folder src/<module>/ (except the command line) has its public header.
 # TMD_TEST_TIMEOUT: 60
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_tools nm
 lib=${TMDFLOW_LIB:?}
-src=${TMDFLOW_SOURCE_DIR:?}
-fail() { echo "FAIL: $*"; exit 1; }
-command -v nm > /dev/null || { echo "nm not found: skipped"; exit 77; }
 
 bad=$(nm -g --defined-only "$lib" 2> /dev/null | awk 'NF == 3 && $2 ~ /^[TDBRCGSV]$/ {print $3}' | grep -v '^tmd_' | sort -u || true)
 [ -z "$bad" ] || fail "global symbols without the tmd_ prefix in $lib: $(echo $bad)"

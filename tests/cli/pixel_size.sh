@@ -20,12 +20,10 @@
 # the real MoS2 image).
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-command -v h5dump > /dev/null || { echo "h5dump missing (hdf5-tools)"; exit 77; }
-work=$(mktemp -d /tmp/tmdflow-pixel-size-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export TMDFLOW_LOG=quiet OPENBLAS_NUM_THREADS=1
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_tools h5dump
+tmd_workdir pixel-size-test
+export TMDFLOW_LOG=quiet
 col() { h5dump -d "$2" -y -w 0 "$1" | sed -n '/DATA {/,/}/p' | tr -s ' ,' '\n' | grep -E '^[-+0-9.eE]+$'; }
 attr() { h5dump -a "/$2" "$1" | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/\1/p' | head -1; }
 rows() { paste <(col "$1" /atoms/x) <(col "$1" /atoms/y) <(col "$1" /atoms/species); }

@@ -11,24 +11,15 @@
 # the same case on a synthetic atom table.
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-src=${TMDFLOW_SOURCE_DIR:?}
-export OPENBLAS_NUM_THREADS=1
-if [ ! -f "$src/inputs/models/unet.h5" ] && [ ! -f "${TMDFLOW_MODELS:-/nonexistent}/unet.h5" ]; then
-    echo "no U-Net model in inputs/models yet: skipped"
-    exit 77
-fi
-command -v h5diff > /dev/null && command -v h5ls > /dev/null || { echo "h5diff/h5ls missing: skipped"; exit 77; }
-work=$(mktemp -d /tmp/tmdflow-ranks-memory-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_unet
+tmd_need_tools h5diff h5ls
+tmd_workdir ranks-memory-test
 
 TMDFLOW_LOG=quiet "$bin" simulate -o "$work/s.tif" --size 1024 --seed 4242 --pixel-size 0.12 --dose 20 --u16 \
     > /dev/null || fail "simulate"
 run() { # ranks
-    TMDFLOW_LOG=info $mpiexec -n "$1" "$bin" run "$work/s.tif" -o "$work/r$1.h5" --pixel-size 0.12 \
+    TMDFLOW_LOG=info "${mpiexec[@]}" -n "$1" "$bin" run "$work/s.tif" -o "$work/r$1.h5" --pixel-size 0.12 \
         classify_band_tiles=0 2> "$work/r$1.log" > /dev/null || { cat "$work/r$1.log"; fail "run at $1 ranks"; }
     grep -q "neighbour places held in 1 of 1 frames" "$work/r$1.log" || { grep "held in" "$work/r$1.log"; fail "$1 ranks: the gate did not hold"; }
     ! grep -q "classify: streamed" "$work/r$1.log" || fail "$1 ranks: streamed, not in memory"

@@ -15,24 +15,15 @@
 # Skipped (77) while no trained U-Net is in inputs/models/.
 # TMD_TEST_TIMEOUT: 900
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-src=${TMDFLOW_SOURCE_DIR:?}
-export OPENBLAS_NUM_THREADS=1
-if [ ! -f "$src/inputs/models/unet.h5" ] && [ ! -f "${TMDFLOW_MODELS:-/nonexistent}/unet.h5" ]; then
-    echo "no U-Net model in inputs/models yet: skipped"
-    exit 77
-fi
-command -v h5diff >/dev/null && command -v h5ls >/dev/null || { echo "h5diff/h5ls missing: skipped"; exit 77; }
-work=$(mktemp -d /tmp/tmdflow-resume-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_unet
+tmd_need_tools h5diff h5ls
+tmd_workdir resume-test
 in="$work/sim.h5:/image"
 opts=(tile=128 save_maps=1)
 
 "$bin" simulate -o "$work/sim.h5" --size 768 --seed 5 --pixel-size 0.12 >/dev/null 2>&1 || fail "simulate"
-$mpiexec -n 2 "$bin" run "$in" -o "$work/ref.h5" "${opts[@]}" 2>"$work/ref.log" || { cat "$work/ref.log"; fail "reference run"; }
+"${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$work/ref.h5" "${opts[@]}" 2>"$work/ref.log" || { cat "$work/ref.log"; fail "reference run"; }
 [ ! -e "$work/ref.h5.ckpt" ] || fail "checkpoint left after a successful run"
 
 same() { # every dataset of $1 equals $2's
@@ -47,7 +38,7 @@ same() { # every dataset of $1 equals $2's
 
 interrupt() { # $1 = output; stops after 3 tiles per rank
     set +e
-    TMDFLOW_STOP_AFTER_TILES=3 $mpiexec -n 2 "$bin" run "$in" -o "$1" "${opts[@]}" 2>"$1.log"; rc=$?
+    TMDFLOW_STOP_AFTER_TILES=3 "${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$1" "${opts[@]}" 2>"$1.log"; rc=$?
     set -e
     [ $rc -eq 3 ] || { cat "$1.log"; fail "interrupted run: exit $rc, expected 3"; }
     grep -q -- "--resume" "$1.log" || { cat "$1.log"; fail "no resume hint in the message"; }
@@ -58,7 +49,7 @@ interrupt() { # $1 = output; stops after 3 tiles per rank
 
 # resume at 2 ranks
 interrupt "$work/a.h5"
-$mpiexec -n 2 "$bin" run "$in" -o "$work/a.h5" "${opts[@]}" --resume 2>"$work/a.log" || { cat "$work/a.log"; fail "resume at 2 ranks"; }
+"${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$work/a.h5" "${opts[@]}" --resume 2>"$work/a.log" || { cat "$work/a.log"; fail "resume at 2 ranks"; }
 grep -q "resumed: [0-9]* of 49 tiles" "$work/a.log" || { cat "$work/a.log"; fail "no 'resumed' line"; }
 same "$work/ref.h5" "$work/a.h5"
 [ ! -e "$work/a.h5.ckpt" ] || fail "checkpoint not removed after the resumed run"
@@ -66,7 +57,7 @@ same "$work/ref.h5" "$work/a.h5"
 # refusals, then resume at 1 rank
 interrupt "$work/b.h5"
 set +e
-out=$($mpiexec -n 2 "$bin" run "$in" -o "$work/b.h5" tile=256 save_maps=1 --resume 2>&1); rc=$?
+out=$("${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$work/b.h5" tile=256 save_maps=1 --resume 2>&1); rc=$?
 set -e
 [ $rc -ne 0 ] && grep -q "tile = 128" <<<"$out" && grep -q "tile = 256" <<<"$out" ||
     { echo "$out"; fail "a resume with another configuration was not refused naming the key"; }
@@ -80,7 +71,7 @@ same "$work/ref.h5" "$work/b.h5"
 
 # a real signal: SIGUSR1 to mpiexec (forwarded to the ranks) once the tile pass has started
 set +e
-$mpiexec -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" 2>"$work/c.log" &
+"${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" 2>"$work/c.log" &
 pid=$!
 for _ in $(seq 1 300); do
     [ "$(ls "$work/c.h5.ckpt" 2>/dev/null | grep -c '^tile-.*\.bin$')" -ge 2 ] && break
@@ -91,7 +82,7 @@ wait $pid; rc=$?
 set -e
 [ $rc -eq 3 ] || { tail -20 "$work/c.log"; fail "SIGUSR1: exit $rc, expected 3"; }
 [ ! -e "$work/c.h5" ] && [ ! -e "$work/c.h5.tmp" ] && [ -f "$work/c.h5.ckpt/manifest" ] || fail "SIGUSR1: wrong files left"
-$mpiexec -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" --resume 2>"$work/c2.log" || { cat "$work/c2.log"; fail "resume after SIGUSR1"; }
+"${mpiexec[@]}" -n 2 "$bin" run "$in" -o "$work/c.h5" "${opts[@]}" --resume 2>"$work/c2.log" || { cat "$work/c2.log"; fail "resume after SIGUSR1"; }
 same "$work/ref.h5" "$work/c.h5"
 # --resume with no checkpoint starts from the first tile (a requeued job stopped before the tile
 # pass); --resume of a finished result does nothing and succeeds

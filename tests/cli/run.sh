@@ -11,18 +11,9 @@
 # Skipped (77) while no trained U-Net is in inputs/models/.
 # TMD_TEST_TIMEOUT: 600
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-src=${TMDFLOW_SOURCE_DIR:?}
-export OPENBLAS_NUM_THREADS=1
-if [ ! -f "$src/inputs/models/unet.h5" ] && [ ! -f "${TMDFLOW_MODELS:-/nonexistent}/unet.h5" ]; then
-    echo "no U-Net model in inputs/models yet: skipped"
-    exit 77
-fi
-work=$(mktemp -d /tmp/tmdflow-run-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_need_unet
+tmd_workdir run-test
 
 "$bin" simulate -o "$work/sim.tif" --height 300 --width 420 --seed 21 --pixel-size 0.1 --u16 >/dev/null 2>&1 ||
     fail "simulate"
@@ -30,7 +21,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 # 1 rank, then 2 ranks
 TMDFLOW_LOG=info "$bin" run "$work/sim.tif" -o "$work/r1.h5" --pixel-size 0.1 tile=128 2>"$work/log1" ||
     { cat "$work/log1"; fail "run at 1 rank"; }
-TMDFLOW_LOG=info $mpiexec -n 2 "$bin" run "$work/sim.tif" -o "$work/r2.h5" --pixel-size 0.1 tile=128 2>"$work/log2" ||
+TMDFLOW_LOG=info "${mpiexec[@]}" -n 2 "$bin" run "$work/sim.tif" -o "$work/r2.h5" --pixel-size 0.1 tile=128 2>"$work/log2" ||
     { cat "$work/log2"; fail "run at 2 ranks"; }
 [ -f "$work/r1.h5" ] && [ -f "$work/r2.h5" ] || fail "result files missing"
 [ ! -e "$work/r1.h5.tmp" ] && [ ! -e "$work/r2.h5.tmp" ] || fail "a .tmp file was left behind"
@@ -58,7 +49,7 @@ set -e
 [ "$(md5sum <"$work/r1.h5")" = "$sum" ] || fail "the existing result was changed"
 [ "$(grep -c 'tmdflow: error' <<<"$out")" = 1 ] || { echo "$out"; fail "exists: not exactly one error message"; }
 set +e
-out=$($mpiexec -n 2 "$bin" run "$work/sim.tif" -o "$work/r3.h5" --resume --force 2>&1); rc=$?
+out=$("${mpiexec[@]}" -n 2 "$bin" run "$work/sim.tif" -o "$work/r3.h5" --resume --force 2>&1); rc=$?
 set -e
 [ $rc -ne 0 ] && grep -q -- "--resume" <<<"$out" || { echo "$out"; fail "--resume --force not refused clearly"; }
 set +e

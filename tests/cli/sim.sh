@@ -6,12 +6,9 @@
 #   options and an existing output give a message and a non-zero exit.
 # TMD_TEST_TIMEOUT: 180
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-read -r -a mpiexec <<<"${TMDFLOW_MPIEXEC:?}"
-work=$(mktemp -d /tmp/tmdflow-sim-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_workdir sim-test
 export TMDFLOW_LOG=quiet
-fail() { echo "FAIL: $*"; exit 1; }
 
 "${mpiexec[@]}" -n 2 "$bin" simulate -o "$work/x2.h5" --size 384 --seed 77
 "$bin" simulate -o "$work/x1.h5" --size 384 --seed 77

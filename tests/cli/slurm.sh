@@ -19,8 +19,7 @@
 # without them.
 # TMD_TEST_TIMEOUT: 900
 set -euo pipefail
-src=${TMDFLOW_SOURCE_DIR:?}
-bin=${TMDFLOW_BIN:?}
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 # shellcheck source=../../scripts/slurm-local.sh
 source "$src/scripts/slurm-local.sh"
@@ -30,29 +29,23 @@ for b in slurmctld slurmd munged sbatch; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || { echo "slurm test: skipped ($b not installed)"; exit 77; }
 done
 
-work=$(mktemp -d /tmp/tmdflow-slurm-test.XXXXXX)
-cluster="$work/cluster"
-cleanup() {
-    local rc=$?
-    if [ "$rc" != 0 ] && [ -d "$cluster/log" ]; then
+tmd_cleanup_hook() { # $1: the exit status; before the work dir goes
+    if [ "$1" != 0 ] && [ -d "$cluster/log" ]; then
         echo "--- slurmctld/slurmd log tails ---"
         tail -n 15 "$cluster/log/slurmctld.log" "$cluster/log/slurmd.log" 2>/dev/null || true
     fi
     slurm_local_stop "$cluster"
-    rm -rf "$work"
-    exit "$rc"
 }
-trap cleanup EXIT
+tmd_workdir slurm-test
+cluster="$work/cluster"
 trap 'exit 130' INT TERM
 
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
 ok() { echo "ok: $*"; }
 notyet() { echo "not yet: $* (command not in this build; part skipped)"; }
 
 slurm_local_start "$cluster" || fail "could not start the private SLURM cluster"
 export SLURM_CONF="$cluster/slurm.conf"
-export TMDFLOW="$bin" OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info
+export TMDFLOW="$bin" TMDFLOW_LOG=info
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cd "$work"
 ok "cluster up: $(sinfo -h -o '%P %a %D %t %c CPUs')"
@@ -100,7 +93,7 @@ fi
 
 # Reference: a plain mpiexec run (outside SLURM) at 2 ranks.
 # shellcheck disable=SC2086
-timeout 300 $TMDFLOW_MPIEXEC -n 2 "$bin" run "$input" -o "$work/ref.h5" > ref.log 2>&1 || { cat ref.log; fail "reference mpiexec run"; }
+timeout 300 "${mpiexec[@]}" -n 2 "$bin" run "$input" -o "$work/ref.h5" > ref.log 2>&1 || { cat ref.log; fail "reference mpiexec run"; }
 
 same() { # same A B: /atoms and /defects identical
     local g
@@ -175,7 +168,7 @@ else
     ok "scancel --signal=USR1 --batch: run.sbatch passed the signal on, tmdflow stopped with exit 3, no finished-looking result"
     if [ "$resume_ok" = 1 ]; then
         # shellcheck disable=SC2086
-        timeout 600 $TMDFLOW_MPIEXEC -n 2 "$bin" run "$work/big.h5:/image" -o "$work/big-ref.h5" tile=128 > bigref.log 2>&1 ||
+        timeout 600 "${mpiexec[@]}" -n 2 "$bin" run "$work/big.h5:/image" -o "$work/big-ref.h5" tile=128 > bigref.log 2>&1 ||
             { cat bigref.log; fail "reference run on the big input"; }
         jid=$(sbatch --parsable -n 2 --chdir="$work" "$src/jobs/run.sbatch" "$work/big.h5:/image" "$work/big-out.h5" tile=128)
         st=$(wait_job "$jid" 600) || fail "resumed job did not finish"

@@ -6,12 +6,8 @@
 # parameter that acts before the cached stages is refused with a message naming it.
 # TMD_TEST_TIMEOUT: 600
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-read -r -a mpiexec <<<"${TMDFLOW_MPIEXEC:?}"
-work=$(mktemp -d /tmp/tmdflow-sweep-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib/h5same.bash" # h5_same: h5diff that also fails on different shapes
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_workdir sweep-test
 cd "$work"
 "$bin" simulate -o stack.h5 --size 160 --frames 6 --seed 42 --pixel-size 0.1 region_spacing=12 region_prob=1 \
     region_radius=6 > sim.log 2>&1 || { cat sim.log; fail "simulate"; }

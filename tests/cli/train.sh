@@ -8,12 +8,9 @@
 #   - bad arguments are refused with a message and a non-zero exit.
 # TMD_TEST_TIMEOUT: 300
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-work=$(mktemp -d /tmp/tmdflow-train-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_workdir train-test
+export TMDFLOW_LOG=info
 common=(--tile 32 --batch 2 --base 4 --val-every 0 --val-n 2 --seed 5)
 
 "$bin" train unet -o "$work/full.h5" --steps 4 --checkpoint-every 4 "${common[@]}" > "$work/full.log" 2>&1 \
@@ -23,7 +20,7 @@ common=(--tile 32 --batch 2 --base 4 --val-every 0 --val-n 2 --seed 5)
 "$bin" train unet -o "$work/part.h5" --steps 4 --resume "${common[@]}" > "$work/resume.log" 2>&1 \
   || { cat "$work/resume.log"; fail "--resume failed"; }
 grep -q "4 steps from 2" "$work/resume.log" || { cat "$work/resume.log"; fail "--resume did not start at step 2"; }
-$mpiexec -n 2 "$bin" train unet -o "$work/two.h5" --steps 4 --checkpoint-every 4 "${common[@]}" > "$work/two.log" 2>&1 \
+"${mpiexec[@]}" -n 2 "$bin" train unet -o "$work/two.h5" --steps 4 --checkpoint-every 4 "${common[@]}" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; fail "2-rank training failed"; }
 grep -q '"command"' <(h5dump -a provenance "$work/full.h5" 2> /dev/null || strings "$work/full.h5") \
   || fail "no provenance in the model"

@@ -6,17 +6,14 @@
 # checkpoint was written, so the work since the last periodic checkpoint was lost.)
 # TMD_TEST_TIMEOUT: 180
 set -euo pipefail
-bin=${TMDFLOW_BIN:?}
-mpiexec=${TMDFLOW_MPIEXEC:?}
-work=$(mktemp -d /tmp/tmdflow-train-signal.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export OPENBLAS_NUM_THREADS=1 TMDFLOW_LOG=info
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.bash" # bin, mpiexec (array), src, fail, h5_same, tmd_*
+tmd_workdir train-signal
+export TMDFLOW_LOG=info
 common=(--tile 32 --batch 2 --base 4 --val-every 0 --val-n 2 --seed 5 --steps 100000 --checkpoint-every 0)
 
 for n in 1 2; do
   out="$work/m$n.h5"
-  if [ "$n" = 1 ]; then launch=("$bin"); else launch=($mpiexec -n 2 "$bin"); fi
+  if [ "$n" = 1 ]; then launch=("$bin"); else launch=("${mpiexec[@]}" -n 2 "$bin"); fi
   "${launch[@]}" train unet -o "$out" "${common[@]}" > "$work/run$n.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do grep -q "step 20/" "$work/run$n.log" && break; sleep 0.1; done
