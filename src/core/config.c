@@ -44,7 +44,8 @@ static const key_desc KEYS[] = {
     {"unet_model", "models", KEY_STRING, OFF(unet_model), 0, 0, "unet.h5",
      "U-Net model file (searched in $TMDFLOW_MODELS and inputs/models/ if not a path)."},
     {"classifier_model", "models", KEY_STRING, OFF(classifier_model), 0, 0, "classifier.h5",
-     "Atom-patch classifier model file."},
+     "Atom-patch classifier model file (`tmdflow train classifier`); not read by `tmdflow run`, whose "
+     "species come from the fitted contrast model and the U-Net (docs/models.md)."},
     {"autoencoder_model", "models", KEY_STRING, OFF(autoencoder_model), 0, 0, "autoencoder.h5",
      "Autoencoder model file."},
     {"blas_threads", "models", KEY_INT, OFF(blas_threads), 1, 256, "1",
