@@ -115,7 +115,11 @@ struct tmd_run {
     tmd_reader *reader;              /* open input (open) */
     tmd_image_info info;             /* frames, height, width, ... */
     double pixel_size;               /* Angstrom per input pixel (scale) */
-    char pixel_size_source[64];      /* "--pixel-size", "configuration", "lattice" */
+    char pixel_size_source[64];      /* "--pixel-size", "configuration", "lattice", "lattice+Vegard"
+                                      * (root attribute pixel_size_source) */
+    char species_warning[640];       /* classify: why the species are uncertain (the pure-compound
+                                      * twin without a pixel size), "" when they are not; root
+                                      * attribute species_warning */
     double scale_px;                 /* Angstrom per input pixel at which the models see the image:
                                       * the lattice's, at a = 3.22 A, whenever a lattice was measured
                                       * (so a given and a measured pixel size see the same image), else

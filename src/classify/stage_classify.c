@@ -1992,14 +1992,20 @@ report:;
          * compound it cannot: MoS2 at n and WSe2 at 1.24 n give the same contrast ratios, and
          * only the prior on n picks one. Say so when the runner-up of another lattice constant
          * is that close, since a pixel size (or a TIFF's resolution tags) settles it. */
-        if (!st && rep.vegard_gap < TWIN_WARN_LOG_UNITS && rep.alt_exponent > 0) /* 0: no runner-up */
-            tmd_info(ctx, "warning: the species are uncertain: Mo%.2fW%.2f S%.2fSe%.2f at n %.2f (a = %.3f A) fits the "
+        /* the text also goes into the result file (root attribute species_warning): a run logged
+         * with TMDFLOW_LOG=quiet, or read later by another tool, must still see it; rep is reduced,
+         * so every rank writes the same text */
+        if (!st && rep.vegard_gap < TWIN_WARN_LOG_UNITS && rep.alt_exponent > 0) { /* 0: no runner-up */
+            snprintf(run->species_warning, sizeof run->species_warning,
+                     "the species are uncertain: Mo%.2fW%.2f S%.2fSe%.2f at n %.2f (a = %.3f A) fits the "
                      "contrast only %.1f log units better than Mo%.2fW%.2f S%.2fSe%.2f at n %.2f (a = %.3f A), and "
                      "without a known pixel size nothing else tells them apart; give --pixel-size (or a TIFF with "
                      "its resolution tags) to decide",
                      1 - rep.x_w, rep.x_w, 2 * (1 - rep.y_se), 2 * rep.y_se, rep.n_exponent, rep.a_vegard,
                      rep.vegard_gap, 1 - rep.alt_x_w, rep.alt_x_w, 2 * (1 - rep.alt_y_se), 2 * rep.alt_y_se,
                      rep.alt_exponent, tmd_lattice_vegard(rep.alt_x_w, rep.alt_y_se));
+            tmd_info(ctx, "warning: %s", run->species_warning);
+        }
     }
 cleanup:
     tmd_ghost_destroy(&g);

@@ -529,6 +529,8 @@ tmd_status tmd_stage_write(tmd_ctx *ctx, tmd_run *run)
     if (!st) st = tmd_writer_attr_str(ctx, w, "/", "input", run->input);
     if (!st) st = tmd_writer_attr_f64(ctx, w, "/", "pixel_size", &run->pixel_size, 1);
     if (!st) st = tmd_writer_attr_f64(ctx, w, "/", "model_pixel_size", &run->scale_px, 1);
+    if (!st) st = tmd_writer_attr_str(ctx, w, "/", "pixel_size_source", run->pixel_size_source);
+    if (!st) st = tmd_writer_attr_str(ctx, w, "/", "species_warning", run->species_warning);
     free(text);
     /* /atoms: rows in global tile order, the same on any rank count */
     if (!st && run->stream) {

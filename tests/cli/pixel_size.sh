@@ -109,7 +109,21 @@ twin_warning() { # name, expect (1 warn / 0 not), run options..., --, simulate o
         grep "warning: the species" "$work/w.log" | grep -q "Mo1.00W0.00 S2.00Se0.00" || fail "$name: the warning does not name MoS2"
         grep "warning: the species" "$work/w.log" | grep -q "Mo0.00W1.00 S0.00Se2.00" || fail "$name: the warning does not name WSe2"
     fi
-    echo "ok: $name ${ropt[*]}: twin warning $got"
+    # the result file carries the same warning (root attribute species_warning, empty when there
+    # is none) and how the pixel size was found (pixel_size_source)
+    local attr
+    attr=$(h5dump -a /species_warning "$work/${name}_w.h5") || fail "$name: no species_warning attribute"
+    if [ "$expect" = 1 ]; then
+        { grep -q '"the species are uncertain: ' <<< "$attr" && grep -q "Mo1.00W0.00 S2.00Se0.00" <<< "$attr" &&
+            grep -q "Mo0.00W1.00 S0.00Se2.00" <<< "$attr"; } || { echo "$attr"; fail "$name: species_warning is not the warning"; }
+    else
+        grep -q '(0): ""' <<< "$attr" || { echo "$attr"; fail "$name: species_warning is not empty"; }
+    fi
+    local source=lattice+Vegard
+    [ "${#ropt[@]}" = 0 ] || source=--pixel-size
+    h5dump -a /pixel_size_source "$work/${name}_w.h5" | grep -q "(0): \"$source\"" ||
+        { h5dump -a /pixel_size_source "$work/${name}_w.h5"; fail "$name: pixel_size_source is not $source"; }
+    echo "ok: $name ${ropt[*]}: twin warning $got (log and result file), pixel size from $source"
 }
 twin_warning wse2_n1.95 1 -- --size 256 --seed 960301 --composition 1,1 --pixel-size 0.12 z_exponent=1.95
 twin_warning wse2_n1.95 0 --pixel-size 0.12 -- --size 256 --seed 960301
