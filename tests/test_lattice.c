@@ -505,6 +505,59 @@ static void test_measure_input(void)
     tmd_reader_close(&r);
 }
 
+
+/* The input's own calibration (here a TIFF's ImageJ resolution, written by tmd_tiff_write_ex) is
+ * what the lattice stage takes as the given pixel size when neither --pixel-size nor the
+ * pixel_size key is set: the real MoS2 image saved with its true 0.175 A/px keeps it, with
+ * 0.5 A/px (the lattice would be a = 9 A: a foreign or stale calibration) the stage refuses it
+ * and measures, as it does with pixel_size_from_file = 0. Same decision on every rank. */
+static void run_lattice_stage(tmd_ctx *ctx, const char *path, int from_file, double *file_px, double *period)
+{
+    tmd_run run;
+    tmd_run_init(&run);
+    run.cfg.pixel_size_from_file = from_file;
+    MPI_Comm_dup(tmd_test_comm, &run.comm);
+    snprintf(run.input, sizeof run.input, "%s", path);
+    CU_ASSERT_EQUAL_FATAL(tmd_reader_open(ctx, path, &run.reader), TMD_OK);
+    run.info = *tmd_reader_info(run.reader);
+    CU_ASSERT_EQUAL(tmd_stage_lattice(ctx, &run), TMD_OK);
+    *file_px = run.info.pixel_size;
+    *period = run.lattice_a1 ? hypot(run.lattice_a1[0], run.lattice_a1[1]) : 0;
+    tmd_run_free(&run);
+}
+
+static void test_file_calibration(void)
+{
+    const char *path = TMD_SOURCE_DIR "/../shared/realdata/mos2-770da85.tif";
+    int h = 0, w = 0, ok = 1;
+    tmd_ctx ctx;
+    tmd_test_ctx(&ctx);
+    const char *good = tmd_test_path("calibrated.tif"), *bad = tmd_test_path("miscalibrated.tif");
+    if (tmd_test_rank == 0) {
+        float *img = read_tiff_f32(path, &h, &w);
+        ok = img && tmd_tiff_write_ex(&ctx, good, img, 1, h, w, TMD_F32, 0, 0.175) == TMD_OK &&
+             tmd_tiff_write_ex(&ctx, bad, img, 1, h, w, TMD_F32, 0, 0.5) == TMD_OK;
+        free(img);
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, tmd_test_comm);
+    if (!ok) {
+        fprintf(stderr, "skipping: %s not readable\n", path);
+        return;
+    }
+    double px = 0, period = 0, period_measured = 0;
+    run_lattice_stage(&ctx, good, 1, &px, &period);
+    CU_ASSERT(fabs(px - 0.175) < 1e-6);           /* kept: the scale stage uses it */
+    CU_ASSERT(period * 0.175 > 2.9 && period * 0.175 < 3.5); /* the lattice agrees with it */
+    run_lattice_stage(&ctx, good, 0, &px, &period_measured);
+    CU_ASSERT_EQUAL(px, 0);                       /* pixel_size_from_file = 0: measured */
+    run_lattice_stage(&ctx, bad, 1, &px, &period);
+    CU_ASSERT_EQUAL(px, 0);                       /* refused: measured as without one */
+    CU_ASSERT_EQUAL(period, period_measured);     /* the same lattice as with no calibration */
+    double v[2] = {px, period}, v0[2] = {px, period};
+    MPI_Bcast(v0, 2, MPI_DOUBLE, 0, tmd_test_comm);
+    CU_ASSERT(v[0] == v0[0] && v[1] == v0[1]);
+}
+
 int main(int argc, char **argv)
 {
     return tmd_test_main(argc, argv, "lattice",
@@ -518,5 +571,7 @@ int main(int argc, char **argv)
                                            {"local ideal-site fit", test_local_fit},
                                            {"real MoS2 image pixel size", test_real_image},
                                            {"whole input over ranks", test_measure_input},
+                                           {"the input's calibration: kept or refused by the lattice",
+                                            test_file_calibration},
                                            {NULL, NULL}});
 }

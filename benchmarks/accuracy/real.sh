@@ -30,7 +30,7 @@ models() {
 : > "$OUT/real.jsonl"
 while IFS=$'\t' read -r name px scale; do
   for mode in given auto; do
-    args=(); [ $mode = given ] && args=(--pixel-size "$px")
+    args=(pixel_size_from_file=0); [ $mode = given ] && args=(--pixel-size "$px") # auto: measured, whatever the file says
     res=$OUT/res_${name}_$mode.h5
     nice -n 10 "${MPI[@]}" "$BIN" run "$OUT/$name.tif" -o "$res" --force "${args[@]}" < /dev/null > "$OUT/${name}_$mode.log" 2>&1 ||
       { echo "run failed: $name $mode ($OUT/${name}_$mode.log)" >&2; echo "{\"variant\": \"$name\", \"mode\": \"$mode\", \"failed\": true}" >> "$OUT/real.jsonl"; continue; }

@@ -61,6 +61,7 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
     js=$OUT/${name}_$mode.json
     [ -f "$js" ] && continue
     args=(${RUN_ARGS:-}); [ $mode = given ] && args+=(--pixel-size "$px")
+    [ $mode = auto ] && args+=(pixel_size_from_file=0) # measured: the file carries the true one
     res=$OUT/res_${name}_$mode.h5
     t0=$(date +%s.%N)
     ok=1

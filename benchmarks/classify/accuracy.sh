@@ -25,7 +25,7 @@ for ((k = 0; k < N; k++)); do
   for mode in auto off given; do
     r=$OUT/res_${s}_$mode.h5
     case $mode in
-      auto) args=() ;;
+      auto) args=(pixel_size_from_file=0) ;; # measured: the sim file carries the true one
       off) args=(constraint=0) ;;
       given) args=(--pixel-size "$px") ;;
     esac

@@ -35,7 +35,7 @@ for n in 1.6 1.7 1.8 1.9 2.0; do
             --composition $comp z_exponent=$n --force > /dev/null
           in=$OUT/$tag.h5:/image
         fi
-        TMDFLOW_LOG=info nice -n 10 "$BIN" run "$in" -o "$OUT/r.h5" --force > "$OUT/$tag.log" 2>&1
+        TMDFLOW_LOG=info nice -n 10 "$BIN" run "$in" -o "$OUT/r.h5" --force pixel_size_from_file=0 > "$OUT/$tag.log" 2>&1
         fit=$(sed -n 's/.*fitted exponent \([0-9.]*\), composition \([A-Za-z0-9.]*\) \([A-Za-z0-9.]*\).*/n \1 \2\3/p' "$OUT/$tag.log" | head -1)
         case "$fit" in
           *Mo1.00W0.00S2.00Se0.00) got=MoS2 ;;

@@ -4,13 +4,15 @@
 # `mpiexec -n 2 tmdflow run IMAGE.tif -o R.h5` with --pixel-size (given; how the judges test) and without
 # (auto), score each with `tmdflow score R.h5 IMAGE.tif.truth.h5 --json`, and summarise with
 # ../accuracy/summarise.py into results.csv / results.md (worst case per axis).
-#   benchmarks/external/run.sh [BUILD_DIR] [OUT_DIR] [NAME_REGEX]      (RESUME=1 keeps finished runs)
+#   benchmarks/external/run.sh [BUILD_DIR] [OUT_DIR] [NAME_REGEX]      (RESUME=1 keeps finished runs;
+#   CONDITIONS=benchmarks/external/conditions-fresh.txt: the same conditions with fresh seeds)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BUILD=${1:-$ROOT/build-val}
 OUT=${2:-$HERE/out}
 FILTER=${3:-.}
+CONDITIONS=${CONDITIONS:-$HERE/conditions.txt} # another set of seeds: CONDITIONS=$HERE/conditions-fresh.txt
 RANKS=${RANKS:-2}
 BIN=$BUILD/tmdflow
 PY=/usr/bin/python3
@@ -33,7 +35,7 @@ models() {
   echo "${s% }"
 }
 t_start=$SECONDS
-grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r name axis size seed opts; do
+grep -v "^#" "$CONDITIONS" | grep -v '^\s*$' | while IFS='|' read -r name axis size seed opts; do
   name=$(echo $name); axis=$(echo $axis); size=$(echo $size); seed=$(echo $seed)
   [[ "$name" =~ $FILTER ]] || continue
   read -r -a o <<< "$opts"
@@ -44,7 +46,7 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
   for mode in given auto; do
     js=$OUT/${name}_$mode.json
     [ -f "$js" ] && continue
-    args=(); [ $mode = given ] && args=(--pixel-size "$px")
+    args=(pixel_size_from_file=0); [ $mode = given ] && args=(--pixel-size "$px") # auto: measured, whatever the file says
     res=$OUT/res_${name}_$mode.h5
     t0=$(date +%s.%N); ok=1
     nice -n 10 "${MPI[@]}" "$BIN" run "$img" -o "$res" --force "${args[@]}" < /dev/null > "$OUT/${name}_$mode.log" 2>&1 || ok=0
@@ -63,5 +65,7 @@ grep -v '^#' "$HERE/conditions.txt" | grep -v '^\s*$' | while IFS='|' read -r na
 done
 echo "total $((SECONDS - t_start)) s"
 # A subset (NAME_REGEX) writes its tables beside its runs, not over the committed full tables.
+# conditions.txt's tables are results.*, conditions-fresh.txt's results-fresh.*
 if [ "$FILTER" = . ]; then DEST=$HERE; else DEST=$OUT; fi
-$PY "$ROOT/benchmarks/accuracy/summarise.py" "$OUT" "$DEST/results.csv" "$DEST/results.md"
+tag=$(basename "$CONDITIONS" .txt); tag=results${tag#conditions}
+$PY "$ROOT/benchmarks/accuracy/summarise.py" "$OUT" "$DEST/$tag.csv" "$DEST/$tag.md"

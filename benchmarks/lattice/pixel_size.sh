@@ -55,7 +55,7 @@ tsv=$OUT/pixel_size.tsv
 printf 'input\tpx_true\ta_true\tperiod\tperiod_err_pct\tpx_final\tpx_err_pct\ta_vegard\tcomposition\n' > "$tsv"
 while read -r f px a; do
   res=$OUT/res.h5
-  log=$(TMDFLOW_LOG=info nice -n ${NICE:-10} "$BIN" run "$f" -o "$res" --force 2>&1 < /dev/null) || { echo "run failed: $f" >&2; continue; }
+  log=$(TMDFLOW_LOG=info nice -n ${NICE:-10} "$BIN" run "$f" -o "$res" --force pixel_size_from_file=0 2>&1 < /dev/null) || { echo "run failed: $f" >&2; continue; }
   per=$(echo "$log" | sed -n 's/.*lattice: period \([0-9.]*\) px.*/\1/p' | head -1)
   av=$(echo "$log" | sed -n 's/.*(a = \([0-9.]*\) A).*/\1/p' | head -1)
   comp=$(echo "$log" | sed -n 's/.*composition \(Mo[0-9.]*W[0-9.]* S[0-9.]*Se[0-9.]*\).*/\1/p' | head -1)

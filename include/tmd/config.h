@@ -35,7 +35,8 @@ typedef struct tmd_config {
     int halo;                 /* halo width, pixels at the nominal scale (>= U-Net reach) */
     int frames_per_tile;      /* frames per tile in the time dimension for stacks */
     /* scale */
-    double pixel_size;        /* Angstrom per input pixel; 0 = measure from the lattice */
+    double pixel_size;        /* Angstrom per input pixel; 0 = the input's calibration, else measured */
+    int pixel_size_from_file; /* 1: without pixel_size, use the input's calibration (lattice-checked) */
     double nominal_pixel_size;/* Angstrom per pixel at which the models work */
     /* normalisation */
     double background_sigma;  /* Angstrom; Gaussian scale of the background removed; 0 = off */

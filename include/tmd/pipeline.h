@@ -115,8 +115,8 @@ struct tmd_run {
     tmd_reader *reader;              /* open input (open) */
     tmd_image_info info;             /* frames, height, width, ... */
     double pixel_size;               /* Angstrom per input pixel (scale) */
-    char pixel_size_source[64];      /* "--pixel-size", "configuration", "lattice", "lattice+Vegard"
-                                      * (root attribute pixel_size_source) */
+    char pixel_size_source[64];      /* "--pixel-size", "configuration", "file metadata", "lattice",
+                                      * "lattice+Vegard" (root attribute pixel_size_source) */
     char species_warning[640];       /* classify: why the species are uncertain (the pure-compound
                                       * twin without a pixel size), "" when they are not; root
                                       * attribute species_warning */

@@ -1892,7 +1892,8 @@ tmd_status tmd_stage_classify(tmd_ctx *ctx, tmd_run *run)
     measure_user_t mu = {run, &own, lat, psig, NULL, NULL};
     o.measure = measure_cb;
     o.measure_user = &mu;
-    if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration"))
+    if (!strcmp(run->pixel_size_source, "--pixel-size") || !strcmp(run->pixel_size_source, "configuration") ||
+        !strcmp(run->pixel_size_source, "file metadata"))
         o.pixel_size = run->pixel_size; /* independent of the lattice: its constant tells S from Se */
     tmd_classify_report rep;
     if (run->stream) { /* mosaics: chunk by chunk from the tile files (above) */

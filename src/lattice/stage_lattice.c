@@ -30,7 +30,14 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
     /* single images: 3 x 3 tiles of 512 with the precise refinement; stacks: one tile per frame */
     int tiles = T == 1 ? 9 : T <= 16 ? 4 : 1;
     o.refine_dtft = T <= 16;
-    double given_px = run->pixel_size_arg > 0 ? run->pixel_size_arg : run->cfg.pixel_size;
+    /* a pixel size from --pixel-size or the configuration is the user's word; one from the input's
+     * metadata (TIFF resolution tags, ImageJ / Velox / Berkeley EMD calibration) is taken as given
+     * too, unless the lattice contradicts it (below) */
+    if (!run->cfg.pixel_size_from_file) run->info.pixel_size = 0; /* the scale stage then measures it */
+    int from_file = !(run->pixel_size_arg > 0) && !(run->cfg.pixel_size > 0) && run->info.pixel_size > 0;
+    double given_px = run->pixel_size_arg > 0 ? run->pixel_size_arg
+                      : run->cfg.pixel_size > 0 ? run->cfg.pixel_size
+                                                 : run->info.pixel_size;
     int measured = 0;
     if (given_px > 0) {
         /* A known pixel size fixes the period to a = 3.15-3.29 A (WS2 .. MoSe2), give or take
@@ -48,14 +55,28 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
             tmd_error_clear(ctx);
             st = TMD_OK;
         } else if (st == TMD_OK) {
-            measured = 1;
-            for (int64_t f = 0; f < T; f++)
-                if (!(lat[f].period_px >= lo && lat[f].period_px <= hi)) measured = 0;
-            if (!measured)
+            int64_t inside = 0;
+            for (int64_t f = 0; f < T; f++) inside += lat[f].period_px >= lo && lat[f].period_px <= hi;
+            measured = inside == T;
+            if (inside == 0 && from_file) {
+                /* a calibration that puts the lattice found over the whole band outside every TMD's
+                 * constant on every frame is wrong (a stale or foreign calibration: binning, nm
+                 * taken for A), not the lattice: measure the scale as without one */
+                tmd_info(ctx, "warning: %s: the pixel size in its metadata (%.4f A) puts the lattice period of %.2f px "
+                         "at a = %.2f A, not 3.15-3.29 A: not used; the pixel size is measured from the lattice "
+                         "(give --pixel-size to override)",
+                         run->input, given_px, lat[0].period_px, lat[0].period_px * given_px);
+                run->info.pixel_size = 0; /* the scale stage measures it */
+                given_px = 0;
+                measured = 1; /* the whole band's measurement is the one made without a pixel size */
+            } else if (!measured)
                 tmd_info(ctx, "lattice: period %.2f px (frame 0) is not a = 3.15-3.29 A at the given %.4f A/px; "
                          "searching %.1f-%.1f px only", lat[0].period_px, given_px, lo, hi);
         }
         if (st) goto cleanup;
+    }
+    if (given_px > 0) {
+        double lo = 0.85 * TMD_A_WS2 / given_px, hi = 1.15 * TMD_A_MOSE2 / given_px;
         if (lo > o.min_period_px) o.min_period_px = lo;
         if (hi < 512.0 / 4) o.max_period_px = hi; /* at least four periods in a 512 px tile */
         else o.max_period_px = 512.0 / 4;
@@ -64,7 +85,7 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
     if (st) {
         /* with a pixel size given, a missing lattice is not fatal for detection: classification
          * will say so; without one, there is nothing to scale by */
-        if (st == TMD_ERR_NOLATTICE && (run->pixel_size_arg > 0 || run->cfg.pixel_size > 0)) {
+        if (st == TMD_ERR_NOLATTICE && given_px > 0) {
             tmd_info(ctx, "warning: %s", ctx->err_msg);
             tmd_error_clear(ctx);
             free(run->lattice_a1);

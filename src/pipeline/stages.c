@@ -52,6 +52,9 @@ tmd_status tmd_stage_scale(tmd_ctx *ctx, tmd_run *run)
     } else if (run->cfg.pixel_size > 0) {
         run->pixel_size = run->cfg.pixel_size;
         snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "configuration");
+    } else if (run->cfg.pixel_size_from_file && run->info.pixel_size > 0) { /* unless the lattice stage refused it */
+        run->pixel_size = run->info.pixel_size;
+        snprintf(run->pixel_size_source, sizeof run->pixel_size_source, "file metadata");
     } else {
         /* measured: the lattice stage's period along the fast-scan axis with a = 3.22 A
          * (refined by Vegard's law in the classify stage once the composition is known) */

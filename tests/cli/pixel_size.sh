@@ -9,7 +9,7 @@
 #     found no lattice, so with --pixel-size there were no sublattices and no species.
 # Two more under slow-scan compression +-2 % and shear (MoSe2, 384^2): the measured pixel size is
 # the fast-scan axis's, within 0.4 % of the simulator's (the area-based one is 1 % off).
-# For each: the measured pixel size is within 1 % of the simulator's (0.4 % for the two), and the atoms found
+# For each (pixel_size_from_file=0: measured, not read from the simulated file): the measured pixel size is within 1 % of the simulator's (0.4 % for the two), and the atoms found
 # without --pixel-size match those found with it (>= 98 % of each set paired within 0.3 A,
 # the same species on >= 97 % of the pairs). Since the models see the image at the measured
 # lattice's scale whenever a lattice is found (root attribute model_pixel_size), the columns
@@ -33,7 +33,7 @@ check() { # name, simulate options...
     shift
     "$bin" simulate -o "$work/$name.h5" "$@" > /dev/null
     px=$(attr "$work/$name.h5" pixel_size)
-    "$bin" run "$work/$name.h5:/image" -o "$work/${name}_auto.h5" > /dev/null
+    "$bin" run "$work/$name.h5:/image" -o "$work/${name}_auto.h5" pixel_size_from_file=0 > /dev/null # measured
     "$bin" run "$work/$name.h5:/image" -o "$work/${name}_given.h5" --pixel-size "$px" > /dev/null
     local pxoff
     pxoff=$(awk -v t="$px" 'BEGIN { printf "%.6f", 1.03 * t }')
@@ -92,16 +92,20 @@ TOL=0.004 check mose2_slowscan_c-0.02 --size 384 --seed 960208 --composition 0,1
     shear=0.03 strain=0 edge=0 hole_prob=0
 
 # The contrast twin: for a pure compound MoS2 at n and WSe2 at 1.24 n give the same contrasts, so
-# without a pixel size only the prior on n names the species. A run without --pixel-size must say
-# so (naming both compounds); with the pixel size given, or on an alloy (whose contrasts have no
-# such twin), it must not.
-twin_warning() { # name, expect (1 warn / 0 not), run options..., --, simulate options...
-    local name=$1 expect=$2 ropt=()
-    shift 2
+# without a pixel size only the prior on n names the species. A run that measures the pixel size
+# (pixel_size_from_file=0: the simulated file carries the true one) must say so, naming both
+# compounds, in its log and in the result's species_warning; with the pixel size given, taken
+# from the file's own calibration, or on an alloy (whose contrasts have no such twin), it must
+# not. pixel_size_source says which it was.
+twin_warning() { # name, expect (1 warn / 0 not), expected pixel_size_source, run options..., --, simulate options...
+    local name=$1 expect=$2 source=$3 ropt=() input
+    shift 3
     while [ "$1" != -- ]; do ropt+=("$1"); shift; done
     shift
-    [ -f "$work/$name.h5" ] || "$bin" simulate -o "$work/$name.h5" "$@" > /dev/null
-    TMDFLOW_LOG=info "$bin" run "$work/$name.h5:/image" -o "$work/${name}_w.h5" --force "${ropt[@]}" 2> "$work/w.log" > /dev/null
+    input="$work/$name.${IN_EXT:-h5}"
+    [ -f "$input" ] || "$bin" simulate -o "$input" "$@" > /dev/null
+    [ "${IN_EXT:-h5}" = h5 ] && input="$input:/image"
+    TMDFLOW_LOG=info "$bin" run "$input" -o "$work/${name}_w.h5" --force "${ropt[@]}" 2> "$work/w.log" > /dev/null
     local got=0
     grep -q "warning: the species are uncertain" "$work/w.log" && got=1
     [ "$got" = "$expect" ] || { cat "$work/w.log"; fail "$name ${ropt[*]}: twin warning $got, expected $expect"; }
@@ -119,12 +123,18 @@ twin_warning() { # name, expect (1 warn / 0 not), run options..., --, simulate o
     else
         grep -q '(0): ""' <<< "$attr" || { echo "$attr"; fail "$name: species_warning is not empty"; }
     fi
-    local source=lattice+Vegard
-    [ "${#ropt[@]}" = 0 ] || source=--pixel-size
     h5dump -a /pixel_size_source "$work/${name}_w.h5" | grep -q "(0): \"$source\"" ||
         { h5dump -a /pixel_size_source "$work/${name}_w.h5"; fail "$name: pixel_size_source is not $source"; }
     echo "ok: $name ${ropt[*]}: twin warning $got (log and result file), pixel size from $source"
 }
-twin_warning wse2_n1.95 1 -- --size 256 --seed 960301 --composition 1,1 --pixel-size 0.12 z_exponent=1.95
-twin_warning wse2_n1.95 0 --pixel-size 0.12 -- --size 256 --seed 960301
-twin_warning alloy_n1.8 0 -- --size 256 --seed 960302 --composition 0.5,0.5 --pixel-size 0.12 z_exponent=1.8
+twin_warning wse2_n1.95 1 lattice+Vegard pixel_size_from_file=0 -- --size 256 --seed 960301 --composition 1,1 --pixel-size 0.12 \
+    z_exponent=1.95
+twin_warning wse2_n1.95 0 --pixel-size --pixel-size 0.12 -- --size 256 --seed 960301
+twin_warning alloy_n1.8 0 lattice+Vegard pixel_size_from_file=0 -- --size 256 --seed 960302 --composition 0.5,0.5 \
+    --pixel-size 0.12 z_exponent=1.8
+# The input's own calibration settles the twin as --pixel-size does: the same WSe2 as a TIFF,
+# whose ImageJ resolution tags say 0.12 A/px, and the .h5 whose root attribute says it.
+IN_EXT=tif twin_warning wse2_n1.95 0 "file metadata" -- --size 256 --seed 960301 --composition 1,1 --pixel-size 0.12 \
+    z_exponent=1.95
+twin_warning wse2_n1.95 0 "file metadata" --
+attr "$work/wse2_n1.95_w.h5" pixel_size | grep -q '^0.12$' || fail "the file's 0.12 A/px is not the result's pixel size"
