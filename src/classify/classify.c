@@ -1197,9 +1197,18 @@ xt_again:
     for (int64_t c = 0; c < ncross; c++)
         memcpy(hist + (ncomp + c) * W, cross_buf + c * W, (size_t)W * sizeof(int64_t));
 
-    /* 6. fit the components big enough (a cross component is fitted identically on every
-     * rank that holds part of it); a frame whose components are all small (fragmented graph)
-     * gets a second pass fitting its components of >= 8 atoms */
+    /* 6. fit the components big enough; a frame whose components are all small (fragmented
+     * graph) gets a second pass fitting its components of >= 8 atoms. A local component is
+     * fitted by the rank holding it. A cross component has the same summed histogram, frame and
+     * lattice constant on every rank holding part of it, so its fit is the same wherever it runs:
+     * one rank fits it and the model is shared. (Fitting it on every holder made each rank fit
+     * every split component of a stack split in space: em_fit's time per rank did not fall with
+     * the rank count, notes/s11/tidy.md.) The fitting rank need not hold the component: its use
+     * flag, frame and lattice constant are reduced over the ranks first. */
+    if ((double)ncross * (double)sizeof(model_t) > 2e9) {
+        st = TMD_FAIL(ctx, TMD_ERR_RANGE, "classify: %lld cross-rank components are too many to fit", (long long)ncross);
+        goto cleanup;
+    }
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {
             int need = 0;
@@ -1210,9 +1219,13 @@ xt_again:
         int8_t *used = NULL;
         double *slot_a = NULL;
         int64_t *slot_f = NULL;
+        int *load = NULL; /* fits per rank: local ones, then the cross components given to it */
         st = tmd_calloc(ctx, (void **)&used, (size_t)(nslot > 0 ? nslot : 1), 1, "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&slot_f, (size_t)(nslot > 0 ? nslot : 1), sizeof(int64_t), "classify");
         if (!st) st = tmd_calloc(ctx, (void **)&slot_a, (size_t)(nslot > 0 ? nslot : 1), sizeof(double), "classify");
+        if (!st) st = tmd_calloc(ctx, (void **)&load, (size_t)nranks, sizeof *load, "classify");
+        st = tmd_agree(ctx, comm, st);
+        int nloc = 0;
         if (!st) {
             for (int64_t i = 0; i < N; i++)
                 if (colour[i] >= 0) {
@@ -1220,18 +1233,57 @@ xt_again:
                     slot_a[SLOT(comp[i])] = lat[AF(i)].period_px * opt->pixel_size;
                     slot_f[SLOT(comp[i])] = AF(i);
                 }
-            for (int64_t sl = 0; sl < nslot; sl++) {
+            for (int64_t sl = 0; sl < ncomp; sl++) {
                 const int64_t *h = hist + sl * W;
                 if (!used[sl] || models[sl].ok) continue;
                 if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
                 if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
                 double v = mean_vote(h);
                 models[sl] = fit_component(opt, h, h + NB, v, opt->pixel_size > 0 ? slot_a[sl] : 0.0);
+                nloc++;
+            }
+        }
+        /* (ncross is the same on every rank: all ranks run these collectives or none does) */
+        if (!st && ncross > 0) {
+            st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, used + ncomp, (int)ncross, MPI_INT8_T, MPI_MAX, comm));
+            if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_f + ncomp, (int)ncross, MPI_INT64_T, MPI_MAX, comm));
+            if (!st) st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, slot_a + ncomp, (int)ncross, MPI_DOUBLE, MPI_MAX, comm));
+            if (!st) st = TMD_MPI(ctx, MPI_Allgather(&nloc, 1, MPI_INT, load, 1, MPI_INT, comm));
+            if (!st) {
+                /* every rank makes the same choices from the same numbers: each cross component
+                 * to the rank with the fewest fits so far (ties: the lowest rank) */
+                for (int64_t sl = ncomp; sl < nslot; sl++) {
+                    const int64_t *h = hist + sl * W;
+                    if (!used[sl] || models[sl].ok) continue;
+                    if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
+                    if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
+                    int r = 0;
+                    for (int q = 1; q < nranks; q++)
+                        if (load[q] < load[r]) r = q;
+                    load[r]++;
+                    /* the others hold zeros here (also over a pass-0 model that was not ok) */
+                    memset(&models[sl], 0, sizeof models[sl]);
+                    if (r == rank)
+                        models[sl] = fit_component(opt, h, h + NB, mean_vote(h), opt->pixel_size > 0 ? slot_a[sl] : 0.0);
+                }
+                if (ctx->log_level >= TMD_LOG_DEBUG) { /* the share of each rank (the first 16) */
+                    char buf[16 * 12 + 1] = ""; /* (" %d" is at most 12 characters) */
+                    int len = 0;
+                    for (int q = 0; q < nranks && q < 16; q++)
+                        len += snprintf(buf + len, sizeof buf - (size_t)len, " %d", load[q]);
+                    tmd_debug(ctx, "classify: fit pass %d: %lld cross-rank components; fits per rank (local and "
+                              "cross):%s", pass, (long long)ncross, buf);
+                }
+                /* one rank fitted each new model, the others hold zeros there; the models of
+                 * earlier passes are the same bytes on every rank: a bitwise OR combines them */
+                st = TMD_MPI(ctx, MPI_Allreduce(MPI_IN_PLACE, models + ncomp, (int)(ncross * (int64_t)sizeof(model_t)),
+                                                MPI_BYTE, MPI_BOR, comm));
             }
         }
         free(used);
         free(slot_a);
         free(slot_f);
+        free(load);
         st = tmd_agree(ctx, comm, st);
         if (st) goto cleanup;
     }

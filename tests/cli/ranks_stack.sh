@@ -8,6 +8,11 @@
 # vacancies) reads the same. The default decomposition splits a stack by frames first (2 ranks:
 # 2 x 1 x 1), where no frame has a shared box side; tests/cli/sweep.sh covers that one, and
 # tests/cli/ranks_memory.sh a single frame split in space.
+# Also proves the cross-rank components (each frame's big component here) are fitted once and the
+# work is shared (tmd_classify step 6, session 11): the debug log's fits per rank show every rank
+# with a share at 2 and 4 ranks (3 3 and 2 2 1 1), where before every rank fitted all of them.
+# Checked to fail (session 11) with every cross component given to rank 0: "2 ranks: a rank
+# fitted no component (fits per rank: 6 0)".
 # Checked to fail (session 11): with the component records of owned atoms near a shared box side
 # switched off (tmd_classify step 4, the session 10 fix) it fails at 2 ranks ("/atoms differs
 # from 1 rank"); with the 4-rank run made from the same stack at dose 22, "/atoms: datasets or
@@ -22,11 +27,18 @@ tmd_workdir ranks-stack-test
 TMDFLOW_LOG=quiet "$bin" simulate -o "$work/s.h5" --size 384 --frames 6 --seed 11 --pixel-size 0.12 --dose 20 \
     > /dev/null || fail "simulate"
 run() { # ranks grid
-    TMDFLOW_LOG=info "${mpiexec[@]}" -n "$1" "$bin" run "$work/s.h5:/image" -o "$work/r$1.h5" --pixel-size 0.12 \
+    TMDFLOW_LOG=debug "${mpiexec[@]}" -n "$1" "$bin" run "$work/s.h5:/image" -o "$work/r$1.h5" --pixel-size 0.12 \
         tile=192 frames_per_tile=6 2> "$work/r$1.log" > /dev/null || { cat "$work/r$1.log"; fail "run at $1 ranks"; }
     grep -q "tiles: .*; ranks $2\$" "$work/r$1.log" || { grep "tiles:" "$work/r$1.log"; fail "$1 ranks: not ranks $2"; }
     grep -q "neighbour places held in 6 of 6 frames" "$work/r$1.log" || { grep "held in" "$work/r$1.log"; fail "$1 ranks: the gate did not hold"; }
     ! grep -q "classify: streamed" "$work/r$1.log" || fail "$1 ranks: streamed, not in memory"
+    [ "$1" = 1 ] && return 0
+    # every rank fits a share of the cross-rank components (a rank with 0 fits: not shared)
+    local fits
+    fits=$(sed -n 's/.*classify: fit pass 0: [0-9]* cross-rank components; fits per rank (local and cross):\(.*\)$/\1/p' \
+        "$work/r$1.log" | head -1)
+    [ "$(wc -w <<< "$fits")" = "$1" ] || fail "$1 ranks: no fits per rank for all $1 ranks in the log ('$fits')"
+    ! grep -qw 0 <<< "$fits" || fail "$1 ranks: a rank fitted no component (fits per rank:$fits)"
 }
 summary() { sed -n 's/^\[ *[0-9.]*s\] \(classify: [0-9]* components;.*\)$/\1/p' "$1"; }
 count() { "$bin" info "$work/r1.h5" | awk -v d="$1" '$1 == d {gsub(",", "", $3); print $3}'; }
