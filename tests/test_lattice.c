@@ -505,7 +505,6 @@ static void test_measure_input(void)
     tmd_reader_close(&r);
 }
 
-
 /* The input's own calibration (here a TIFF's ImageJ resolution, written by tmd_tiff_write_ex) is
  * what the lattice stage takes as the given pixel size when neither --pixel-size nor the
  * pixel_size key is set: the real MoS2 image saved with its true 0.175 A/px keeps it, with
