@@ -526,6 +526,23 @@ static model_t fit_component(const tmd_classify_opts *o, const int64_t *h0, cons
     return best;
 }
 
+/* Step 6's choice of the component slots to fit, the same for a local and a cross slot: pass 0
+ * fits every used, unfitted component of at least min_fit_atoms atoms; pass 1 (frames whose
+ * components were all too small) those of >= 8 atoms in a frame still without a reference. */
+static int slot_wants_fit(const tmd_classify_opts *o, int pass, int8_t used, const model_t *m, const int64_t *h,
+                          int frame_ref_ok)
+{
+    if (!used || m->ok) return 0;
+    if (pass == 0) return h[2 * NB + 2] >= o->min_fit_atoms;
+    return h[2 * NB + 2] >= 8 && !frame_ref_ok;
+}
+
+/* The model of one slot's histogram h (its lattice constant a_slot counts only with a pixel size). */
+static model_t fit_slot(const tmd_classify_opts *o, const int64_t *h, double a_slot)
+{
+    return fit_component(o, h, h + NB, mean_vote(h), o->pixel_size > 0 ? a_slot : 0.0);
+}
+
 /* ---- graph ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -1234,12 +1251,8 @@ xt_again:
                     slot_f[SLOT(comp[i])] = AF(i);
                 }
             for (int64_t sl = 0; sl < ncomp; sl++) {
-                const int64_t *h = hist + sl * W;
-                if (!used[sl] || models[sl].ok) continue;
-                if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
-                if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
-                double v = mean_vote(h);
-                models[sl] = fit_component(opt, h, h + NB, v, opt->pixel_size > 0 ? slot_a[sl] : 0.0);
+                if (!slot_wants_fit(opt, pass, used[sl], &models[sl], hist + sl * W, ref[slot_f[sl]].ok)) continue;
+                models[sl] = fit_slot(opt, hist + sl * W, slot_a[sl]);
                 nloc++;
             }
         }
@@ -1253,18 +1266,14 @@ xt_again:
                 /* every rank makes the same choices from the same numbers: each cross component
                  * to the rank with the fewest fits so far (ties: the lowest rank) */
                 for (int64_t sl = ncomp; sl < nslot; sl++) {
-                    const int64_t *h = hist + sl * W;
-                    if (!used[sl] || models[sl].ok) continue;
-                    if (pass == 0 && h[2 * NB + 2] < opt->min_fit_atoms) continue;
-                    if (pass == 1 && (h[2 * NB + 2] < 8 || ref[slot_f[sl]].ok)) continue;
+                    if (!slot_wants_fit(opt, pass, used[sl], &models[sl], hist + sl * W, ref[slot_f[sl]].ok)) continue;
                     int r = 0;
                     for (int q = 1; q < nranks; q++)
                         if (load[q] < load[r]) r = q;
                     load[r]++;
                     /* the others hold zeros here (also over a pass-0 model that was not ok) */
                     memset(&models[sl], 0, sizeof models[sl]);
-                    if (r == rank)
-                        models[sl] = fit_component(opt, h, h + NB, mean_vote(h), opt->pixel_size > 0 ? slot_a[sl] : 0.0);
+                    if (r == rank) models[sl] = fit_slot(opt, hist + sl * W, slot_a[sl]);
                 }
                 if (ctx->log_level >= TMD_LOG_DEBUG) { /* the share of each rank (the first 16) */
                     char buf[16 * 12 + 1] = ""; /* (" %d" is at most 12 characters) */
