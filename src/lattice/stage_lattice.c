@@ -39,6 +39,7 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
                       : run->cfg.pixel_size > 0 ? run->cfg.pixel_size
                                                  : run->info.pixel_size;
     int measured = 0;
+    double lo = given_px > 0 ? 0.85 * TMD_A_WS2 / given_px : 0, hi = given_px > 0 ? 1.15 * TMD_A_MOSE2 / given_px : 0;
     if (given_px > 0) {
         /* A known pixel size fixes the period to a = 3.15-3.29 A (WS2 .. MoSe2), give or take
          * strain and scan distortion (+-15 %). First the whole band, as without a pixel size:
@@ -48,7 +49,6 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
          * the expected range on any frame, search only that range, which keeps the search off
          * the {110} reflections (period a/sqrt(3)) and off half periods. measure_input gives
          * the same answer on every rank, so every rank takes the same branch. */
-        double lo = 0.85 * TMD_A_WS2 / given_px, hi = 1.15 * TMD_A_MOSE2 / given_px;
         tmd_lattice_opts full = o;
         st = tmd_lattice_measure_input(ctx, run->comm, run->reader, 512, tiles, &full, lat);
         if (st == TMD_ERR_NOLATTICE) {
@@ -75,8 +75,7 @@ tmd_status tmd_stage_lattice(tmd_ctx *ctx, tmd_run *run)
         }
         if (st) goto cleanup;
     }
-    if (given_px > 0) {
-        double lo = 0.85 * TMD_A_WS2 / given_px, hi = 1.15 * TMD_A_MOSE2 / given_px;
+    if (given_px > 0) { /* (a refused calibration has set given_px to 0) */
         if (lo > o.min_period_px) o.min_period_px = lo;
         if (hi < 512.0 / 4) o.max_period_px = hi; /* at least four periods in a 512 px tile */
         else o.max_period_px = 512.0 / 4;
